@@ -1,0 +1,53 @@
+"""Whisper's tokenizer: the ``tokenizers`` BPE plus the special tokens decoding needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    eot: int
+    sot: int
+    transcribe: int
+    translate: int
+    no_timestamps: int
+    no_speech: int
+    sot_prev: int
+
+
+class WhisperTokenizer:
+    def __init__(self, path: Path, n_vocab: int) -> None:
+        self._tok = Tokenizer.from_file(str(path))
+        self.n_vocab = n_vocab
+
+        def tid(*names: str) -> int:
+            for name in names:
+                value = self._tok.token_to_id(name)
+                if value is not None:
+                    return int(value)
+            raise ValueError(f"{path}: the tokenizer has none of the tokens {names}")
+
+        self.special = SpecialTokens(
+            eot=tid("<|endoftext|>"),
+            sot=tid("<|startoftranscript|>"),
+            transcribe=tid("<|transcribe|>"),
+            translate=tid("<|translate|>"),
+            no_timestamps=tid("<|notimestamps|>"),
+            no_speech=tid("<|nospeech|>", "<|nocaptions|>"),
+            sot_prev=tid("<|startofprev|>"),
+        )
+
+    def language_token(self, language: str) -> int | None:
+        value = self._tok.token_to_id(f"<|{language}|>")
+        return None if value is None else int(value)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        # Every special token has an id at or above end-of-text.
+        return str(self._tok.decode([i for i in ids if i < self.special.eot]))

@@ -1,0 +1,203 @@
+"""Whisper encoder-decoder in plain PyTorch.
+
+The module layout follows the CTranslate2 Whisper spec (fused q/k/v projections), so the
+bundled ``model.bin`` maps onto it one tensor to one parameter. Numerically fragile steps
+(layer norm, the final logits) run in float32 whatever the weights' dtype, which is what
+makes float16 on a GPU safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class WhisperDims:
+    n_mels: int
+    n_audio_ctx: int
+    n_text_ctx: int
+    width: int
+    n_heads: int
+    n_encoder_layers: int
+    n_decoder_layers: int
+    n_vocab: int
+
+    @property
+    def multilingual(self) -> bool:
+        # English-only checkpoints have 51864 tokens; multilingual ones 51865 or more.
+        return self.n_vocab >= 51865
+
+
+class LayerNorm(nn.LayerNorm):
+    """Layer norm computed in float32, cast back to the input dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        ).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layer_norm = LayerNorm(width)
+        self.linear_0 = nn.Linear(width, 4 * width)
+        self.linear_1 = nn.Linear(4 * width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_1(F.gelu(self.linear_0(self.layer_norm(x))))
+
+
+def _split_heads(x: Tensor, n_heads: int) -> Tensor:
+    batch, length, width = x.shape
+    return x.view(batch, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm self-attention with fused q/k/v (``linear_0``) and output (``linear_1``)."""
+
+    def __init__(self, width: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.layer_norm = LayerNorm(width)
+        self.linear_0 = nn.Linear(width, 3 * width)
+        self.linear_1 = nn.Linear(width, width)
+
+    def forward(
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, causal: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        q, k, v = self.linear_0(self.layer_norm(x)).chunk(3, dim=-1)
+        q, k, v = (_split_heads(t, self.n_heads) for t in (q, k, v))
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)
+            v = torch.cat([cache[1], v], dim=2)
+        # A causal mask is only needed while several new positions are processed at once;
+        # with a cache, one new query may see every earlier key.
+        is_causal = causal and q.shape[2] > 1
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return self.linear_1(_merge_heads(out)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention: query ``linear_0``, fused k/v ``linear_1``, out ``linear_2``."""
+
+    def __init__(self, width: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.layer_norm = LayerNorm(width)
+        self.linear_0 = nn.Linear(width, width)
+        self.linear_1 = nn.Linear(width, 2 * width)
+        self.linear_2 = nn.Linear(width, width)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.linear_1(memory).chunk(2, dim=-1)
+        return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
+        q = _split_heads(self.linear_0(self.layer_norm(x)), self.n_heads)
+        out = F.scaled_dot_product_attention(q, memory_kv[0], memory_kv[1])
+        return self.linear_2(_merge_heads(out))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, width: int, n_heads: int) -> None:
+        super().__init__()
+        self.self_attention = SelfAttention(width, n_heads)
+        self.ffn = FeedForward(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.self_attention(x)[0]
+        return x + self.ffn(x)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, width: int, n_heads: int) -> None:
+        super().__init__()
+        self.self_attention = SelfAttention(width, n_heads)
+        self.attention = CrossAttention(width, n_heads)
+        self.ffn = FeedForward(width)
+
+
+class Positions(nn.Module):
+    def __init__(self, length: int, width: int) -> None:
+        super().__init__()
+        self.encodings = nn.Parameter(torch.zeros(length, width), requires_grad=False)
+
+
+class Encoder(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(dims.n_mels, dims.width, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(dims.width, dims.width, kernel_size=3, stride=2, padding=1)
+        self.position_encodings = Positions(dims.n_audio_ctx, dims.width)
+        self.layer = nn.ModuleList(
+            EncoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_encoder_layers)
+        )
+        self.layer_norm = LayerNorm(dims.width)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + self.position_encodings.encodings[: x.shape[1]]
+        for layer in self.layer:
+            x = layer(x)
+        return self.layer_norm(x)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, n_vocab: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_vocab, width), requires_grad=False)
+
+
+KVCache = list[tuple[Tensor, Tensor]]
+
+
+class Decoder(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        self.embeddings = Embeddings(dims.n_vocab, dims.width)
+        self.position_encodings = Positions(dims.n_text_ctx, dims.width)
+        self.layer = nn.ModuleList(
+            DecoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_decoder_layers)
+        )
+        self.layer_norm = LayerNorm(dims.width)
+
+    def project_memory(self, memory: Tensor) -> KVCache:
+        """Cross-attention keys and values for each layer, computed once per utterance."""
+        return [layer.attention.project_memory(memory) for layer in self.layer]
+
+    def forward(
+        self, tokens: Tensor, memory_kv: KVCache, cache: KVCache | None
+    ) -> tuple[Tensor, KVCache]:
+        """Float32 logits for ``tokens`` [batch, n] given the cache of earlier positions."""
+        offset = 0 if cache is None else cache[0][0].shape[2]
+        x = self.embeddings.weight[tokens]
+        x = x + self.position_encodings.encodings[offset : offset + tokens.shape[1]]
+        new_cache: KVCache = []
+        for i, layer in enumerate(self.layer):
+            attn, kv = layer.self_attention(x, None if cache is None else cache[i], causal=True)
+            x = x + attn
+            x = x + layer.attention(x, memory_kv[i])
+            x = x + layer.ffn(x)
+            new_cache.append(kv)
+        x = self.layer_norm(x)
+        logits = x.float() @ self.embeddings.weight.float().T
+        return logits, new_cache
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = Encoder(dims)
+        self.decoder = Decoder(dims)

@@ -1,0 +1,1 @@
+"""Model code: Whisper recognizer, weight loaders, mel front end, VAD model. No asyncio."""

@@ -1,0 +1,1 @@
+"""Pipeline stages (asyncio) and the messages between them. No torch at module level."""

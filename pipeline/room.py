@@ -1,0 +1,155 @@
+"""One room: source -> 500 ms framing -> VAD utterance assembly -> the shared recognize queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from pipeline.framing import Framer
+from pipeline.messages import SAMPLE_RATE, EndOfStream, Frame, Utterance
+from pipeline.queues import DropOldestQueue
+from pipeline.sources import AudioSource, AudioFileError, CaptureError
+from pipeline.vad import Segment, UtteranceAssembler, VadParams
+
+# 20 frames = 10 s of audio may wait for the VAD before capture starts dropping frames.
+FRAME_QUEUE_FRAMES = 20
+
+
+@dataclass
+class RoomCounters:
+    frames: int = 0
+    dropped_frames: int = 0
+    utterances: int = 0
+    discarded_short: int = 0
+    errors: int = 0
+    state: str = "starting"  # starting | listening | idle | failed
+    last_error: str | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Room:
+    """Runs one room's capture and VAD; sends utterances to ``out``.
+
+    A failing source (file gone, device missing) is logged and leaves this room idle; it
+    never stops the other rooms or the daemon.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: AudioSource,
+        vad_params: VadParams,
+        speech_prob_factory: Callable[[], Callable[[np.ndarray], float]],
+        vad_executor: Executor,
+        out: asyncio.Queue[Utterance | None],
+        id_prefix: str,
+        language: str | None = None,
+        source_label: str | None = None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.vad_params = vad_params
+        self.speech_prob_factory = speech_prob_factory
+        self.vad_executor = vad_executor
+        self.out = out
+        self.id_prefix = id_prefix
+        self.language = language
+        self.source_label = source_label
+        self.counters = RoomCounters()
+        self.log = structlog.get_logger().bind(room=name)
+        self._count = 0
+        self._frames: asyncio.Queue[Frame | EndOfStream]
+        if source.realtime:
+            self._frames = DropOldestQueue(FRAME_QUEUE_FRAMES)
+        else:
+            self._frames = asyncio.Queue(FRAME_QUEUE_FRAMES)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._capture(stop), name=f"capture:{self.name}")
+            group.create_task(self._vad(), name=f"vad:{self.name}")
+
+    async def _put(self, item: Frame | EndOfStream) -> None:
+        if isinstance(self._frames, DropOldestQueue) and isinstance(item, Frame):
+            if not self._frames.put_dropping_oldest(item):
+                self.counters.dropped_frames += 1
+                self.log.warning("frame dropped: VAD behind capture", dropped=self.counters.dropped_frames)
+        else:
+            await self._frames.put(item)
+
+    async def _capture(self, stop: asyncio.Event) -> None:
+        framer = Framer()
+        wall0 = time.time()
+        self.counters.state = "listening"
+        self.log.info("room listening", source=self.source.description)
+        reason = "end_of_stream"
+        try:
+            async for chunk in self.source.chunks(stop):
+                for offset, samples in framer.push(chunk):
+                    await self._put(self._frame(offset, samples, wall0))
+            for offset, samples in framer.flush():
+                await self._put(self._frame(offset, samples, wall0))
+            if stop.is_set():
+                reason = "shutdown"
+        except (AudioFileError, CaptureError, OSError) as exc:
+            reason = "error"
+            self.counters.errors += 1
+            self.counters.last_error = str(exc)
+            self.log.error("room source failed", error=str(exc))
+        await self._frames.put(EndOfStream(self.name, reason))
+
+    def _frame(self, offset: int, samples: np.ndarray, wall0: float) -> Frame:
+        self.counters.frames += 1
+        return Frame(self.name, samples, offset, wall0 + offset / SAMPLE_RATE, time.monotonic())
+
+    async def _vad(self) -> None:
+        loop = asyncio.get_running_loop()
+        speech_prob = await loop.run_in_executor(self.vad_executor, self.speech_prob_factory)
+        assembler = UtteranceAssembler(self.vad_params, speech_prob)
+        wall0: float | None = None
+        while True:
+            item = await self._frames.get()
+            if isinstance(item, EndOfStream):
+                segments = assembler.flush(item.reason)
+                await self._emit(segments, wall0 or time.time())
+                self.counters.discarded_short = assembler.discarded
+                self.counters.state = "failed" if item.reason == "error" else "idle"
+                self.log.info("room idle", reason=item.reason, utterances=self.counters.utterances)
+                return
+            if wall0 is None:
+                wall0 = item.wall - item.offset / SAMPLE_RATE
+            segments = await loop.run_in_executor(self.vad_executor, assembler.push, item.samples)
+            await self._emit(segments, wall0)
+            self.counters.discarded_short = assembler.discarded
+
+    async def _emit(self, segments: list[Segment], wall0: float) -> None:
+        for seg in segments:
+            self._count += 1
+            self.counters.utterances += 1
+            utt = Utterance(
+                room=self.name,
+                id=f"{self.id_prefix}-{self._count:06d}",
+                audio=seg.audio,
+                start_s=seg.start / SAMPLE_RATE,
+                end_s=seg.end / SAMPLE_RATE,
+                start_wall=wall0 + seg.start / SAMPLE_RATE,
+                end_wall=wall0 + seg.end / SAMPLE_RATE,
+                reason=seg.reason,
+                decided_at=time.monotonic(),
+                language=self.language,
+                source=self.source_label,
+            )
+            self.log.info(
+                "utterance cut",
+                utterance_id=utt.id,
+                start_s=round(utt.start_s, 3),
+                duration_s=round(utt.duration_s, 3),
+                reason=seg.reason,
+            )
+            await self.out.put(utt)

@@ -1,0 +1,220 @@
+"""Audio sources: files and microphones, yielding 16 kHz mono float32 chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from pipeline.messages import SAMPLE_RATE
+
+CHUNK_MS = 500
+
+
+class AudioFileError(Exception):
+    """A file that cannot be used as audio; the message names the file and the reason."""
+
+
+class CaptureError(Exception):
+    """A capture device could not be opened or failed."""
+
+
+class AudioSource(Protocol):
+    """``realtime`` sources cannot wait (frames are dropped when the pipeline is behind);
+    the others are read only as fast as the pipeline accepts."""
+
+    realtime: bool
+    description: str
+
+    def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]: ...
+
+
+def open_audio(path: Path) -> sf.SoundFile:
+    """Open an audio file, turning every failure into an AudioFileError with a reason."""
+    if not path.exists():
+        raise AudioFileError(f"{path}: file not found")
+    if path.is_dir():
+        raise AudioFileError(f"{path}: is a directory")
+    if path.stat().st_size == 0:
+        raise AudioFileError(f"{path}: empty file (0 bytes)")
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioFileError(f"{path}: not a readable audio file ({exc})") from None
+    except OSError as exc:
+        raise AudioFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if handle.frames == 0:
+        handle.close()
+        raise AudioFileError(f"{path}: contains no audio samples")
+    return handle
+
+
+class FileSource:
+    """Reads WAV/FLAC (any rate, any channels), converted to 16 kHz mono.
+
+    ``realtime`` paces the chunks like a microphone would deliver them; ``loop`` starts the
+    file again at its end.
+    """
+
+    def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
+        self.path = path
+        self.realtime = realtime
+        self.loop = loop
+        self.description = f"file {path}"
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+        started = time.monotonic()
+        emitted = 0
+        while not stop.is_set():
+            with open_audio(self.path) as handle:
+                resampler = None
+                if handle.samplerate != SAMPLE_RATE:
+                    resampler = soxr.ResampleStream(handle.samplerate, SAMPLE_RATE, 1, dtype="float32")
+                block = max(1, handle.samplerate * CHUNK_MS // 1000)
+                try:
+                    blocks = handle.blocks(blocksize=block, dtype="float32", always_2d=True)
+                    for data in blocks:
+                        if stop.is_set():
+                            return
+                        mono = data.mean(axis=1, dtype=np.float32)
+                        out = mono if resampler is None else resampler.resample_chunk(mono)
+                        emitted += len(out)
+                        if self.realtime:
+                            # Deliver a chunk when a microphone would have finished recording it.
+                            await asyncio.sleep(max(0.0, started + emitted / SAMPLE_RATE - time.monotonic()))
+                        else:
+                            await asyncio.sleep(0)
+                        yield out
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    raise AudioFileError(f"{self.path}: read failed ({exc})") from None
+                if resampler is not None:
+                    yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if not self.loop:
+                return
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """PortAudio prints pages of ALSA/JACK probing errors on fd 2 when it starts; hide them."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def list_input_devices() -> list[dict[str, Any]]:
+    import pyaudio
+
+    with _quiet_stderr():
+        pa = pyaudio.PyAudio()
+    try:
+        devices = []
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            if int(info["maxInputChannels"]) > 0:
+                devices.append(
+                    {
+                        "index": i,
+                        "name": str(info["name"]),
+                        "channels": int(info["maxInputChannels"]),
+                        "rate": int(info["defaultSampleRate"]),
+                    }
+                )
+        return devices
+    finally:
+        pa.terminate()
+
+
+def _find_device(pa: Any, device: str | int) -> int:
+    if isinstance(device, int):
+        return device
+    if device == "default":
+        return int(pa.get_default_input_device_info()["index"])
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if device.lower() in str(info["name"]).lower() and int(info["maxInputChannels"]) > 0:
+            return i
+    raise CaptureError(f"no input device whose name contains {device!r}")
+
+
+class MicSource:
+    """A PortAudio input device through PyAudio, at its native rate, converted to 16 kHz mono.
+
+    The PortAudio callback never blocks: it hands each buffer to the event loop with
+    ``call_soon_threadsafe`` into a small drop-oldest queue.
+    """
+
+    realtime = True
+
+    def __init__(self, device: str | int = "default", buffer_ms: int = 100) -> None:
+        self.device = device
+        self.buffer_ms = buffer_ms
+        self.description = f"mic {device}"
+        self.overflows = 0
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+        import pyaudio
+
+        from pipeline.queues import DropOldestQueue
+
+        loop = asyncio.get_running_loop()
+        inbox: DropOldestQueue[np.ndarray] = DropOldestQueue(64)
+        with _quiet_stderr():
+            pa = pyaudio.PyAudio()
+        try:
+            try:
+                index = _find_device(pa, self.device)
+                info = pa.get_device_info_by_index(index)
+            except (OSError, ValueError) as exc:
+                raise CaptureError(f"input device {self.device!r}: {exc}") from None
+            rate = int(info["defaultSampleRate"])
+            channels = max(1, min(2, int(info["maxInputChannels"])))
+
+            def callback(data: bytes | None, frames: int, _time: Any, status: int) -> tuple[None, int]:
+                if status & pyaudio.paInputOverflow:
+                    self.overflows += 1
+                if data:
+                    block = np.frombuffer(data, dtype=np.float32).reshape(-1, channels)
+                    loop.call_soon_threadsafe(inbox.put_dropping_oldest, block.mean(axis=1))
+                return None, pyaudio.paContinue
+
+            try:
+                stream = pa.open(
+                    format=pyaudio.paFloat32,
+                    channels=channels,
+                    rate=rate,
+                    input=True,
+                    input_device_index=index,
+                    frames_per_buffer=max(64, rate * self.buffer_ms // 1000),
+                    stream_callback=callback,
+                )
+            except OSError as exc:
+                raise CaptureError(f"cannot open input device {info['name']!r}: {exc}") from None
+            resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            try:
+                while not stop.is_set():
+                    try:
+                        block = await asyncio.wait_for(inbox.get(), timeout=0.5)
+                    except TimeoutError:
+                        if not stream.is_active():
+                            raise CaptureError(f"input device {info['name']!r} stopped") from None
+                        continue
+                    yield block if resampler is None else resampler.resample_chunk(block)
+            finally:
+                stream.stop_stream()
+                stream.close()
+        finally:
+            pa.terminate()

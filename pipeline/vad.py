@@ -1,0 +1,176 @@
+"""Utterance assembly from per-window speech probabilities.
+
+The assembler is a pure state machine over 512-sample windows: tests drive it with made-up
+probabilities, the pipeline with Silero's. Sample offsets are counted from the start of the
+room's stream, so utterances carry exact positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.messages import SAMPLE_RATE
+
+WINDOW = 512
+# Silero's recommended hysteresis: speech ends when the probability drops this far below
+# the start threshold, so a wavering probability does not chop words.
+NEG_THRESHOLD_GAP = 0.15
+
+
+@dataclass(frozen=True)
+class VadParams:
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    pre_roll_ms: int = 300
+    hangover_ms: int = 700
+    post_roll_ms: int = 200
+    min_utterance_ms: int = 400
+    max_utterance_ms: int = 20000
+    cut_search_ms: int = 4000
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # sample offsets in the stream, end exclusive
+    end: int
+    audio: np.ndarray
+    reason: str
+
+
+def _ms(ms: int) -> int:
+    return ms * SAMPLE_RATE // 1000
+
+
+class UtteranceAssembler:
+    """Feeds audio in, gets finished speech segments out."""
+
+    def __init__(self, params: VadParams, speech_prob: Callable[[np.ndarray], float]) -> None:
+        self.p = params
+        self.speech_prob = speech_prob
+        self.neg_threshold = max(0.01, params.threshold - NEG_THRESHOLD_GAP)
+        self._leftover = np.zeros(0, dtype=np.float32)
+        self._buf: list[np.ndarray] = []  # audio from _buf_start up to _pos
+        self._buf_start = 0
+        self._pos = 0  # stream offset of the next window to classify
+        self._run = 0  # consecutive speech windows while idle
+        self._run_start = 0
+        self._in_speech = False
+        self._in_silence = False
+        self._utt_start = 0
+        self._speech_start = 0
+        self._last_speech_end = 0
+        self._energy: list[tuple[int, float]] = []  # (window start, rms) inside the utterance
+        self.discarded = 0  # speech too short to be an utterance
+
+    @property
+    def position(self) -> int:
+        return self._pos + len(self._leftover)
+
+    def push(self, samples: np.ndarray) -> list[Segment]:
+        data = np.concatenate([self._leftover, np.asarray(samples, dtype=np.float32)])
+        n = len(data) // WINDOW * WINDOW
+        self._leftover = data[n:]
+        out: list[Segment] = []
+        for i in range(0, n, WINDOW):
+            out.extend(self._window(data[i : i + WINDOW]))
+        return out
+
+    def flush(self, reason: str = "end_of_stream") -> list[Segment]:
+        """End of stream: the utterance in progress (if any) is finished as it stands."""
+        if len(self._leftover):
+            self._append(self._leftover)
+            self._pos += len(self._leftover)
+            self._leftover = np.zeros(0, dtype=np.float32)
+        out: list[Segment] = []
+        if self._in_speech:
+            end = min(self._pos, self._last_speech_end + _ms(self.p.post_roll_ms))
+            out.extend(self._emit(end, reason))
+        self._reset_idle()
+        return out
+
+    def _append(self, window: np.ndarray) -> None:
+        self._buf.append(window)
+
+    def _audio(self, start: int, end: int) -> np.ndarray:
+        data = np.concatenate(self._buf) if self._buf else np.zeros(0, dtype=np.float32)
+        return data[start - self._buf_start : end - self._buf_start]
+
+    def _trim(self, keep_from: int) -> None:
+        if keep_from <= self._buf_start:
+            return
+        data = np.concatenate(self._buf) if self._buf else np.zeros(0, dtype=np.float32)
+        data = data[keep_from - self._buf_start :]
+        self._buf = [data] if len(data) else []
+        self._buf_start = keep_from
+
+    def _reset_idle(self) -> None:
+        self._in_speech = False
+        self._in_silence = False
+        self._run = 0
+        self._energy = []
+
+    def _window(self, window: np.ndarray) -> list[Segment]:
+        start = self._pos
+        prob = self.speech_prob(window)
+        self._append(window)
+        self._pos += WINDOW
+        if not self._in_speech:
+            return self._idle_window(start, prob)
+        self._energy.append((start, float(np.sqrt(np.mean(window * window)))))
+        if prob >= self.p.threshold or (prob >= self.neg_threshold and not self._in_silence):
+            self._last_speech_end = self._pos
+            self._in_silence = False
+        elif prob < self.neg_threshold:
+            self._in_silence = True
+        if self._pos - self._last_speech_end >= _ms(self.p.hangover_ms):
+            end = min(self._pos, self._last_speech_end + _ms(self.p.post_roll_ms))
+            out = self._emit(end, "silence")
+            self._reset_idle()
+            return out
+        if self._pos - self._utt_start >= _ms(self.p.max_utterance_ms):
+            return self._cut_long()
+        return []
+
+    def _idle_window(self, start: int, prob: float) -> list[Segment]:
+        if prob >= self.p.threshold:
+            if self._run == 0:
+                self._run_start = start
+            self._run += 1
+        elif prob < self.neg_threshold:
+            self._run = 0
+        if self._run and self._run * WINDOW >= _ms(self.p.min_speech_ms):
+            self._in_speech = True
+            self._in_silence = False
+            self._speech_start = self._run_start
+            self._utt_start = max(self._buf_start, self._run_start - _ms(self.p.pre_roll_ms))
+            self._last_speech_end = self._pos
+            self._energy = []
+        elif not self._run:
+            # Keep only what a pre-roll could need.
+            self._trim(max(0, self._pos - _ms(self.p.pre_roll_ms) - _ms(self.p.min_speech_ms)))
+        return []
+
+    def _cut_long(self) -> list[Segment]:
+        """Cut at the quietest window of the last ``cut_search_ms``, not mid-word."""
+        earliest = max(self._utt_start + _ms(self.p.min_utterance_ms), self._pos - _ms(self.p.cut_search_ms))
+        candidates = [(rms, s) for s, rms in self._energy if s >= earliest]
+        cut = min(candidates)[1] + WINDOW // 2 if candidates else self._pos
+        out = self._emit(cut, "max_length")
+        self._utt_start = self._speech_start = cut
+        self._energy = [(s, r) for s, r in self._energy if s >= cut]
+        self._last_speech_end = max(self._last_speech_end, cut)
+        return out
+
+    def _emit(self, end: int, reason: str) -> list[Segment]:
+        start = self._utt_start
+        speech_len = self._last_speech_end - max(start, self._speech_start)
+        out: list[Segment] = []
+        if reason == "max_length" or speech_len >= _ms(self.p.min_utterance_ms):
+            out.append(Segment(start, end, self._audio(start, end).copy(), reason))
+        else:
+            self.discarded += 1
+        self._trim(end)
+        return out

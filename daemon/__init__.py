@@ -1,0 +1,3 @@
+"""The roomscribe process: CLI, config, lifecycle, MQTT, logging."""
+
+__version__ = "0.1.0"

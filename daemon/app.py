@@ -1,0 +1,217 @@
+"""Builds the stage graph, starts it, and stops it in reverse order.
+
+    rooms (capture -> framing -> VAD)  --utterances-->  recognize  --transcripts-->  publish -> MQTT
+
+This is the only module that knows every stage. Shutdown (SIGTERM/SIGINT): stop capture,
+let each room finish the utterance it holds, recognize and publish everything already cut,
+publish ``stopped``, exit 0 -- all within ``daemon.drain_timeout_s``. A second SIGINT
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import structlog
+
+from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
+from daemon.mqtt import Outgoing, Publisher
+from pipeline.messages import Transcript, Utterance, utterance_record
+from pipeline.recognize import RecognizeStage
+from pipeline.room import Room
+from pipeline.sources import AudioSource, FileSource, MicSource
+
+if TYPE_CHECKING:
+    from models.recognizer import Recognizer
+
+# Utterances waiting for the recognizer. When full, rooms wait (backpressure), and a
+# real-time room's capture then drops its oldest frames and counts them.
+UTTERANCE_QUEUE_SIZE = 64
+TRANSCRIPT_QUEUE_SIZE = 64
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1
+EXIT_CONFIG_ERROR = 2
+EXIT_STARTUP_FAILURE = 3
+EXIT_FORCED = 130
+
+
+class StartupError(Exception):
+    """The daemon could not start (model, device); the message says why."""
+
+
+def run_id() -> str:
+    """A short token of the start time, so utterance ids stay unique across restarts."""
+    value, digits = int(time.time()), "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while value:
+        value, rem = divmod(value, 36)
+        out = digits[rem] + out
+    return out
+
+
+def load_recognizer_in_thread(config: Config) -> Recognizer:
+    """Runs on the model thread: sets torch's thread count, then loads the model."""
+    import torch
+
+    from models.loading import ModelNotFoundError
+    from models.recognizer import load_recognizer
+
+    if config.recognizer.threads:
+        torch.set_num_threads(config.recognizer.threads)
+    try:
+        return load_recognizer(config.recognizer.model, config.recognizer.device, config.recognizer.dtype)
+    except (ModelNotFoundError, RuntimeError, ValueError) as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def silero_factory() -> Callable[[np.ndarray], float]:
+    from models.vad import SileroVad
+
+    return SileroVad()
+
+
+def build_source(settings: FileSourceSettings | MicSourceSettings, config_path: Path) -> AudioSource:
+    if isinstance(settings, FileSourceSettings):
+        return FileSource(resolve_path(settings.path, config_path), settings.realtime, settings.loop)
+    return MicSource(settings.device)
+
+
+class App:
+    def __init__(self, config: Config, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log = structlog.get_logger()
+        self.stop = asyncio.Event()
+        self.rooms_idle = asyncio.Event()
+        self.started_at = time.monotonic()
+        # One thread owns the recognizer (its threading contract); another runs the VADs so
+        # that a long model call never delays voice detection.
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        self.utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(UTTERANCE_QUEUE_SIZE)
+        self.transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
+        self.publisher = Publisher(config.mqtt)
+        prefix = run_id()
+        self.rooms = [
+            Room(
+                name=r.name,
+                source=build_source(r.source, config_path),
+                vad_params=config.vad.params(),
+                speech_prob_factory=silero_factory,
+                vad_executor=self.vad_executor,
+                out=self.utterances,
+                id_prefix=f"{r.name}-{prefix}",
+                language=r.language,
+            )
+            for r in config.rooms
+            if r.enabled
+        ]
+        self._signals = 0
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.log.info("shutdown requested", reason=reason)
+            self.stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1 and signum == signal.SIGINT:
+            self.log.warning("second interrupt: exiting now without draining")
+            os._exit(EXIT_FORCED)
+        self.request_stop(signal.Signals(signum).name)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.log.info("loading model", model=self.config.recognizer.model)
+        started = time.monotonic()
+        recognizer = await loop.run_in_executor(self.model_executor, load_recognizer_in_thread, self.config)
+        self.log.info(
+            "model loaded",
+            model=recognizer.name,
+            device=recognizer.device,
+            dtype=recognizer.dtype,
+            load_s=round(time.monotonic() - started, 2),
+        )
+        recognize = RecognizeStage(
+            recognizer, self.model_executor, self.utterances, self.transcripts, self.config.recognizer.max_batch
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                mqtt_task = group.create_task(self.publisher.run(), name="mqtt")
+                recognize_task = group.create_task(recognize.run(), name="recognize")
+                publish_task = group.create_task(self._publish_stage(), name="publish")
+                room_tasks = [
+                    group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms
+                ]
+                group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
+                await self.stop.wait()
+                await self._drain(room_tasks, recognize_task, publish_task, mqtt_task)
+        finally:
+            self.model_executor.shutdown(wait=False, cancel_futures=True)
+            self.vad_executor.shutdown(wait=False, cancel_futures=True)
+        self.log.info("stopped", published=self.publisher.counters.published)
+        return EXIT_OK
+
+    async def _watch_rooms(self, room_tasks: list[asyncio.Task[None]]) -> None:
+        if room_tasks:
+            await asyncio.wait(room_tasks)
+        self.rooms_idle.set()
+
+    async def _run_room(self, room: Room) -> None:
+        try:
+            await room.run(self.stop)
+        except Exception:
+            # A bug in one room must not take the others down.
+            room.counters.state = "failed"
+            self.log.exception("room crashed", room=room.name)
+
+    async def _publish_stage(self) -> None:
+        while (item := await self.transcripts.get()) is not None:
+            u = item.utterance
+            record = utterance_record(item, published_at=time.monotonic())
+            self.publisher.submit_json(
+                self.publisher.topic(u.room, "utterance"),
+                record,
+                qos=1,
+                utterance_id=u.id,
+                room=u.room,
+                decided_at=u.decided_at,
+            )
+
+    async def _drain(
+        self,
+        room_tasks: list[asyncio.Task[None]],
+        recognize_task: asyncio.Task[None],
+        publish_task: asyncio.Task[None],
+        mqtt_task: asyncio.Task[None],
+    ) -> None:
+        timeout = self.config.daemon.drain_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*room_tasks)
+                await self.utterances.put(None)
+                await recognize_task
+                await publish_task
+                await self.publisher.finish()
+        except TimeoutError:
+            lost = self.utterances.qsize() + self.transcripts.qsize() + len(self.publisher.pending)
+            self.log.error("shutdown drain timed out; giving up on what is left", timeout_s=timeout, lost=lost)
+            for task in (*room_tasks, recognize_task, publish_task, mqtt_task):
+                task.cancel()
+        await asyncio.gather(mqtt_task, return_exceptions=True)
+
+    def submit_raw(self, message: Outgoing) -> None:
+        self.publisher.submit(message)

@@ -1,0 +1,133 @@
+"""Command line: ``roomscribe run|demo|transcribe|check-config|devices``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from daemon import __version__
+from daemon.app import EXIT_CONFIG_ERROR, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, App, StartupError
+from daemon.config import Config, ConfigError, default_config_path, load_config
+from daemon.logs import setup_logging
+
+
+def report_config_error(exc: ConfigError) -> int:
+    for line in exc.problems:
+        print(f"{exc.path}: {line}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+
+
+def load_or_report(path: Path | None) -> tuple[Config | None, Path, int]:
+    path = path or default_config_path()
+    try:
+        return load_config(path), path, 0
+    except ConfigError as exc:
+        return None, path, report_config_error(exc)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, path, code = load_or_report(args.config)
+    if config is None:
+        return code
+    print(f"{path}: ok ({len(config.rooms)} room(s))")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config, path, code = load_or_report(args.config)
+    if config is None:
+        return code
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    if not any(r.enabled for r in config.rooms):
+        print(f"{path}: rooms: no enabled room; add a [[rooms]] entry", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return asyncio.run(_run_app(config, path))
+
+
+async def _run_app(config: Config, path: Path) -> int:
+    import structlog
+
+    log = structlog.get_logger()
+    try:
+        app = App(config, path)
+        app.install_signal_handlers()
+        return await app.run()
+    except StartupError as exc:
+        log.error("start-up failed", error=str(exc))
+        return EXIT_STARTUP_FAILURE
+    except Exception:
+        log.exception("daemon failed")
+        return EXIT_RUNTIME_ERROR
+
+
+def cmd_devices(_args: argparse.Namespace) -> int:
+    from pipeline.sources import list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except OSError as exc:
+        print(f"cannot list audio devices: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    if not devices:
+        print("no capture devices found")
+    for d in devices:
+        print(f"{d['index']:>3}  {d['name']}  ({d['channels']} ch, {d['rate']} Hz)")
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from daemon.transcribe import transcribe_main
+
+    return transcribe_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roomscribe", description="Local, always-on speech to text over MQTT.")
+    parser.add_argument("--version", action="version", version=f"roomscribe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="config file (default: $ROOMSCRIBE_CONFIG, /etc/roomscribe, ./)")
+
+    p = sub.add_parser("run", help="run the daemon")
+    with_config(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 0, or 2 with one line per problem")
+    with_config(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("demo", help="zero set-up demo: embedded broker, bundled sample, prints utterances")
+    p.add_argument("--mic", action="store_true", help="listen to the default microphone instead")
+    p.add_argument("--config", type=Path, help="use this config's broker and recognizer instead")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files and folders")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--format", choices=("jsonl", "txt"), default="txt")
+    p.add_argument("--language", help="language code for multilingual models")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--verbose", action="store_true", help="log progress on stderr")
+    with_config(p)
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("devices", help="list capture devices")
+    p.set_defaults(func=cmd_devices)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Configuration: strict pydantic models, one per TOML section.
+
+Unknown keys are errors; every field has a description (config.toml documents the same
+keys with comments). Problems are reported as one line each, naming the dotted key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.vad import VadParams
+
+ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# Whisper sees at most 30 s at once.
+MAX_UTTERANCE_LIMIT_MS = 30000
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(Section):
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of log lines written."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON otherwise (journald)."
+    )
+    drain_timeout_s: float = Field(
+        20.0, gt=0, le=600, description="On SIGTERM, how long to finish and publish what was already cut."
+    )
+
+
+class MqttSettings(Section):
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    prefix: str = Field("roomscribe", pattern=r"^[^#+]+$", description="Topic prefix; no wildcards.")
+    client_id: str = Field("", description="MQTT client id; empty means roomscribe-<hostname>.")
+    username: str = Field("", description="Username; empty for anonymous.")
+    password_file: str = Field(
+        "", description="File holding the password; a bare name is looked up in $CREDENTIALS_DIRECTORY."
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to the max.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    max_pending: int = Field(
+        10000, ge=1, description="Utterances held in memory while the broker is away; oldest dropped past this."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+
+class RecognizerSettings(Section):
+    model: str = Field("bundled:tiny.en", description="bundled:tiny.en or a CTranslate2 Whisper folder.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on a GPU, float32 on a CPU."
+    )
+    max_batch: int = Field(8, ge=1, le=64, description="Most utterances per model call.")
+    threads: int = Field(0, ge=0, le=256, description="CPU threads for the model; 0 lets torch decide.")
+
+
+class VadSettings(Section):
+    threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that starts speech.")
+    min_speech_ms: int = Field(250, ge=32, le=2000, description="Speech needed before an utterance starts.")
+    pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start.")
+    hangover_ms: int = Field(700, ge=100, le=5000, description="Silence that ends an utterance.")
+    post_roll_ms: int = Field(200, ge=0, le=2000, description="Silence kept after the last speech.")
+    min_utterance_ms: int = Field(400, ge=0, le=10000, description="Shorter speech is discarded.")
+    max_utterance_ms: int = Field(
+        20000, ge=2000, le=MAX_UTTERANCE_LIMIT_MS, description="Longer speech is cut at a quiet point."
+    )
+    cut_search_ms: int = Field(4000, ge=500, le=10000, description="Window searched for that quiet point.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> VadSettings:
+        if self.cut_search_ms >= self.max_utterance_ms:
+            raise ValueError("cut_search_ms must be shorter than max_utterance_ms")
+        if self.post_roll_ms > self.hangover_ms:
+            raise ValueError("post_roll_ms cannot exceed hangover_ms")
+        return self
+
+    def params(self) -> VadParams:
+        return VadParams(**self.model_dump())
+
+
+class FileSourceSettings(Section):
+    type: Literal["file"]
+    path: str = Field(description="WAV or FLAC file; relative paths start at the config file's folder.")
+    realtime: bool = Field(True, description="Pace like a microphone (true) or read as fast as possible.")
+    loop: bool = Field(False, description="Start again at the end of the file.")
+
+
+class MicSourceSettings(Section):
+    type: Literal["mic"]
+    device: str | int = Field("default", description="default, a device index, or part of its name.")
+
+
+SourceSettings = Annotated[FileSourceSettings | MicSourceSettings, Field(discriminator="type")]
+
+
+class RoomSettings(Section):
+    name: str = Field(pattern=ROOM_NAME_PATTERN, description="Room name; used in MQTT topics.")
+    enabled: bool = Field(True, description="A disabled room is not started.")
+    language: str | None = Field(None, description="Language code for multilingual models.")
+    source: SourceSettings
+
+
+class Config(Section):
+    daemon: DaemonSettings = DaemonSettings()
+    mqtt: MqttSettings = MqttSettings()
+    recognizer: RecognizerSettings = RecognizerSettings()
+    vad: VadSettings = VadSettings()
+    rooms: list[RoomSettings] = Field(default_factory=list, description="The rooms to listen to.")
+
+    @field_validator("rooms")
+    @classmethod
+    def _unique_names(cls, rooms: list[RoomSettings]) -> list[RoomSettings]:
+        seen: set[str] = set()
+        for room in rooms:
+            if room.name in seen:
+                raise ValueError(f"room name {room.name!r} is used twice")
+            seen.add(room.name)
+        return rooms
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        super().__init__(f"{path}: " + "; ".join(problems))
+        self.path = path
+        self.problems = problems
+
+
+_UNION_MEMBERS = ("str", "int", "float", "bool")
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+        elif i > 0 and loc[i - 1] == "source" and part in ("file", "mic"):
+            continue  # pydantic adds the discriminator's tag to the location
+        elif part in _UNION_MEMBERS:
+            continue  # and the member type's name for each branch of a plain union
+        else:
+            parts.append(part)
+    return ".".join(parts) or "(top level)"
+
+
+def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
+    """The keys a section accepts, for the message about an unknown key."""
+    model: type[BaseModel] = Config
+    node = data
+    for part in loc[:-1]:
+        if isinstance(part, int) or part in ("file", "mic"):
+            node = node[part] if isinstance(part, int) else node
+            continue
+        node = node.get(part) if isinstance(node, dict) else None
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        if part == "rooms":
+            model = RoomSettings
+        elif part == "source":
+            kind = node.get("type") if isinstance(node, dict) else None
+            model = MicSourceSettings if kind == "mic" else FileSourceSettings
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+    return list(model.model_fields)
+
+
+def describe_errors(exc: ValidationError, data: Any) -> list[str]:
+    lines: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        key = _key(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc, data))
+            lines[key] = f"{key}: unknown key (allowed here: {allowed})"
+        elif err["type"] == "missing":
+            lines[key] = f"{key}: required key is missing"
+        elif key in lines:  # another branch of a union: say what either branch wants
+            lines[key] += f"; or {err['msg']}"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            lines[key] = f"{key} = {err['input']!r}: {message}"
+    return list(lines.values())
+
+
+def default_config_path() -> Path:
+    """$ROOMSCRIBE_CONFIG, then systemd's $CONFIGURATION_DIRECTORY, /etc, then ./config.toml."""
+    if env := os.environ.get("ROOMSCRIBE_CONFIG"):
+        return Path(env)
+    candidates = []
+    if conf_dir := os.environ.get("CONFIGURATION_DIRECTORY"):
+        candidates.append(Path(conf_dir.split(":")[0]) / "config.toml")
+    candidates += [Path("/etc/roomscribe/config.toml"), Path("config.toml")]
+    return next((p for p in candidates if p.is_file()), candidates[-1])
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, describe_errors(exc, data)) from None
+    problems = []
+    for i, room in enumerate(config.rooms):
+        if isinstance(room.source, FileSourceSettings):
+            file = resolve_path(room.source.path, path)
+            if not file.is_file():
+                problems.append(f"rooms[{i}].source.path = {room.source.path!r}: no such file ({file})")
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raises ConfigError with one line per problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, ["config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read config file: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, path)
+
+
+def resolve_path(value: str, config_path: Path) -> Path:
+    """Paths in the config are relative to the folder of the config file."""
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else config_path.parent / candidate

@@ -1,0 +1,135 @@
+"""``roomscribe demo``: the whole daemon with nothing to set up.
+
+Starts an in-process MQTT broker (amqtt) on a free loopback port unless ``--config`` names
+a broker, plays the bundled sample through the pipeline in real time (or listens to the
+default microphone with ``--mic``), and prints each utterance as a subscriber receives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from daemon.app import EXIT_STARTUP_FAILURE, App, StartupError
+from daemon.config import Config, ConfigError, load_config
+from daemon.logs import setup_logging
+
+# After the sample ends, how long to wait for the last utterances to arrive.
+SETTLE_TIMEOUT_S = 30.0
+
+
+def demo_sample() -> Path:
+    return Path(str(resources.files("daemon") / "assets" / "demo.flac"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(base: Config | None, mic: bool, port: int | None) -> Config:
+    data: dict[str, Any] = base.model_dump() if base else {}
+    data.setdefault("daemon", {})["log_level"] = "warning"
+    if port is not None:
+        data["mqtt"] = {**data.get("mqtt", {}), "host": "127.0.0.1", "port": port, "client_id": "roomscribe-demo"}
+    source: dict[str, Any] = (
+        {"type": "mic", "device": "default"} if mic else {"type": "file", "path": str(demo_sample()), "realtime": True}
+    )
+    data["rooms"] = [{"name": "demo", "source": source}]
+    return Config.model_validate(data)
+
+
+async def _start_broker(port: int) -> Any:
+    from amqtt.broker import Broker
+
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    return broker
+
+
+async def _print_utterances(config: Config, received: list[dict[str, Any]], ready: asyncio.Event) -> None:
+    prefix = config.mqtt.prefix
+    while True:
+        try:
+            async with aiomqtt.Client(config.mqtt.host, config.mqtt.port, identifier="roomscribe-demo-viewer") as client:
+                await client.subscribe(f"{prefix}/+/utterance", qos=1)
+                ready.set()
+                async for message in client.messages:
+                    payload = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    received.append(payload)
+                    delay = payload["latency_ms"].get("end_to_publish", "?")
+                    print(f"[{payload['room']}] {payload['text']}   ({payload['duration_s']:.1f} s, {delay} ms)", flush=True)
+        except aiomqtt.MqttError:
+            await asyncio.sleep(1.0)
+
+
+async def _demo(config: Config, embedded: bool, mic: bool) -> int:
+    broker = await _start_broker(config.mqtt.port) if embedded else None
+    received: list[dict[str, Any]] = []
+    ready = asyncio.Event()
+    viewer = asyncio.create_task(_print_utterances(config, received, ready))
+    app = App(config, Path.cwd())
+    app.install_signal_handlers()
+    where = "the default microphone (Ctrl-C to stop)" if mic else f"the sample {demo_sample().name}"
+    broker_name = "embedded broker" if embedded else "broker"
+    print(f"roomscribe demo: {where}, {broker_name} at {config.mqtt.host}:{config.mqtt.port}", flush=True)
+    await asyncio.wait_for(ready.wait(), timeout=15)
+
+    async def stop_when_done() -> None:
+        await app.rooms_idle.wait()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            counters = app.publisher.counters
+            waiting = app.utterances.qsize() + app.transcripts.qsize() + len(app.publisher.pending)
+            if waiting == 0 and len(received) >= counters.published and app.utterances.empty():
+                await asyncio.sleep(0.5)
+                if len(received) >= app.publisher.counters.published and not app.publisher.pending:
+                    break
+            await asyncio.sleep(0.2)
+        app.request_stop("demo finished")
+
+    stopper = asyncio.create_task(stop_when_done())
+    started = time.monotonic()
+    try:
+        code = await app.run()
+    finally:
+        stopper.cancel()
+        viewer.cancel()
+        if broker is not None:
+            await broker.shutdown()
+    print(f"roomscribe demo: {len(received)} utterance(s) in {time.monotonic() - started:.1f} s", flush=True)
+    return code if received or mic else 1
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    base = None
+    if args.config:
+        try:
+            base = load_config(args.config)
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(f"{exc.path}: {line}", file=sys.stderr)
+            return 2
+    embedded = base is None
+    config = demo_config(base, args.mic, free_port() if embedded else None)
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    try:
+        return asyncio.run(_demo(config, embedded, args.mic))
+    except StartupError as exc:
+        print(f"roomscribe demo: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_FAILURE

@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 
 from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
-from daemon.mqtt import Outgoing, Publisher
+from daemon.mqtt import Publisher
 from pipeline.messages import Transcript, Utterance, utterance_record
 from pipeline.recognize import RecognizeStage
 from pipeline.room import Room
@@ -153,9 +153,7 @@ class App:
                 mqtt_task = group.create_task(self.publisher.run(), name="mqtt")
                 recognize_task = group.create_task(recognize.run(), name="recognize")
                 publish_task = group.create_task(self._publish_stage(), name="publish")
-                room_tasks = [
-                    group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms
-                ]
+                room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 await self.stop.wait()
                 await self._drain(room_tasks, recognize_task, publish_task, mqtt_task)
@@ -212,6 +210,3 @@ class App:
             for task in (*room_tasks, recognize_task, publish_task, mqtt_task):
                 task.cancel()
         await asyncio.gather(mqtt_task, return_exceptions=True)
-
-    def submit_raw(self, message: Outgoing) -> None:
-        self.publisher.submit(message)

@@ -66,14 +66,19 @@ async def _print_utterances(config: Config, received: list[dict[str, Any]], read
     prefix = config.mqtt.prefix
     while True:
         try:
-            async with aiomqtt.Client(config.mqtt.host, config.mqtt.port, identifier="roomscribe-demo-viewer") as client:
+            async with aiomqtt.Client(
+                config.mqtt.host, config.mqtt.port, identifier="roomscribe-demo-viewer"
+            ) as client:
                 await client.subscribe(f"{prefix}/+/utterance", qos=1)
                 ready.set()
                 async for message in client.messages:
-                    payload = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    payload = json.loads(bytes(message.payload))
                     received.append(payload)
                     delay = payload["latency_ms"].get("end_to_publish", "?")
-                    print(f"[{payload['room']}] {payload['text']}   ({payload['duration_s']:.1f} s, {delay} ms)", flush=True)
+                    print(
+                        f"[{payload['room']}] {payload['text']}   ({payload['duration_s']:.1f} s, {delay} ms)",
+                        flush=True,
+                    )
         except aiomqtt.MqttError:
             await asyncio.sleep(1.0)
 

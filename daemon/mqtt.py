@@ -149,14 +149,7 @@ class Publisher:
                     retry_in_s=round(delay, 2),
                     pending=len(self.pending),
                 )
-                try:
-                    await asyncio.wait_for(self._sleep_forever(), timeout=delay)
-                except TimeoutError:
-                    pass
-
-    @staticmethod
-    async def _sleep_forever() -> None:
-        await asyncio.Event().wait()
+                await asyncio.sleep(delay)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Send until closing; a dropped connection (seen by the watcher) ends it with MqttError."""

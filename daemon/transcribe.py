@@ -75,7 +75,9 @@ class BatchJob:
         transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
-            stage = RecognizeStage(recognizer, model_executor, utterances, transcripts, self.config.recognizer.max_batch)
+            stage = RecognizeStage(
+                recognizer, model_executor, utterances, transcripts, self.config.recognizer.max_batch
+            )
             async with asyncio.TaskGroup() as group:
                 group.create_task(stage.run(), name="recognize")
                 group.create_task(self._write(transcripts), name="write")

@@ -13,9 +13,7 @@ def choose_device(setting: str, cuda_count: int) -> str:
     if setting.startswith("cuda"):
         index = int(setting.partition(":")[2] or 0)
         if index >= cuda_count:
-            raise RuntimeError(
-                f"recognizer.device = {setting!r} but this machine has {cuda_count} CUDA device(s)"
-            )
+            raise RuntimeError(f"recognizer.device = {setting!r} but this machine has {cuda_count} CUDA device(s)")
         return f"cuda:{index}"
     return "cpu"
 

@@ -36,9 +36,7 @@ def resolve_model(spec: str) -> ModelFiles:
         name = spec.removeprefix(BUNDLED_PREFIX)
         package = BUNDLED_MODELS.get(name)
         if package is None:
-            raise ModelNotFoundError(
-                f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}"
-            )
+            raise ModelNotFoundError(f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise ModelNotFoundError(

@@ -42,9 +42,7 @@ def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
 def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
     """Triangular Slaney-normalised mel filterbank, shape [n_mels, 1 + n_fft // 2]."""
     fft_freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
-    mel_edges = np.linspace(
-        _hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([sample_rate / 2]))[0], n_mels + 2
-    )
+    mel_edges = np.linspace(_hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([sample_rate / 2]))[0], n_mels + 2)
     hz_edges = _mel_to_hz(mel_edges)
     widths = np.diff(hz_edges)
     ramps = hz_edges[:, None] - fft_freqs[None, :]

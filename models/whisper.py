@@ -9,6 +9,7 @@ makes float16 on a GPU safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,9 @@ class LayerNorm(nn.LayerNorm):
     """Layer norm computed in float32, cast back to the input dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        ).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 class FeedForward(nn.Module):
@@ -49,7 +50,8 @@ class FeedForward(nn.Module):
         self.linear_1 = nn.Linear(4 * width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear_1(F.gelu(self.linear_0(self.layer_norm(x))))
+        out: Tensor = self.linear_1(F.gelu(self.linear_0(self.layer_norm(x))))
+        return out
 
 
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -105,7 +107,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
         q = _split_heads(self.linear_0(self.layer_norm(x)), self.n_heads)
         out = F.scaled_dot_product_attention(q, memory_kv[0], memory_kv[1])
-        return self.linear_2(_merge_heads(out))
+        projected: Tensor = self.linear_2(_merge_heads(out))
+        return projected
 
 
 class EncoderLayer(nn.Module):
@@ -116,7 +119,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.self_attention(x)[0]
-        return x + self.ffn(x)
+        out: Tensor = x + self.ffn(x)
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -139,9 +143,7 @@ class Encoder(nn.Module):
         self.conv1 = nn.Conv1d(dims.n_mels, dims.width, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dims.width, dims.width, kernel_size=3, stride=2, padding=1)
         self.position_encodings = Positions(dims.n_audio_ctx, dims.width)
-        self.layer = nn.ModuleList(
-            EncoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_encoder_layers)
-        )
+        self.layer = nn.ModuleList(EncoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_encoder_layers))
         self.layer_norm = LayerNorm(dims.width)
 
     def forward(self, mel: Tensor) -> Tensor:
@@ -150,7 +152,8 @@ class Encoder(nn.Module):
         x = x + self.position_encodings.encodings[: x.shape[1]]
         for layer in self.layer:
             x = layer(x)
-        return self.layer_norm(x)
+        out: Tensor = self.layer_norm(x)
+        return out
 
 
 class Embeddings(nn.Module):
@@ -167,24 +170,22 @@ class Decoder(nn.Module):
         super().__init__()
         self.embeddings = Embeddings(dims.n_vocab, dims.width)
         self.position_encodings = Positions(dims.n_text_ctx, dims.width)
-        self.layer = nn.ModuleList(
-            DecoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_decoder_layers)
-        )
+        self.layer = nn.ModuleList(DecoderLayer(dims.width, dims.n_heads) for _ in range(dims.n_decoder_layers))
         self.layer_norm = LayerNorm(dims.width)
+        # The same layers, typed, for the attribute access the decoder loop needs.
+        self.layers: list[DecoderLayer] = [cast(DecoderLayer, m) for m in self.layer]
 
     def project_memory(self, memory: Tensor) -> KVCache:
         """Cross-attention keys and values for each layer, computed once per utterance."""
-        return [layer.attention.project_memory(memory) for layer in self.layer]
+        return [layer.attention.project_memory(memory) for layer in self.layers]
 
-    def forward(
-        self, tokens: Tensor, memory_kv: KVCache, cache: KVCache | None
-    ) -> tuple[Tensor, KVCache]:
+    def forward(self, tokens: Tensor, memory_kv: KVCache, cache: KVCache | None) -> tuple[Tensor, KVCache]:
         """Float32 logits for ``tokens`` [batch, n] given the cache of earlier positions."""
         offset = 0 if cache is None else cache[0][0].shape[2]
         x = self.embeddings.weight[tokens]
         x = x + self.position_encodings.encodings[offset : offset + tokens.shape[1]]
         new_cache: KVCache = []
-        for i, layer in enumerate(self.layer):
+        for i, layer in enumerate(self.layers):
             attn, kv = layer.self_attention(x, None if cache is None else cache[i], causal=True)
             x = x + attn
             x = x + layer.attention(x, memory_kv[i])

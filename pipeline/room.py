@@ -14,7 +14,7 @@ import structlog
 from pipeline.framing import Framer
 from pipeline.messages import SAMPLE_RATE, EndOfStream, Frame, Utterance
 from pipeline.queues import DropOldestQueue
-from pipeline.sources import AudioSource, AudioFileError, CaptureError
+from pipeline.sources import AudioFileError, AudioSource, CaptureError
 from pipeline.vad import Segment, UtteranceAssembler, VadParams
 
 # 20 frames = 10 s of audio may wait for the VAD before capture starts dropping frames.

@@ -1,0 +1,43 @@
+# Two commands on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both install what is missing: Debian packages, the virtual environment in .venv,
+# torch (pinned, installed first so pip never resolves a bare `torch`), and the project.
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox
+
+.PHONY: setup system-deps demo test lint typecheck unit bench clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh $(SYSTEM_PACKAGES)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/roomscribe demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/daemon_e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Mosquitto
+
+
+@pytest.fixture(scope="session")
+def recognizer():  # type: ignore[no-untyped-def]
+    """The bundled Whisper tiny.en, loaded once for the whole session (float32, CPU)."""
+    from models.recognizer import load_recognizer
+
+    return load_recognizer("bundled:tiny.en", device="cpu")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "broker")
+    server.workdir.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,152 @@
+"""Test helpers: espeak-ng speech, a real Mosquitto broker, text normalization for WER."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+REPO = Path(__file__).resolve().parents[1]
+# The shared evaluation data lives beside the checkout; tests that use it skip without it.
+SHARED = Path(os.environ.get("ROOMSCRIBE_SHARED_DIR", REPO.parent / "shared"))
+SPEECH_DIR = SHARED / "data" / "speech"
+
+SENTENCES = [
+    "Please turn on the kitchen lights.",
+    "What is the weather like today?",
+    "Remind me to call the dentist tomorrow.",
+    "Set a timer for ten minutes.",
+    "The meeting starts at nine in the morning.",
+    "Open the garage door please.",
+    "Play some music in the living room.",
+    "I would like a cup of coffee.",
+    "Close the curtains in the bedroom.",
+    "How long does it take to get to the airport?",
+]
+
+
+def speak(text: str, rate: int = 16000) -> np.ndarray:
+    """espeak-ng speech as float32 mono at ``rate``."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["espeak-ng", "-s", "150", "-w", tmp.name, text], check=True)
+        audio, sr = sf.read(tmp.name, dtype="float32")
+    return soxr.resample(audio, sr, rate).astype(np.float32) if sr != rate else audio
+
+
+@dataclass(frozen=True)
+class Spoken:
+    text: str
+    start_s: float
+    end_s: float
+
+
+def speech_with_pauses(texts: list[str], pause_s: float = 1.5, rate: int = 16000) -> tuple[np.ndarray, list[Spoken]]:
+    """Sentences separated by silence; returns audio and where each sentence is."""
+    parts = [np.zeros(int(pause_s * rate), dtype=np.float32)]
+    spoken = []
+    pos = len(parts[0])
+    for text in texts:
+        audio = speak(text, rate)
+        spoken.append(Spoken(text, pos / rate, (pos + len(audio)) / rate))
+        parts += [audio, np.zeros(int(pause_s * rate), dtype=np.float32)]
+        pos += len(audio) + int(pause_s * rate)
+    return np.concatenate(parts), spoken
+
+
+_SMALL = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _number_words(n: int) -> str:
+    if n < 20:
+        return _SMALL[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _SMALL[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _SMALL[n // 100] + " hundred" + ("" if rest == 0 else " " + _number_words(rest))
+    if n < 10000:
+        rest = n % 1000
+        return _number_words(n // 1000) + " thousand" + ("" if rest == 0 else " " + _number_words(rest))
+    return str(n)
+
+
+def normalize(text: str) -> str:
+    """Lower case, numbers as words, no punctuation: the scoring form for WER."""
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"\d+", lambda m: f" {_number_words(int(m.group()))} ", text)
+    text = re.sub(r"[^a-z' ]+", " ", text).replace("'", "")
+    return " ".join(text.split())
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    return float(jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a loopback port, with persistence so a restart keeps
+    subscribers' sessions and their queued QoS 1 messages."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (make test installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "log_type error\n"
+            "log_type warning\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)])
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None

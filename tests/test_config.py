@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, ConfigError, load_config, parse_config
+from tests.helpers import REPO
+
+
+def problems(text: str, path: Path = Path("test.toml")) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), path)
+    return info.value.problems
+
+
+def test_shipped_config_is_valid_and_documents_every_key() -> None:
+    config = load_config(REPO / "config.toml")
+    assert [r.name for r in config.rooms] == ["demo"]
+    text = (REPO / "config.toml").read_text()
+    for section in ("daemon", "mqtt", "recognizer", "vad"):
+        for key in type(getattr(config, section)).model_fields:
+            assert f"\n{key} = " in text, f"config.toml does not document {section}.{key}"
+
+
+def test_defaults_match_the_contract() -> None:
+    config = Config()
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.prefix) == ("localhost", 1883, "roomscribe")
+    assert (config.recognizer.model, config.recognizer.device) == ("bundled:tiny.en", "auto")
+
+
+def test_unknown_key_names_the_dotted_key_and_what_is_allowed() -> None:
+    (line,) = problems("[mqtt]\nhots = 'x'\n")
+    assert line.startswith("mqtt.hots: unknown key")
+    assert "host" in line and "port" in line
+
+
+def test_unknown_section_is_rejected() -> None:
+    (line,) = problems("[mqt]\nhost = 'x'\n")
+    assert line.startswith("mqt: unknown key")
+
+
+def test_wrong_type_names_key_value_and_expectation() -> None:
+    (line,) = problems("[mqtt]\nport = 'eighteen'\n")
+    assert line.startswith("mqtt.port = 'eighteen':")
+    assert "integer" in line
+
+
+def test_out_of_range_value() -> None:
+    (line,) = problems("[vad]\nmax_utterance_ms = 45000\n")
+    assert line.startswith("vad.max_utterance_ms = 45000:") and "30000" in line
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    lines = problems("[mqtt]\nport = 0\nprefix = 'a/#'\n[recognizer]\ndevice = 'tpu'\n")
+    assert len(lines) == 3
+    assert {line.split(" ")[0] for line in lines} == {"mqtt.port", "mqtt.prefix", "recognizer.device"}
+
+
+def test_room_errors_are_located(tmp_path: Path) -> None:
+    text = """
+[[rooms]]
+name = "ok"
+source = { type = "mic" }
+[[rooms]]
+name = "bad name"
+source = { type = "file", path = "missing.wav", realtim = true }
+"""
+    lines = problems(text)
+    assert any(line.startswith("rooms[1].name = 'bad name'") for line in lines)
+    assert any(line.startswith("rooms[1].source.realtim: unknown key") and "realtime" in line for line in lines)
+
+
+def test_unknown_source_type() -> None:
+    (line,) = problems("[[rooms]]\nname='a'\nsource={type='tape'}\n")
+    assert line.startswith("rooms[0].source") and "'file'" in line and "'mic'" in line
+
+
+def test_missing_file_is_reported_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "here.wav").write_bytes(b"x")
+    good = "[[rooms]]\nname='a'\nsource={type='file', path='here.wav'}\n"
+    parse_config(tomllib.loads(good), tmp_path / "c.toml")
+    (line,) = problems(good.replace("here.wav", "gone.wav"), tmp_path / "c.toml")
+    assert line.startswith("rooms[0].source.path = 'gone.wav': no such file")
+
+
+def test_duplicate_room_names() -> None:
+    lines = problems("[[rooms]]\nname='a'\nsource={type='mic'}\n[[rooms]]\nname='a'\nsource={type='mic'}\n")
+    assert "used twice" in lines[0]
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[mqtt\nport=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    ok = run_cli("check-config", "--config", str(REPO / "config.toml"))
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nport = 'x'\nhots = 1\n")
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"{bad}: mqtt.") for line in lines)
+
+
+def test_run_refuses_a_bad_config_with_the_same_lines(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon]\nlog_level = 'loud'\n")
+    result = run_cli("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert "daemon.log_level = 'loud'" in result.stderr
+
+
+def test_run_with_an_unloadable_model_is_a_startup_failure(tmp_path: Path) -> None:
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"[recognizer]\nmodel = '{tmp_path}'\n[[rooms]]\nname='a'\nsource={{type='file', path='{wav}'}}\n"
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "model.bin" in result.stderr

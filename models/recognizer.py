@@ -21,6 +21,10 @@ from models.tokenizer import WhisperTokenizer
 # high *and* the text is not confidently decoded.
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
+# Above this no-speech probability the text is dropped whatever its log-probability: on
+# silence Whisper confidently writes "you" or "Thank you." (seen: 0.95 with logprob -0.37),
+# while real speech stays far below it.
+NO_SPEECH_STRONG = 0.8
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,9 @@ class WhisperRecognizer(Recognizer):
         )
         results = []
         for item in decoded:
-            silent = item.no_speech_prob > NO_SPEECH_THRESHOLD and item.avg_logprob < LOGPROB_THRESHOLD
+            silent = item.no_speech_prob > NO_SPEECH_STRONG or (
+                item.no_speech_prob > NO_SPEECH_THRESHOLD and item.avg_logprob < LOGPROB_THRESHOLD
+            )
             text = "" if silent else self.tokenizer.decode(item.tokens).strip()
             results.append(
                 Recognition(

@@ -84,6 +84,7 @@ def _number_words(n: int) -> str:
 def normalize(text: str) -> str:
     """Lower case, numbers as words, no punctuation: the scoring form for WER."""
     text = text.lower().replace("-", " ")
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
     text = re.sub(r"\d+", lambda m: f" {_number_words(int(m.group()))} ", text)
     text = re.sub(r"[^a-z' ]+", " ", text).replace("'", "")
     return " ".join(text.split())

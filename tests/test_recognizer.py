@@ -1,0 +1,84 @@
+"""The recognizer on real audio. Bounds were set from measurements (bench/accuracy.py):
+8.8% WER on the espeak sentences and 5.6% on the recorded English clips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.decoding import MAX_SAMPLE_TOKENS, REPEAT_COUNT, loop_length, token_budget
+from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak, wer
+
+ESPEAK_WER_BOUND = 0.15
+RECORDED_WER_BOUND = 0.10
+
+
+def test_normalize_for_scoring() -> None:
+    assert normalize("Set a timer for 10 minutes.") == "set a timer for ten minutes"
+    assert normalize("It's 1,200!") == "its one thousand two hundred"
+
+
+def test_token_budget_grows_with_audio_and_is_capped() -> None:
+    assert token_budget(1.0) < token_budget(5.0) < token_budget(20.0)
+    assert token_budget(300.0) == MAX_SAMPLE_TOKENS
+
+
+def test_loop_detection() -> None:
+    assert loop_length([5, 6, 7, 8]) == 0
+    assert loop_length([1, 2] + [9] * REPEAT_COUNT) == 1
+    assert loop_length([1] + [3, 4, 5] * REPEAT_COUNT) == 3
+    assert loop_length([3, 4, 5] * (REPEAT_COUNT - 1)) == 0
+
+
+def test_espeak_sentences(recognizer) -> None:  # type: ignore[no-untyped-def]
+    results = recognizer.recognize([speak(s) for s in SENTENCES])
+    hyps = [r.text for r in results]
+    error = wer(SENTENCES, hyps)
+    assert error <= ESPEAK_WER_BOUND, list(zip(SENTENCES, hyps, strict=True))
+    assert all(0.0 < r.confidence <= 1.0 for r in results)
+    assert all(r.language == "en" for r in results)
+
+
+def test_batched_equals_one_by_one(recognizer) -> None:  # type: ignore[no-untyped-def]
+    audios = [speak(s) for s in SENTENCES[:3]]
+    batched = [r.text for r in recognizer.recognize(audios)]
+    single = [recognizer.recognize([a])[0].text for a in audios]
+    assert batched == single
+
+
+def test_silence_and_noise_give_no_text(recognizer) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    silence = np.zeros(3 * 16000, dtype=np.float32)
+    hiss = (0.003 * rng.standard_normal(3 * 16000)).astype(np.float32)
+    assert [r.text for r in recognizer.recognize([silence, hiss])] == ["", ""]
+
+
+def recorded_clips() -> list[dict[str, object]]:
+    manifest = SPEECH_DIR / "manifest.jsonl"
+    if not manifest.is_file():
+        return []
+    entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    english = sorted((e for e in entries if e["language"] == "en" and e["duration_s"] <= 16), key=lambda e: e["audio"])
+    return english[::2]  # every other clip keeps the test under a minute; the bench runs all
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not recorded_clips(), reason="shared speech clips not present")
+def test_recorded_english_clips(recognizer) -> None:  # type: ignore[no-untyped-def]
+    import soundfile as sf
+    import soxr
+
+    clips = recorded_clips()
+    audios = []
+    for clip in clips:
+        audio, sr = sf.read(str(SPEECH_DIR / str(clip["audio"])), dtype="float32", always_2d=True)
+        mono = audio.mean(axis=1).astype(np.float32)
+        audios.append(soxr.resample(mono, sr, 16000).astype(np.float32) if sr != 16000 else mono)
+    hyps = []
+    for i in range(0, len(audios), 8):
+        hyps += [r.text for r in recognizer.recognize(audios[i : i + 8])]
+    refs = [str(c["text"]) for c in clips]
+    assert len(clips) >= 30
+    assert wer(refs, hyps) <= RECORDED_WER_BOUND

@@ -22,8 +22,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_results  # noqa: E402
-from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak  # noqa: E402
+from bench.common import write_results
+from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak
 
 MAX_S = 30.0
 
@@ -94,8 +94,14 @@ def main() -> None:
         english = [e for e in entries if e["language"] == "en"]
         short = [e for e in english if e["duration_s"] <= MAX_S]
         long = [e for e in english if e["duration_s"] > MAX_S]
-        score("recorded clips <= 30 s", [e["text"] for e in short], [[load_clip(args.shared / e["audio"])] for e in short])
-        score("recorded clips > 30 s (split)", [e["text"] for e in long], [split_long(load_clip(args.shared / e["audio"])) for e in long])
+        score(
+            "recorded clips <= 30 s", [e["text"] for e in short], [[load_clip(args.shared / e["audio"])] for e in short]
+        )
+        score(
+            "recorded clips > 30 s (split)",
+            [e["text"] for e in long],
+            [split_long(load_clip(args.shared / e["audio"])) for e in long],
+        )
     else:
         print(f"no {manifest}: recorded clips skipped")
     write_results("accuracy", rows, {"details": details})

@@ -49,7 +49,7 @@ def load_silero_state(path: Path) -> dict[str, Tensor]:
     with warnings.catch_warnings():
         # torch 2.13 deprecates torch.jit.load; we only read tensors out of the archive.
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        scripted = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]  # torch leaves it untyped
     state: dict[str, Tensor] = {}
     for name, tensor in {**dict(scripted._model.named_parameters()), **dict(scripted._model.named_buffers())}.items():
         for old, new in _RENAMES.items():

@@ -126,6 +126,11 @@ class Room:
                 wall0 = item.wall - item.offset / SAMPLE_RATE
             segments = await loop.run_in_executor(self.vad_executor, assembler.push, item.samples)
             await self._emit(segments, wall0)
+            if assembler.in_speech and self.counters.state != "speaking":
+                self.counters.state = "speaking"
+                self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
+            elif not assembler.in_speech and self.counters.state == "speaking":
+                self.counters.state = "listening"
             self.counters.discarded_short = assembler.discarded
 
     async def _emit(self, segments: list[Segment], wall0: float) -> None:

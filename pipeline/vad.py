@@ -66,6 +66,10 @@ class UtteranceAssembler:
         self.discarded = 0  # speech too short to be an utterance
 
     @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
     def position(self) -> int:
         return self._pos + len(self._leftover)
 

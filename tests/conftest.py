@@ -19,7 +19,6 @@ def recognizer():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path / "broker")
-    server.workdir.mkdir()
     server.start()
     try:
         yield server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import os
 import re
 import shutil
@@ -63,8 +65,29 @@ def speech_with_pauses(texts: list[str], pause_s: float = 1.5, rate: int = 16000
     return np.concatenate(parts), spoken
 
 
-_SMALL = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SMALL = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
 def _number_words(n: int) -> str:
@@ -130,10 +153,14 @@ class Mosquitto:
         self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Run as whoever runs the tests (as root, mosquitto would switch to its own user
+            # and lose access to this folder).
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "log_type error\n"
@@ -151,3 +178,140 @@ class Mosquitto:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+class Subscriber:
+    """A paho-mqtt subscriber in its own thread that records every message it receives.
+
+    ``persistent`` keeps its session (and queued QoS 1 messages) across disconnects and
+    broker restarts."""
+
+    def __init__(self, port: int, topic: str, client_id: str, persistent: bool = False) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self.topic = topic
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_connect(self, client, _userdata, _flags, _reason, _props) -> None:  # type: ignore[no-untyped-def]
+        client.subscribe(self.topic, qos=1)
+        self.connected.set()
+
+    def _on_message(self, _client, _userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def payloads(self, suffix: str) -> list[bytes]:
+        with self._cond:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def wait_for(self, suffix: str, count: int, timeout_s: float) -> list[bytes]:
+        """Wait until ``count`` messages on topics ending with ``suffix`` have arrived."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                found = [p for t, p, _ in self.messages if t.endswith(suffix)]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(found)} of {count} messages on *{suffix} after {timeout_s} s")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Daemon:
+    """``roomscribe run`` as a subprocess; its JSON log lines are parsed as they come."""
+
+    def __init__(self, config: Path) -> None:
+        import json
+        import sys
+        import threading
+
+        self.logs: list[dict[str, object]] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                with self._cond:
+                    self.raw.append(line)
+                    with contextlib.suppress(ValueError):  # PortAudio or Python noise, not a log line
+                        self.logs.append(json.loads(line))
+                    self._cond.notify_all()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def events(self, event: str) -> list[dict[str, object]]:
+        with self._cond:
+            return [entry for entry in self.logs if entry.get("event") == event]
+
+    def wait_log(self, event: str, count: int = 1, timeout_s: float = 60.0) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                found = [entry for entry in self.logs if entry.get("event") == event]
+                if len(found) >= count:
+                    return found
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{''.join(self.raw[-30:])}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(found)} of {count} {event!r} logs:\n{''.join(self.raw[-30:])}")
+                self._cond.wait(min(remaining, 0.5))
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        self.proc.send_signal(15)
+        code = self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def write_config(path: Path, port: int, prefix: str, rooms: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[daemon]
+log_format = "json"
+drain_timeout_s = 60
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+prefix = "{prefix}"
+client_id = "{prefix}-daemon"
+reconnect_min_s = 0.2
+reconnect_max_s = 2.0
+{extra}
+{rooms}
+"""
+    )
+    return path

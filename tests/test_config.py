@@ -102,9 +102,7 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:

@@ -41,7 +41,9 @@ def test_every_weight_maps_to_a_parameter(bundled) -> None:  # type: ignore[no-u
     for name, tensor in state.items():
         assert tuple(tensor.shape) == tuple(expected[name].shape), name
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    assert torch.equal(model.decoder.embeddings.weight, torch.from_numpy(ct2.variables["decoder/embeddings/weight"].astype(np.float32)))
+    assert torch.equal(
+        model.decoder.embeddings.weight, torch.from_numpy(ct2.variables["decoder/embeddings/weight"].astype(np.float32))
+    )
 
 
 def test_truncated_model_file_is_a_clear_error(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

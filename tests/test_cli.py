@@ -1,0 +1,93 @@
+"""``roomscribe transcribe`` and ``roomscribe demo`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from tests.helpers import REPO, normalize, speech_with_pauses, wer
+
+TEXTS = ["Please turn on the kitchen lights.", "Open the garage door please."]
+
+
+def roomscribe(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good and bad inputs side by side."""
+    root = tmp_path_factory.mktemp("inputs")
+    audio, _ = speech_with_pauses(TEXTS)
+    sf.write(root / "a_good.flac", audio, 16000)
+    # 8 kHz stereo, speech on one channel only.
+    low = soxr.resample(audio, 16000, 8000).astype(np.float32)
+    sf.write(root / "b_8k_stereo.wav", np.stack([low, np.zeros_like(low)], axis=1), 8000)
+    (root / "c_not_audio.wav").write_text("this is not a wave file\n")
+    (root / "d_empty.wav").write_bytes(b"")
+    return root
+
+
+@pytest.mark.slow
+def test_transcribe_jsonl_with_bad_files(folder: Path) -> None:
+    missing = folder / "e_missing.wav"
+    result = roomscribe("transcribe", str(folder), str(missing), "--format", "jsonl")
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    by_file: dict[str, list[dict[str, object]]] = {}
+    for record in records:
+        by_file.setdefault(Path(str(record["file"])).name, []).append(record)
+    assert set(by_file) == {"a_good.flac", "b_8k_stereo.wav"}
+    for name, found in by_file.items():
+        found.sort(key=lambda r: float(r["start"]))  # type: ignore[arg-type]
+        assert wer(TEXTS, [str(r["text"]) for r in found]) <= 0.15, name
+        # Seconds from the file's start: the first sentence begins after 1.5 s of silence.
+        assert 1.0 <= float(found[0]["start"]) <= 1.6  # type: ignore[arg-type]
+        assert float(found[0]["end"]) < float(found[1]["start"])  # type: ignore[arg-type]
+    err = result.stderr
+    assert "c_not_audio.wav: not a readable audio file" in err
+    assert "d_empty.wav: empty file" in err
+    assert "e_missing.wav: file not found" in err
+    assert "3 of 5 file(s) failed" in err
+
+
+@pytest.mark.slow
+def test_transcribe_txt_all_good(folder: Path) -> None:
+    result = roomscribe("transcribe", str(folder / "a_good.flac"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert wer(TEXTS, lines) <= 0.15
+
+
+def test_transcribe_only_bad_files(tmp_path: Path) -> None:
+    result = roomscribe("transcribe", str(tmp_path / "nope.wav"))
+    assert result.returncode == 1
+    assert "nope.wav: file not found" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_demo_prints_every_sentence() -> None:
+    result = roomscribe("demo", timeout=240)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[demo]")]
+    assert len(lines) == 4
+    said = normalize(" ".join(lines))
+    for words in ("turn on the kitchen lights", "weather like today", "timer for ten minutes"):
+        assert words in said
+
+
+def test_help_lists_the_commands() -> None:
+    result = roomscribe("--help")
+    assert result.returncode == 0
+    for command in ("run", "demo", "transcribe", "check-config", "devices"):
+        assert command in result.stdout

@@ -1,0 +1,160 @@
+"""The whole daemon as a subprocess, real audio in, a real Mosquitto broker out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tests.helpers import (
+    Daemon,
+    Mosquitto,
+    Spoken,
+    Subscriber,
+    free_port,
+    normalize,
+    speech_with_pauses,
+    wer,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["Please turn on the kitchen lights.", "What is the weather like today?", "Open the garage door please."]
+WER_BOUND = 0.15
+
+
+def speech_file(path: Path, texts: list[str]) -> list[Spoken]:
+    audio, spoken = speech_with_pauses(texts)
+    sf.write(path, audio, 16000)
+    return spoken
+
+
+def file_room(path: Path, realtime: bool) -> str:
+    source = f'{{ type = "file", path = "{path}", realtime = {str(realtime).lower()} }}'
+    return f'[[rooms]]\nname = "kitchen"\nsource = {source}\n'
+
+
+def check_utterances(payloads: list[bytes], spoken: list[Spoken]) -> list[dict[str, object]]:
+    records = sorted((json.loads(p) for p in payloads), key=lambda r: r["start"])
+    assert len(records) == len(spoken)
+    assert len({r["id"] for r in records}) == len(records)
+    assert wer([s.text for s in spoken], [str(r["text"]) for r in records]) <= WER_BOUND
+    for record in records:
+        assert record["room"] == "kitchen"
+        assert set(record) >= {"id", "text", "raw_text", "language", "start", "end", "duration_s"}
+        assert set(record) >= {"confidence", "latency_ms", "model", "parts"}
+        start = datetime.fromisoformat(str(record["start"]).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(record["end"]).replace("Z", "+00:00"))
+        assert 0 < (end - start).total_seconds() == pytest.approx(record["duration_s"], abs=0.01)
+        assert record["model"] == "whisper-tiny.en" and record["language"] == "en"
+    return records
+
+
+def test_every_utterance_reaches_the_broker_then_clean_stop(tmp_path: Path, broker: Mosquitto) -> None:
+    audio = tmp_path / "room.wav"
+    spoken = speech_file(audio, TEXTS)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(audio, realtime=False))
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        payloads = sub.wait_for("/kitchen/utterance", len(TEXTS), timeout_s=120)
+        check_utterances(payloads, spoken)
+        assert sub.payloads("/status")[0] == b"online"
+        # The file ended: the room is idle but the daemon keeps running.
+        daemon.wait_log("room idle")
+        assert daemon.proc.poll() is None
+        assert daemon.terminate() == 0
+        sub.wait_for("/status", 2, timeout_s=10)
+        assert sub.payloads("/status")[-1] == b"stopped"
+    finally:
+        daemon.kill()
+        sub.close()
+    published = daemon.events("utterance published")
+    assert len(published) == len(TEXTS)
+    assert all(entry["room"] == "kitchen" and str(entry["utterance_id"]).startswith("kitchen-") for entry in published)
+
+
+def test_sigterm_mid_utterance_publishes_what_was_heard(tmp_path: Path, broker: Mosquitto) -> None:
+    audio = tmp_path / "room.wav"
+    speech_file(audio, ["Please turn on the kitchen lights and then close all the curtains in the living room."])
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(audio, realtime=True))
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        # Stop while the sentence is being spoken (it starts 1.5 s in and lasts ~5 s).
+        daemon.wait_log("speech started", timeout_s=60)
+        assert daemon.terminate() == 0
+        payloads = sub.wait_for("/kitchen/utterance", 1, timeout_s=10)
+        (record,) = [json.loads(p) for p in payloads]
+        assert normalize(str(record["text"])).startswith("please turn")
+        (cut,) = daemon.events("utterance cut")
+        assert cut["reason"] == "shutdown"
+    finally:
+        daemon.kill()
+        sub.close()
+
+
+def test_broker_started_after_the_daemon_loses_nothing(tmp_path: Path) -> None:
+    audio = tmp_path / "room.wav"
+    spoken = speech_file(audio, TEXTS)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    server = Mosquitto(tmp_path, port=free_port())
+    # Register the subscriber's persistent session, then take the broker away.
+    server.start()
+    sub = Subscriber(server.port, f"{prefix}/#", "viewer", persistent=True)
+    assert sub.connected.wait(10)
+    server.stop()
+    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=False))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("mqtt connect failed", timeout_s=60)
+        daemon.wait_log("utterance recognized", len(TEXTS), timeout_s=120)
+        assert daemon.proc.poll() is None  # still running, holding the utterances
+        server.start()
+        payloads = sub.wait_for("/kitchen/utterance", len(TEXTS), timeout_s=60)
+        check_utterances(payloads, spoken)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+        server.stop()
+    # Each failed attempt is logged once, as one line.
+    assert all("traceback" not in json.dumps(e).lower() for e in daemon.events("mqtt connect failed"))
+
+
+def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    texts = [*TEXTS, "Set a timer for ten minutes.", "Close the curtains in the bedroom."]
+    audio = tmp_path / "room.wav"
+    spoken = speech_file(audio, texts)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    server = Mosquitto(tmp_path, port=free_port())
+    server.start()
+    sub = Subscriber(server.port, f"{prefix}/#", "viewer", persistent=True)
+    assert sub.connected.wait(10)
+    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=True))
+    daemon = Daemon(config)
+    try:
+        sub.wait_for("/kitchen/utterance", 1, timeout_s=90)
+        server.stop()
+        daemon.wait_log("mqtt connection lost", timeout_s=30)
+        # At least one more utterance is recognized while the broker is away.
+        before = len(daemon.events("utterance published"))
+        daemon.wait_log("utterance recognized", before + 1, timeout_s=60)
+        server.start()
+        payloads = sub.wait_for("/kitchen/utterance", len(texts), timeout_s=90)
+        records = check_utterances(payloads, spoken)
+        assert len(records) == len(texts)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+        server.stop()

@@ -34,18 +34,18 @@ def speech_file(path: Path, texts: list[str]) -> list[Spoken]:
     return spoken
 
 
-def file_room(path: Path, realtime: bool) -> str:
+def file_room(path: Path, realtime: bool, name: str = "kitchen") -> str:
     source = f'{{ type = "file", path = "{path}", realtime = {str(realtime).lower()} }}'
-    return f'[[rooms]]\nname = "kitchen"\nsource = {source}\n'
+    return f'[[rooms]]\nname = "{name}"\nsource = {source}\n'
 
 
-def check_utterances(payloads: list[bytes], spoken: list[Spoken]) -> list[dict[str, object]]:
+def check_utterances(payloads: list[bytes], spoken: list[Spoken], room: str = "kitchen") -> list[dict[str, object]]:
     records = sorted((json.loads(p) for p in payloads), key=lambda r: r["start"])
     assert len(records) == len(spoken)
     assert len({r["id"] for r in records}) == len(records)
     assert wer([s.text for s in spoken], [str(r["text"]) for r in records]) <= WER_BOUND
     for record in records:
-        assert record["room"] == "kitchen"
+        assert record["room"] == room
         assert set(record) >= {"id", "text", "raw_text", "language", "start", "end", "duration_s"}
         assert set(record) >= {"confidence", "latency_ms", "model", "parts"}
         start = datetime.fromisoformat(str(record["start"]).replace("Z", "+00:00"))
@@ -56,19 +56,24 @@ def check_utterances(payloads: list[bytes], spoken: list[Spoken]) -> list[dict[s
 
 
 def test_every_utterance_reaches_the_broker_then_clean_stop(tmp_path: Path, broker: Mosquitto) -> None:
-    audio = tmp_path / "room.wav"
+    audio, other = tmp_path / "room.wav", tmp_path / "office.flac"
     spoken = speech_file(audio, TEXTS)
+    office_texts = ["Set a timer for ten minutes.", "Close the curtains in the bedroom."]
+    office_spoken = speech_file(other, office_texts)
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
-    config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(audio, realtime=False))
+    rooms = file_room(audio, realtime=False) + file_room(other, realtime=True, name="office")
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, rooms)
     sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
     assert sub.connected.wait(10)
     daemon = Daemon(config)
     try:
         payloads = sub.wait_for("/kitchen/utterance", len(TEXTS), timeout_s=120)
         check_utterances(payloads, spoken)
+        # A second room at the same time, paced like a microphone.
+        check_utterances(sub.wait_for("/office/utterance", 2, timeout_s=120), office_spoken, room="office")
         assert sub.payloads("/status")[0] == b"online"
-        # The file ended: the room is idle but the daemon keeps running.
-        daemon.wait_log("room idle")
+        # The files ended: the rooms are idle but the daemon keeps running.
+        daemon.wait_log("room idle", 2)
         assert daemon.proc.poll() is None
         assert daemon.terminate() == 0
         sub.wait_for("/status", 2, timeout_s=10)
@@ -77,8 +82,8 @@ def test_every_utterance_reaches_the_broker_then_clean_stop(tmp_path: Path, brok
         daemon.kill()
         sub.close()
     published = daemon.events("utterance published")
-    assert len(published) == len(TEXTS)
-    assert all(entry["room"] == "kitchen" and str(entry["utterance_id"]).startswith("kitchen-") for entry in published)
+    assert len(published) == len(TEXTS) + len(office_texts)
+    assert all(str(entry["utterance_id"]).startswith(f"{entry['room']}-") for entry in published)
 
 
 def test_sigterm_mid_utterance_publishes_what_was_heard(tmp_path: Path, broker: Mosquitto) -> None:

@@ -30,9 +30,9 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import load_clip  # noqa: E402
-from bench.common import write_results  # noqa: E402
-from tests.helpers import (  # noqa: E402
+from bench.accuracy import load_clip
+from bench.common import write_results
+from tests.helpers import (
     SENTENCES,
     SPEECH_DIR,
     Daemon,

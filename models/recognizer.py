@@ -13,7 +13,7 @@ import torch
 
 from models.decoding import greedy_decode, suppress_mask, token_budget
 from models.device import choose_device, choose_dtype
-from models.loading import ModelFiles, load_whisper, resolve_model
+from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
 from models.tokenizer import WhisperTokenizer
 
@@ -65,12 +65,14 @@ class WhisperRecognizer(Recognizer):
         self.dtype = dtype
         self._torch_device = torch.device(device)
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
-        self.tokenizer = WhisperTokenizer(files.tokenizer, self.model.dims.n_vocab)
-        extra_suppress: list[int] = []
+        self.tokenizer = WhisperTokenizer(tokenizer_path(files, self.model.dims.n_vocab), self.model.dims.n_vocab)
+        # CTranslate2 models carry their suppress lists; for the others we derive the same
+        # list the way OpenAI's decoder does.
+        extra_suppress = self.tokenizer.non_speech_tokens()
         self._suppress_at_begin = [self.tokenizer.encode(" ")[0], self.tokenizer.special.eot]
         if files.config is not None:
             config = json.loads(files.config.read_text())
-            extra_suppress = list(config.get("suppress_ids", []))
+            extra_suppress = list(config.get("suppress_ids", extra_suppress))
             self._suppress_at_begin = list(config.get("suppress_ids_begin", self._suppress_at_begin))
         self._suppress = suppress_mask(self.tokenizer, extra_suppress, self._torch_device)
         self._owner: int | None = None

@@ -62,9 +62,10 @@ def test_not_a_model_file(tmp_path: Path) -> None:
 
 
 def test_model_paths_that_are_not_models(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="not a directory"):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model(str(tmp_path / "nothing"))
-    with pytest.raises(ModelNotFoundError, match=r"missing model\.bin, tokenizer\.json"):
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(ModelNotFoundError, match=r"missing tokenizer\.json"):
         resolve_model(str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="unknown bundled model"):
         resolve_model("bundled:huge")

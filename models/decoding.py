@@ -1,14 +1,22 @@
-"""Greedy decoding with a KV cache, batched across utterances with per-item stopping."""
+"""Decoding: greedy, beam search and sampling with a KV cache, batched across utterances.
+
+Every item of a batch has its own prefix (an optional prompt, then start-of-transcript,
+language, task, no-timestamps), its own token budget and its own stopping; prefixes of
+different lengths are left-padded and masked. Beam search keeps ``beam_size`` hypotheses per
+item and stops an item once it has that many finished ones (patience 1), like
+faster-whisper.
+"""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from models.tokenizer import WhisperTokenizer
-from models.whisper import Whisper
+from models.whisper import KVCache, Whisper
 
 # Whisper's decoder context is 448 tokens; OpenAI caps the sampled part at half of it.
 MAX_SAMPLE_TOKENS = 224
@@ -27,6 +35,7 @@ class Decoded:
     sum_logprob: float
     no_speech_prob: float
     looped: bool
+    temperature: float = 0.0
 
     @property
     def avg_logprob(self) -> float:
@@ -36,6 +45,12 @@ class Decoded:
 def token_budget(duration_s: float) -> int:
     """How many tokens an utterance of this length may produce."""
     return min(MAX_SAMPLE_TOKENS, MIN_TOKEN_BUDGET + int(TOKENS_PER_SECOND * duration_s + 0.999))
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes over zlib-compressed bytes: above ~2.4 the text repeats itself (a hallucination)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def loop_length(tokens: list[int]) -> int:
@@ -58,62 +73,174 @@ def suppress_mask(tokenizer: WhisperTokenizer, extra: list[int], device: torch.d
     return mask.to(device)
 
 
+def select_memory(memory_kv: KVCache, index: Tensor) -> KVCache:
+    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in memory_kv]
+
+
 @torch.inference_mode()
-def greedy_decode(
+def detect_language(
+    model: Whisper, tokenizer: WhisperTokenizer, memory_kv: KVCache, language_tokens: dict[str, int]
+) -> list[tuple[str, float]]:
+    """Most likely language per item, with its probability, from one decoder step on <|sot|>."""
+    batch = memory_kv[0][0].shape[0]
+    device = memory_kv[0][0].device
+    sot = torch.full((batch, 1), tokenizer.special.sot, device=device)
+    logits, _ = model.decoder(sot, memory_kv, None)
+    ids = torch.tensor(list(language_tokens.values()), device=device)
+    probs = logits[:, 0, ids].softmax(-1)
+    best = probs.argmax(-1).tolist()
+    names = list(language_tokens)
+    return [(names[b], float(probs[i, b])) for i, b in enumerate(best)]
+
+
+@dataclass
+class _Item:
+    budget: int
+    finished: list[tuple[list[int], float, bool]]  # tokens, sum logprob, looped
+    done: bool = False
+
+
+@torch.inference_mode()
+def decode(
     model: Whisper,
     tokenizer: WhisperTokenizer,
-    mel: Tensor,
-    prefix: list[int],
+    memory_kv: KVCache,
+    prefixes: list[list[int]],
     budgets: list[int],
     suppress: Tensor,
     suppress_at_begin: list[int],
+    beam_size: int = 1,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> list[Decoded]:
-    """Decode a batch of mel windows [batch, n_mels, 3000] greedily.
+    """Decode a batch whose encoder output (cross-attention keys/values) is ``memory_kv``.
 
-    Every item starts from the same ``prefix`` (start-of-transcript ... no-timestamps) and
-    stops at end-of-text, at its own token budget, or when it starts to loop.
+    ``temperature`` 0 is greedy (``beam_size`` 1) or beam search; above 0 each item draws one
+    sample. Returns the best hypothesis per item.
     """
-    eot = tokenizer.special.eot
-    batch = mel.shape[0]
-    memory = model.encoder(mel)
-    memory_kv = model.decoder.project_memory(memory)
-    tokens = torch.tensor([prefix] * batch, device=mel.device)
-    logits, cache = model.decoder(tokens, memory_kv, None)
-    sot_index = prefix.index(tokenizer.special.sot)
-    no_speech = logits[:, sot_index].softmax(-1)[:, tokenizer.special.no_speech].tolist()
-    step_logits = logits[:, -1]
+    eot, sot = tokenizer.special.eot, tokenizer.special.sot
+    batch = len(prefixes)
+    beams = beam_size if temperature == 0.0 else 1
+    device = memory_kv[0][0].device
+    width = max(len(p) for p in prefixes)
+    pads = [width - len(p) for p in prefixes]
 
-    out: list[list[int]] = [[] for _ in range(batch)]
-    sum_logprob = [0.0] * batch
-    done = [False] * batch
-    looped = [False] * batch
+    # Prefix pass, left-padded, one row per item (beams are expanded afterwards).
+    tokens = torch.tensor([[eot] * pad + p for pad, p in zip(pads, prefixes, strict=True)], device=device)
+    valid = torch.tensor([[False] * pad + [True] * len(p) for pad, p in zip(pads, prefixes, strict=True)])
+    valid = valid.to(device)
+    positions = (torch.arange(width, device=device)[None, :] - torch.tensor(pads, device=device)[:, None]).clamp(min=0)
+    logits, cache = model.decoder(tokens, memory_kv, None, positions=positions, key_valid=valid)
+    sot_at = torch.tensor([pad + p.index(sot) for pad, p in zip(pads, prefixes, strict=True)], device=device)
+    no_speech = logits[torch.arange(batch), sot_at].softmax(-1)[:, tokenizer.special.no_speech].tolist()
+    step_logits = logits[:, -1]
+    next_position = torch.tensor([len(p) for p in prefixes], device=device)
+
+    if beams > 1:
+        expand = torch.arange(batch, device=device).repeat_interleave(beams)
+        memory_kv = select_memory(memory_kv, expand)
+        cache = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cache]
+        step_logits = step_logits.index_select(0, expand)
+        valid = valid.index_select(0, expand)
+        next_position = next_position.index_select(0, expand)
+
+    items = [_Item(budget, []) for budget in budgets]
+    seqs: list[list[int]] = [[] for _ in range(batch * beams)]
+    scores = torch.zeros(batch * beams, device=device)
+    if beams > 1:
+        # Only the first beam of each item is live at the start; the copies must not be
+        # chosen too, or every beam would hold the same hypothesis.
+        scores.view(batch, beams)[:, 1:] = float("-inf")
+
     for step in range(max(budgets)):
-        step_logits = step_logits.masked_fill(suppress, float("-inf"))
+        step_logits = step_logits.float().masked_fill(suppress, float("-inf"))
         if step == 0:
             step_logits[:, suppress_at_begin] = float("-inf")
-        logprobs = step_logits.log_softmax(-1)
-        next_tokens = logprobs.argmax(-1)
-        chosen = logprobs.gather(1, next_tokens[:, None])[:, 0].tolist()
-        next_list = next_tokens.tolist()
-        for i in range(batch):
-            if done[i]:
-                next_list[i] = eot
+        if temperature > 0.0:
+            logprobs = (step_logits / temperature).log_softmax(-1)
+            chosen_tokens = torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]
+            chosen_from = torch.arange(batch, device=device)
+            chosen_logprob = step_logits.log_softmax(-1).gather(1, chosen_tokens[:, None])[:, 0]
+            new_scores = scores + chosen_logprob
+        else:
+            logprobs = step_logits.log_softmax(-1)
+            total = (scores[:, None] + logprobs).view(batch, -1)
+            # Twice the beam width, so enough candidates remain after finished ones leave.
+            top_scores, top_index = total.topk(min(2 * beams, total.shape[1]), dim=-1)
+            vocab = logprobs.shape[-1]
+            chosen_from_list: list[int] = []
+            chosen_token_list: list[int] = []
+            new_score_list: list[float] = []
+            top_scores_l, top_index_l = top_scores.tolist(), top_index.tolist()
+            for i in range(batch):
+                kept = 0
+                for score, flat in zip(top_scores_l[i], top_index_l[i], strict=True):
+                    if kept == beams:
+                        break
+                    source = i * beams + flat // vocab
+                    token = flat % vocab
+                    if token == eot:
+                        item = items[i]
+                        if not item.done and len(item.finished) < beams and score > float("-inf"):
+                            item.finished.append((list(seqs[source]), score, False))
+                        continue
+                    chosen_from_list.append(source)
+                    chosen_token_list.append(token)
+                    new_score_list.append(score)
+                    kept += 1
+                while kept < beams:  # nothing left worth keeping: a dead beam
+                    chosen_from_list.append(i * beams)
+                    chosen_token_list.append(eot)
+                    new_score_list.append(float("-inf"))
+                    kept += 1
+            chosen_from = torch.tensor(chosen_from_list, device=device)
+            chosen_tokens = torch.tensor(chosen_token_list, device=device)
+            new_scores = torch.tensor(new_score_list, device=device)
+
+        from_list, token_list = chosen_from.tolist(), chosen_tokens.tolist()
+        new_seqs = [seqs[src] + [tok] for src, tok in zip(from_list, token_list, strict=True)]
+        if temperature > 0.0:
+            for i, tok in enumerate(token_list):
+                if tok == eot and not items[i].done:
+                    items[i].finished.append((seqs[i], float(new_scores[i]), False))
+        for i, item in enumerate(items):
+            if item.done:
                 continue
-            sum_logprob[i] += chosen[i]
-            if next_list[i] == eot:
-                done[i] = True
-                continue
-            out[i].append(next_list[i])
-            n = loop_length(out[i])
-            if n:
-                # Keep one copy of the repeated n-gram; the rest is the model stuck.
-                del out[i][-n * (REPEAT_COUNT - 1) :]
-                looped[i] = done[i] = True
-            elif len(out[i]) >= budgets[i]:
-                done[i] = True
-        if all(done):
+            for b in range(beams):
+                row = i * beams + b
+                seq = new_seqs[row]
+                if not seq or seq[-1] == eot or new_scores[row] == float("-inf"):
+                    continue
+                n = loop_length(seq)
+                if n:
+                    # Keep one copy of the repeated n-gram; the rest is the model stuck.
+                    item.finished.append((seq[: len(seq) - n * (REPEAT_COUNT - 1)], float(new_scores[row]), True))
+                    new_scores[row] = float("-inf")
+            if len(item.finished) >= beams:
+                item.done = True
+            elif step + 1 >= item.budget:
+                for b in range(beams):
+                    row = i * beams + b
+                    if new_scores[row] > float("-inf") and new_seqs[row][-1] != eot:
+                        item.finished.append((new_seqs[row], float(new_scores[row]), False))
+                item.done = True
+        if all(item.done for item in items):
             break
-        step_tokens = torch.tensor(next_list, device=mel.device)[:, None]
-        step_logits, cache = model.decoder(step_tokens, memory_kv, cache)
+        seqs, scores = new_seqs, new_scores
+        cache = [(k.index_select(0, chosen_from), v.index_select(0, chosen_from)) for k, v in cache]
+        valid = torch.cat([valid.index_select(0, chosen_from), torch.ones_like(valid[:, :1])], dim=1)
+        next_position = next_position.index_select(0, chosen_from)
+        step_logits, cache = model.decoder(
+            chosen_tokens[:, None], memory_kv, cache, positions=next_position[:, None], key_valid=valid
+        )
         step_logits = step_logits[:, -1]
-    return [Decoded(out[i], sum_logprob[i], no_speech[i], looped[i]) for i in range(batch)]
+        next_position = next_position + 1
+
+    results = []
+    for i, item in enumerate(items):
+        if not item.finished:
+            item.finished.append(([], float("-inf"), False))
+        # Rank by average log-probability per token (OpenAI's default length normalisation).
+        best, total, looped = max(item.finished, key=lambda f: f[1] / max(1, len(f[0]) + 1))
+        results.append(Decoded(best, total, no_speech[i], looped, temperature))
+    return results

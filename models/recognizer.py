@@ -6,25 +6,44 @@ import json
 import math
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from models.decoding import greedy_decode, suppress_mask, token_budget
+from models.decoding import (
+    Decoded,
+    compression_ratio,
+    decode,
+    detect_language,
+    select_memory,
+    suppress_mask,
+    token_budget,
+)
 from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
 from models.tokenizer import WhisperTokenizer
 
-# OpenAI's thresholds: an utterance counts as silence when the no-speech probability is
-# high *and* the text is not confidently decoded.
-NO_SPEECH_THRESHOLD = 0.6
-LOGPROB_THRESHOLD = -1.0
 # Above this no-speech probability the text is dropped whatever its log-probability: on
 # silence Whisper confidently writes "you" or "Thank you." (seen: 0.95 with logprob -0.37),
 # while real speech stays far below it.
 NO_SPEECH_STRONG = 0.8
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode; the defaults are OpenAI's and faster-whisper's, except where noted."""
+
+    beam_size: int = 1
+    # Fallback: decode again, hotter, when the result looks like a hallucination.
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    # Prompt: at most this many tokens of earlier text (Whisper allows 223).
+    max_prompt_tokens: int = 96
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,9 @@ class Recognition:
     confidence: float
     n_tokens: int
     looped: bool
+    temperature: float = 0.0
+    language_probability: float | None = None
+    rejected: str | None = None  # why the text was dropped: no_speech | hallucination
 
 
 class Recognizer(ABC):
@@ -52,17 +74,32 @@ class Recognizer(ABC):
     max_audio_s: float
 
     @abstractmethod
-    def recognize(self, audios: list[np.ndarray], language: str | None = None) -> list[Recognition]:
-        """Recognize a batch of utterances; returns one result per input, in order."""
+    def recognize(
+        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+    ) -> list[Recognition]:
+        """Recognize a batch of utterances; returns one result per input, in order.
+
+        ``language`` None means the model's own (detected per utterance when multilingual);
+        ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context.
+        """
+
+
+@dataclass
+class _Attempt:
+    best: Decoded | None = None
+    final: Decoded | None = None
+    rejected: str | None = None
+    history: list[Decoded] = field(default_factory=list)
 
 
 class WhisperRecognizer(Recognizer):
     max_audio_s = 30.0
 
-    def __init__(self, files: ModelFiles, device: str, dtype: str) -> None:
+    def __init__(self, files: ModelFiles, device: str, dtype: str, options: DecodingOptions | None = None) -> None:
         self.name = files.name
         self.device = device
         self.dtype = dtype
+        self.options = options or DecodingOptions()
         self._torch_device = torch.device(device)
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
         self.tokenizer = WhisperTokenizer(tokenizer_path(files, self.model.dims.n_vocab), self.model.dims.n_vocab)
@@ -75,17 +112,28 @@ class WhisperRecognizer(Recognizer):
             extra_suppress = list(config.get("suppress_ids", extra_suppress))
             self._suppress_at_begin = list(config.get("suppress_ids_begin", self._suppress_at_begin))
         self._suppress = suppress_mask(self.tokenizer, extra_suppress, self._torch_device)
+        self._languages = self.tokenizer.language_tokens() if self.model.dims.multilingual else {}
+        self._generator = torch.Generator(device=self._torch_device).manual_seed(self.options.seed)
         self._owner: int | None = None
 
-    def _prefix(self, language: str | None) -> tuple[list[int], str]:
+    @property
+    def multilingual(self) -> bool:
+        return self.model.dims.multilingual
+
+    def _task_tokens(self, language: str) -> list[int]:
         special = self.tokenizer.special
-        if not self.model.dims.multilingual:
-            return [special.sot, special.no_timestamps], "en"
-        lang = language or "en"
-        lang_token = self.tokenizer.language_token(lang)
+        if not self.multilingual:
+            return [special.sot, special.no_timestamps]
+        lang_token = self.tokenizer.language_token(language)
         if lang_token is None:
-            raise ValueError(f"language {lang!r} is not known to {self.name}")
-        return [special.sot, lang_token, special.transcribe, special.no_timestamps], lang
+            raise ValueError(f"language {language!r} is not known to {self.name}")
+        return [special.sot, lang_token, special.transcribe, special.no_timestamps]
+
+    def _prompt_tokens(self, prompt: str | None) -> list[int]:
+        if not prompt or not prompt.strip() or self.options.max_prompt_tokens <= 0:
+            return []
+        tokens = self.tokenizer.encode(" " + prompt.strip())[-self.options.max_prompt_tokens :]
+        return [self.tokenizer.special.sot_prev, *tokens]
 
     def _check_thread(self) -> None:
         # Enforce the threading contract: the first caller's thread owns the model.
@@ -95,44 +143,112 @@ class WhisperRecognizer(Recognizer):
         elif self._owner != ident:
             raise RuntimeError("WhisperRecognizer used from two threads; use one worker thread")
 
-    def recognize(self, audios: list[np.ndarray], language: str | None = None) -> list[Recognition]:
+    @torch.inference_mode()
+    def recognize(
+        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+    ) -> list[Recognition]:
         self._check_thread()
         if not audios:
             return []
-        prefix, lang = self._prefix(language)
+        prompts = prompts or [""] * len(audios)
         n_samples = max(len(a) for a in audios)
         batch = torch.zeros(len(audios), n_samples)
         for i, audio in enumerate(audios):
             batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
         mel = log_mel_spectrogram(batch.to(self._torch_device), self.model.dims.n_mels)
-        mel = mel.to(getattr(torch, self.dtype))
+        memory = self.model.encoder(mel.to(getattr(torch, self.dtype)))
+        memory_kv = self.model.decoder.project_memory(memory)
+
+        languages: list[tuple[str, float | None]]
+        if not self.multilingual:
+            languages = [("en", None)] * len(audios)
+        elif language:
+            languages = [(language, None)] * len(audios)
+        else:
+            languages = [
+                (lang, p) for lang, p in detect_language(self.model, self.tokenizer, memory_kv, self._languages)
+            ]
+        prefixes = [
+            self._prompt_tokens(prompt) + self._task_tokens(lang)
+            for prompt, (lang, _) in zip(prompts, languages, strict=True)
+        ]
         budgets = [token_budget(len(a) / SAMPLE_RATE) for a in audios]
-        decoded = greedy_decode(
-            self.model, self.tokenizer, mel, prefix, budgets, self._suppress, self._suppress_at_begin
+        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets)
+        return [self._result(attempt, lang, prob) for attempt, (lang, prob) in zip(attempts, languages, strict=True)]
+
+    def _decode_with_fallback(
+        self, memory_kv: list[tuple[torch.Tensor, torch.Tensor]], prefixes: list[list[int]], budgets: list[int]
+    ) -> list[_Attempt]:
+        o = self.options
+        attempts = [_Attempt() for _ in prefixes]
+        pending = list(range(len(prefixes)))
+        for temperature in o.temperatures:
+            index = torch.tensor(pending, device=self._torch_device)
+            sub_kv = memory_kv if len(pending) == len(prefixes) else select_memory(memory_kv, index)
+            decoded = decode(
+                self.model,
+                self.tokenizer,
+                sub_kv,
+                [prefixes[i] for i in pending],
+                [budgets[i] for i in pending],
+                self._suppress,
+                self._suppress_at_begin,
+                beam_size=o.beam_size,
+                temperature=temperature,
+                generator=self._generator,
+            )
+            still = []
+            for i, item in zip(pending, decoded, strict=True):
+                attempt = attempts[i]
+                attempt.history.append(item)
+                if item.no_speech_prob > NO_SPEECH_STRONG or (
+                    item.no_speech_prob > o.no_speech_threshold and item.avg_logprob < o.logprob_threshold
+                ):
+                    attempt.final, attempt.rejected = item, "no_speech"
+                    continue
+                text = self.tokenizer.decode(item.tokens)
+                repetitive = item.looped or compression_ratio(text) > o.compression_ratio_threshold
+                if not repetitive and (attempt.best is None or item.avg_logprob > attempt.best.avg_logprob):
+                    attempt.best = item
+                if repetitive or item.avg_logprob < o.logprob_threshold:
+                    still.append(i)
+                else:
+                    attempt.final = item
+            pending = still
+            if not pending:
+                break
+        for i in pending:
+            attempt = attempts[i]
+            # Out of temperatures: the least bad non-repetitive attempt, or nothing at all
+            # (a repeating text is a hallucination, not a transcript).
+            attempt.final = attempt.best
+            if attempt.final is None:
+                attempt.final, attempt.rejected = attempt.history[-1], "hallucination"
+        return attempts
+
+    def _result(self, attempt: _Attempt, language: str, language_probability: float | None) -> Recognition:
+        item = attempt.final
+        assert item is not None
+        text = "" if attempt.rejected else self.tokenizer.decode(item.tokens).strip()
+        return Recognition(
+            text=text,
+            language=language,
+            avg_logprob=item.avg_logprob,
+            no_speech_prob=item.no_speech_prob,
+            confidence=round(math.exp(item.avg_logprob), 3) if item.tokens else 0.0,
+            n_tokens=len(item.tokens),
+            looped=item.looped,
+            temperature=item.temperature,
+            language_probability=language_probability,
+            rejected=attempt.rejected,
         )
-        results = []
-        for item in decoded:
-            silent = item.no_speech_prob > NO_SPEECH_STRONG or (
-                item.no_speech_prob > NO_SPEECH_THRESHOLD and item.avg_logprob < LOGPROB_THRESHOLD
-            )
-            text = "" if silent else self.tokenizer.decode(item.tokens).strip()
-            results.append(
-                Recognition(
-                    text=text,
-                    language=lang,
-                    avg_logprob=item.avg_logprob,
-                    no_speech_prob=item.no_speech_prob,
-                    confidence=round(math.exp(item.avg_logprob), 3),
-                    n_tokens=len(item.tokens),
-                    looped=item.looped,
-                )
-            )
-        return results
 
 
-def load_recognizer(model: str, device: str = "auto", dtype: str = "auto") -> WhisperRecognizer:
+def load_recognizer(
+    model: str, device: str = "auto", dtype: str = "auto", options: DecodingOptions | None = None
+) -> WhisperRecognizer:
     """Load the configured recognizer; raises ModelNotFoundError with a clear message."""
     files = resolve_model(model)
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_device(device, cuda_count)
-    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen))
+    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options)

@@ -41,6 +41,16 @@ class WhisperTokenizer:
             sot_prev=tid("<|startofprev|>"),
         )
 
+    def language_tokens(self) -> dict[str, int]:
+        """Language code -> token id, for every language token the vocabulary has."""
+        out = {}
+        for token, index in self._tok.get_vocab(with_added_tokens=True).items():
+            code = token[2:-2]
+            special = token.startswith("<|") and token.endswith("|>") and index < self.n_vocab
+            if special and 2 <= len(code) <= 3 and code.isalpha() and code.islower():
+                out[code] = int(index)
+        return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
     def language_token(self, language: str) -> int | None:
         value = self._tok.token_to_id(f"<|{language}|>")
         return None if value is None else int(value)

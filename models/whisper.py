@@ -75,17 +75,25 @@ class SelfAttention(nn.Module):
         self.linear_1 = nn.Linear(width, width)
 
     def forward(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, causal: bool = False
+        self,
+        x: Tensor,
+        cache: tuple[Tensor, Tensor] | None = None,
+        causal: bool = False,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``mask`` (bool, broadcastable to [batch, heads, new, all keys], True = may attend)
+        replaces the causal flag when the batch holds sequences of different lengths."""
         q, k, v = self.linear_0(self.layer_norm(x)).chunk(3, dim=-1)
         q, k, v = (_split_heads(t, self.n_heads) for t in (q, k, v))
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
             v = torch.cat([cache[1], v], dim=2)
-        # A causal mask is only needed while several new positions are processed at once;
-        # with a cache, one new query may see every earlier key.
-        is_causal = causal and q.shape[2] > 1
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            # A causal mask is only needed while several new positions are processed at
+            # once; with a cache, one new query may see every earlier key.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and q.shape[2] > 1)
         return self.linear_1(_merge_heads(out)), (k, v)
 
 
@@ -179,14 +187,38 @@ class Decoder(nn.Module):
         """Cross-attention keys and values for each layer, computed once per utterance."""
         return [layer.attention.project_memory(memory) for layer in self.layers]
 
-    def forward(self, tokens: Tensor, memory_kv: KVCache, cache: KVCache | None) -> tuple[Tensor, KVCache]:
-        """Float32 logits for ``tokens`` [batch, n] given the cache of earlier positions."""
+    def forward(
+        self,
+        tokens: Tensor,
+        memory_kv: KVCache,
+        cache: KVCache | None,
+        positions: Tensor | None = None,
+        key_valid: Tensor | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Float32 logits for ``tokens`` [batch, n] given the cache of earlier positions.
+
+        Sequences of different lengths share a batch left-padded: ``positions`` [batch, n]
+        gives each token's own position and ``key_valid`` [batch, cached + n] marks the
+        padding (False) that no query may attend to.
+        """
         offset = 0 if cache is None else cache[0][0].shape[2]
         x = self.embeddings.weight[tokens]
-        x = x + self.position_encodings.encodings[offset : offset + tokens.shape[1]]
+        if positions is None:
+            x = x + self.position_encodings.encodings[offset : offset + tokens.shape[1]]
+        else:
+            x = x + self.position_encodings.encodings[positions]
+        mask = None
+        if key_valid is not None:
+            n_new, n_keys = tokens.shape[1], key_valid.shape[1]
+            causal = torch.ones(n_new, n_keys, dtype=torch.bool, device=tokens.device).tril(n_keys - n_new)
+            # Each position may always see itself, so a padding row is never all-masked
+            # (that would give NaN, which would leak through the values into real rows).
+            itself = torch.zeros(n_new, n_keys, dtype=torch.bool, device=tokens.device)
+            itself[:, n_keys - n_new :] = torch.eye(n_new, dtype=torch.bool, device=tokens.device)
+            mask = (key_valid[:, None, None, :] & causal) | itself
         new_cache: KVCache = []
         for i, layer in enumerate(self.layers):
-            attn, kv = layer.self_attention(x, None if cache is None else cache[i], causal=True)
+            attn, kv = layer.self_attention(x, None if cache is None else cache[i], causal=True, mask=mask)
             x = x + attn
             x = x + layer.attention(x, memory_kv[i])
             x = x + layer.ffn(x)

@@ -6,6 +6,7 @@ import json
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from models.decoding import (
 from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
+from models.memory import BatchPolicy, bytes_per_item, free_device_bytes, is_out_of_memory, release_cached_memory
 from models.tokenizer import WhisperTokenizer
 
 # Above this no-speech probability the text is dropped whatever its log-probability: on
@@ -95,7 +97,14 @@ class _Attempt:
 class WhisperRecognizer(Recognizer):
     max_audio_s = 30.0
 
-    def __init__(self, files: ModelFiles, device: str, dtype: str, options: DecodingOptions | None = None) -> None:
+    def __init__(
+        self,
+        files: ModelFiles,
+        device: str,
+        dtype: str,
+        options: DecodingOptions | None = None,
+        batch_size: int | str = "auto",
+    ) -> None:
         self.name = files.name
         self.device = device
         self.dtype = dtype
@@ -114,6 +123,17 @@ class WhisperRecognizer(Recognizer):
         self._suppress = suppress_mask(self.tokenizer, extra_suppress, self._torch_device)
         self._languages = self.tokenizer.language_tokens() if self.model.dims.multilingual else {}
         self._generator = torch.Generator(device=self._torch_device).manual_seed(self.options.seed)
+        dims = self.model.dims
+        per_item = bytes_per_item(
+            dims.n_audio_ctx,
+            dims.width,
+            dims.n_heads,
+            max(dims.n_encoder_layers, dims.n_decoder_layers),
+            dims.n_text_ctx,
+            torch.finfo(getattr(torch, dtype)).bits // 8,
+            self.options.beam_size,
+        )
+        self.batch_policy = BatchPolicy(batch_size, per_item, lambda: free_device_bytes(device))
         self._owner: int | None = None
 
     @property
@@ -143,14 +163,25 @@ class WhisperRecognizer(Recognizer):
         elif self._owner != ident:
             raise RuntimeError("WhisperRecognizer used from two threads; use one worker thread")
 
-    @torch.inference_mode()
     def recognize(
         self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
     ) -> list[Recognition]:
         self._check_thread()
+        all_prompts = prompts or [""] * len(audios)
+
+        def call(indices: Sequence[int]) -> list[Recognition]:
+            return self._recognize_batch([audios[i] for i in indices], language, [all_prompts[i] for i in indices])
+
+        return self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
+
+    def release_memory(self) -> None:
+        """Release cached device memory (after an out-of-memory error, when idle, on command)."""
+        release_cached_memory(self.device)
+
+    @torch.inference_mode()
+    def _recognize_batch(self, audios: list[np.ndarray], language: str | None, prompts: list[str]) -> list[Recognition]:
         if not audios:
             return []
-        prompts = prompts or [""] * len(audios)
         n_samples = max(len(a) for a in audios)
         batch = torch.zeros(len(audios), n_samples)
         for i, audio in enumerate(audios):
@@ -245,10 +276,14 @@ class WhisperRecognizer(Recognizer):
 
 
 def load_recognizer(
-    model: str, device: str = "auto", dtype: str = "auto", options: DecodingOptions | None = None
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    options: DecodingOptions | None = None,
+    batch_size: int | str = "auto",
 ) -> WhisperRecognizer:
     """Load the configured recognizer; raises ModelNotFoundError with a clear message."""
     files = resolve_model(model)
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_device(device, cuda_count)
-    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options)
+    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size)

@@ -25,7 +25,7 @@ import structlog
 from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
 from daemon.mqtt import Publisher
 from pipeline.messages import Transcript, Utterance, utterance_record
-from pipeline.recognize import RecognizeStage
+from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
 from pipeline.sources import AudioSource, FileSource, MicSource
 
@@ -58,18 +58,48 @@ def run_id() -> str:
 
 
 def load_recognizer_in_thread(config: Config) -> Recognizer:
-    """Runs on the model thread: sets torch's thread count, then loads the model."""
+    """Runs on the model thread: allocator and thread settings first, then the model."""
+    from models.memory import configure_cuda_allocator
+
+    r = config.recognizer
+    configure_cuda_allocator(r.cuda_alloc_conf)  # before anything initializes CUDA
+
     import torch
 
+    from models.ct2 import ModelFormatError
     from models.loading import ModelNotFoundError
-    from models.recognizer import load_recognizer
+    from models.recognizer import DecodingOptions, load_recognizer
 
-    if config.recognizer.threads:
-        torch.set_num_threads(config.recognizer.threads)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    options = DecodingOptions(
+        beam_size=r.beam_size,
+        temperatures=tuple(r.temperatures),
+        compression_ratio_threshold=r.compression_ratio_threshold,
+        logprob_threshold=r.logprob_threshold,
+        no_speech_threshold=r.no_speech_threshold,
+        max_prompt_tokens=r.max_prompt_tokens,
+    )
     try:
-        return load_recognizer(config.recognizer.model, config.recognizer.device, config.recognizer.dtype)
-    except (ModelNotFoundError, RuntimeError, ValueError) as exc:
+        return load_recognizer(r.model, r.device, r.dtype, options, r.batch_size, r.quantize)
+    except (ModelNotFoundError, ModelFormatError, RuntimeError, ValueError) as exc:
         raise StartupError(str(exc)) from exc
+
+
+def recognize_settings(config: Config) -> RecognizeSettings:
+    r = config.recognizer
+    return RecognizeSettings(
+        max_batch=r.max_batch,
+        max_wait_ms=r.max_wait_ms,
+        prompt_previous=r.prompt_previous,
+        prompt_max_gap_s=r.prompt_max_gap_s,
+        hotwords=tuple(r.hotwords),
+        idle_release_s=r.idle_release_s,
+    )
+
+
+def room_contexts(config: Config) -> dict[str, RoomContext]:
+    return {r.name: RoomContext(tuple(r.hotwords), r.prompt_previous) for r in config.rooms}
 
 
 def silero_factory() -> Callable[[np.ndarray], float]:
@@ -146,7 +176,12 @@ class App:
             load_s=round(time.monotonic() - started, 2),
         )
         recognize = RecognizeStage(
-            recognizer, self.model_executor, self.utterances, self.transcripts, self.config.recognizer.max_batch
+            recognizer,
+            self.model_executor,
+            self.utterances,
+            self.transcripts,
+            recognize_settings(self.config),
+            room_contexts(self.config),
         )
         try:
             async with asyncio.TaskGroup() as group:

@@ -61,13 +61,49 @@ class MqttSettings(Section):
 
 
 class RecognizerSettings(Section):
-    model: str = Field("bundled:tiny.en", description="bundled:tiny.en or a CTranslate2 Whisper folder.")
+    model: str = Field(
+        "bundled:tiny.en",
+        description="bundled:tiny.en, or a CTranslate2 folder, an OpenAI .pt file or a Hugging Face folder.",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on a GPU, float32 on a CPU."
     )
-    max_batch: int = Field(8, ge=1, le=64, description="Most utterances per model call.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 linear layers (CPU only).")
     threads: int = Field(0, ge=0, le=256, description="CPU threads for the model; 0 lets torch decide.")
+    beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding; more is beam search.")
+    temperatures: list[float] = Field(
+        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="Fallback temperatures, tried in order."
+    )
+    compression_ratio_threshold: float = Field(2.4, gt=1, description="Above: repetitive text, decode again.")
+    logprob_threshold: float = Field(-1.0, le=0, description="Below: unsure text, decode again.")
+    no_speech_threshold: float = Field(0.6, gt=0, lt=1, description="Above (and unsure): no speech, no text.")
+    batch_size: int | Literal["auto"] = Field("auto", description="Utterances per model call; auto: from free memory.")
+    max_batch: int = Field(16, ge=1, le=256, description="Most utterances the recognize stage takes at once.")
+    max_wait_ms: int = Field(20, ge=0, le=5000, description="How long a lone utterance waits for company.")
+    prompt_previous: bool = Field(True, description="Give the room's previous utterance as context.")
+    prompt_max_gap_s: float = Field(60.0, ge=0, description="Forget the previous utterance after this silence.")
+    max_prompt_tokens: int = Field(96, ge=0, le=223, description="Most tokens of context (prompt + hotwords).")
+    hotwords: list[str] = Field([], description="Words to expect in every room (names, jargon).")
+    idle_release_s: float = Field(30.0, ge=0, description="Release cached device memory after this idle time.")
+    cuda_alloc_conf: str = Field(
+        "garbage_collection_threshold:0.8,max_split_size_mb:128",
+        description="PYTORCH_CUDA_ALLOC_CONF unless set in the environment.",
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, values: list[float]) -> list[float]:
+        if any(t < 0 or t > 2 for t in values) or values != sorted(values):
+            raise ValueError("temperatures must be increasing values between 0 and 2")
+        return values
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("batch_size must be auto or between 1 and 256")
+        return value
 
 
 class VadSettings(Section):
@@ -113,6 +149,8 @@ class RoomSettings(Section):
     name: str = Field(pattern=ROOM_NAME_PATTERN, description="Room name; used in MQTT topics.")
     enabled: bool = Field(True, description="A disabled room is not started.")
     language: str | None = Field(None, description="Language code for multilingual models.")
+    hotwords: list[str] = Field([], description="Words to expect in this room, besides recognizer.hotwords.")
+    prompt_previous: bool | None = Field(None, description="Overrides recognizer.prompt_previous for this room.")
     source: SourceSettings
 
 

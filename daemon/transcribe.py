@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from daemon.app import (
     EXIT_STARTUP_FAILURE,
     StartupError,
     load_recognizer_in_thread,
+    recognize_settings,
     silero_factory,
 )
 from daemon.config import Config, ConfigError, load_config
@@ -75,9 +77,8 @@ class BatchJob:
         transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
-            stage = RecognizeStage(
-                recognizer, model_executor, utterances, transcripts, self.config.recognizer.max_batch
-            )
+            settings = replace(recognize_settings(self.config), idle_release_s=0.0)
+            stage = RecognizeStage(recognizer, model_executor, utterances, transcripts, settings)
             async with asyncio.TaskGroup() as group:
                 group.create_task(stage.run(), name="recognize")
                 group.create_task(self._write(transcripts), name="write")
@@ -103,6 +104,7 @@ class BatchJob:
                     id_prefix=f"{path.stem}",
                     language=self.language,
                     source_label=str(path),
+                    priority=1,
                 )
                 await room.run(never)
                 if room.counters.last_error:

@@ -85,6 +85,9 @@ class Recognizer(ABC):
         ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context.
         """
 
+    def release_memory(self) -> None:  # noqa: B027 -- optional for backends without a cache
+        """Release cached device memory; called when idle and on command."""
+
 
 @dataclass
 class _Attempt:
@@ -104,6 +107,7 @@ class WhisperRecognizer(Recognizer):
         dtype: str,
         options: DecodingOptions | None = None,
         batch_size: int | str = "auto",
+        quantize: str = "none",
     ) -> None:
         self.name = files.name
         self.device = device
@@ -111,6 +115,14 @@ class WhisperRecognizer(Recognizer):
         self.options = options or DecodingOptions()
         self._torch_device = torch.device(device)
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
+        self.quantize = quantize
+        if quantize == "int8":
+            if not device.startswith("cpu") or dtype != "float32":
+                raise ValueError("quantize = int8 needs device = cpu and dtype = float32")
+            # Dynamic int8 linear layers: weights stored int8, activations quantized per call.
+            torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]  # untyped in torch
+                self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
         self.tokenizer = WhisperTokenizer(tokenizer_path(files, self.model.dims.n_vocab), self.model.dims.n_vocab)
         # CTranslate2 models carry their suppress lists; for the others we derive the same
         # list the way OpenAI's decoder does.
@@ -281,9 +293,10 @@ def load_recognizer(
     dtype: str = "auto",
     options: DecodingOptions | None = None,
     batch_size: int | str = "auto",
+    quantize: str = "none",
 ) -> WhisperRecognizer:
     """Load the configured recognizer; raises ModelNotFoundError with a clear message."""
     files = resolve_model(model)
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_device(device, cuda_count)
-    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size)
+    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ class Utterance:
     decided_at: float  # time.monotonic() when the VAD cut it
     language: str | None = None
     source: str | None = None  # the file it came from, for batch transcription
+    priority: int = 0  # 0: a live room; 1: batch work, recognized when no live room waits
 
     @property
     def duration_s(self) -> float:
@@ -64,9 +65,7 @@ class Transcript:
     confidence: float
     model: str
     recognize_ms: float
-    recognized_at: float  # time.monotonic()
     parts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def iso_utc(epoch_s: float) -> str:

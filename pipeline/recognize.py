@@ -1,11 +1,12 @@
-"""The recognize stage: shared by all rooms, batches utterances, runs the model off the loop."""
+"""The recognize stage: shared by all rooms and batch jobs; batches utterances and runs the
+model off the event loop, on the single model thread."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,21 +17,39 @@ if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import ti
     from models.recognizer import Recognition, Recognizer
 
 
+@dataclass(frozen=True)
+class RecognizeSettings:
+    max_batch: int = 16
+    max_wait_ms: int = 20
+    prompt_previous: bool = True
+    prompt_max_gap_s: float = 60.0
+    hotwords: tuple[str, ...] = ()
+    idle_release_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RoomContext:
+    hotwords: tuple[str, ...] = ()
+    prompt_previous: bool | None = None  # None: the stage's setting
+
+
 @dataclass
 class RecognizeCounters:
     batches: int = 0
     utterances: int = 0
     empty: int = 0
     failed: int = 0
-    last_batch_size: int = 0
+    releases: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
 
 
 class RecognizeStage:
     """Takes utterances from ``inbox`` and puts transcripts into ``outbox``.
 
-    Everything already waiting (up to ``max_batch``) goes into one model call; all model
-    calls run in ``executor``, which must have exactly one worker thread. ``None`` in the
-    inbox means no more input: the stage finishes what it has and passes ``None`` on.
+    It takes what is waiting, up to ``max_batch``, waiting at most ``max_wait_ms`` for
+    company when alone; live rooms go before batch work (``Utterance.priority``). Every
+    model call runs in ``executor``, which must have exactly one worker thread. ``None`` in
+    the inbox means no more input: the stage finishes what it has and passes ``None`` on.
     """
 
     def __init__(
@@ -39,40 +58,85 @@ class RecognizeStage:
         executor: Executor,
         inbox: asyncio.Queue[Utterance | None],
         outbox: asyncio.Queue[Transcript | None],
-        max_batch: int = 8,
+        settings: RecognizeSettings | None = None,
+        rooms: dict[str, RoomContext] | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.executor = executor
         self.inbox = inbox
         self.outbox = outbox
-        self.max_batch = max_batch
+        self.settings = settings or RecognizeSettings()
+        self.rooms = rooms or {}
         self.counters = RecognizeCounters()
         self.log = structlog.get_logger()
+        self._waiting: list[Utterance] = []
+        self._ended = False
+        self._previous: dict[str, tuple[str, float]] = {}  # room -> (text, end wall time)
+        self._released = True
 
     async def run(self) -> None:
         while True:
-            first = await self.inbox.get()
-            if first is None:
+            await self._gather()
+            if not self._waiting and self._ended:
                 await self.outbox.put(None)
                 return
-            batch = [first]
-            finished = False
-            while len(batch) < self.max_batch and not self.inbox.empty():
-                item = self.inbox.get_nowait()
-                if item is None:
-                    finished = True
-                    break
-                batch.append(item)
+            # Live rooms first, then the oldest.
+            self._waiting.sort(key=lambda u: (u.priority, u.decided_at))
+            batch = self._waiting[: self.settings.max_batch]
+            del self._waiting[: self.settings.max_batch]
             for language in dict.fromkeys(u.language for u in batch):
                 await self._recognize([u for u in batch if u.language == language], language)
-            if finished:
-                await self.outbox.put(None)
-                return
+
+    async def _get(self, wait_s: float | None) -> bool:
+        """One item from the inbox into ``_waiting``; False on timeout."""
+        try:
+            item = await asyncio.wait_for(self.inbox.get(), wait_s)
+        except TimeoutError:
+            return False
+        if item is None:
+            self._ended = True
+        else:
+            self._waiting.append(item)
+        return True
+
+    async def _gather(self) -> None:
+        s = self.settings
+        if not self._waiting and not self._ended:
+            idle_timeout = s.idle_release_s if (s.idle_release_s > 0 and not self._released) else None
+            if not await self._get(idle_timeout):
+                await self._release_memory()
+                await self._get(None)
+        deadline = time.monotonic() + s.max_wait_ms / 1000
+        while len(self._waiting) < s.max_batch and not self._ended:
+            if not self.inbox.empty():
+                await self._get(None)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._get(remaining):
+                break
+
+    async def _release_memory(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.recognizer.release_memory)
+        self._released = True
+        self.counters.releases += 1
+        self.log.info("idle: cached model memory released")
+
+    def _prompt(self, utt: Utterance) -> str:
+        room = self.rooms.get(utt.room, RoomContext())
+        parts = list(dict.fromkeys((*self.settings.hotwords, *room.hotwords)))
+        use_previous = self.settings.prompt_previous if room.prompt_previous is None else room.prompt_previous
+        previous = self._previous.get(utt.room)
+        if use_previous and previous and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s:
+            return (", ".join(parts) + ". " if parts else "") + previous[0]
+        return ", ".join(parts)
 
     async def _call(self, batch: list[Utterance], language: str | None) -> list[Recognition]:
         loop = asyncio.get_running_loop()
         audios = [u.audio for u in batch]
-        return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language)
+        prompts = [self._prompt(u) for u in batch]
+        self._released = False
+        return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language, prompts)
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
         started = time.monotonic()
@@ -88,18 +152,24 @@ class RecognizeStage:
             self.counters.failed += 1
             self.log.exception("recognition failed", room=batch[0].room, utterance_id=batch[0].id)
             return
-        done = time.monotonic()
-        elapsed_ms = (done - started) * 1000
+        elapsed_ms = (time.monotonic() - started) * 1000
         self.counters.batches += 1
-        self.counters.last_batch_size = len(batch)
+        self.counters.batch_sizes = [*self.counters.batch_sizes[-99:], len(batch)]
         for utt, result in zip(batch, results, strict=True):
             self.counters.utterances += 1
             log = self.log.bind(room=utt.room, utterance_id=utt.id)
             if not result.text:
                 self.counters.empty += 1
-                log.info("no speech recognized", no_speech_prob=round(result.no_speech_prob, 3))
+                log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
                 continue
-            log.info("utterance recognized", recognize_ms=round(elapsed_ms), batch=len(batch), text=result.text)
+            self._previous[utt.room] = (result.text, utt.end_wall)
+            log.info(
+                "utterance recognized",
+                recognize_ms=round(elapsed_ms),
+                batch=len(batch),
+                temperature=result.temperature,
+                text=result.text,
+            )
             await self.outbox.put(
                 Transcript(
                     utterance=utt,
@@ -109,6 +179,5 @@ class RecognizeStage:
                     confidence=result.confidence,
                     model=self.recognizer.name,
                     recognize_ms=elapsed_ms,
-                    recognized_at=done,
                 )
             )

@@ -51,6 +51,7 @@ class Room:
         id_prefix: str,
         language: str | None = None,
         source_label: str | None = None,
+        priority: int = 0,
     ) -> None:
         self.name = name
         self.source = source
@@ -61,6 +62,7 @@ class Room:
         self.id_prefix = id_prefix
         self.language = language
         self.source_label = source_label
+        self.priority = priority
         self.counters = RoomCounters()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
@@ -149,6 +151,7 @@ class Room:
                 decided_at=time.monotonic(),
                 language=self.language,
                 source=self.source_label,
+                priority=self.priority,
             )
             self.log.info(
                 "utterance cut",

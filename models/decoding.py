@@ -130,7 +130,11 @@ def decode(
     valid = torch.tensor([[False] * pad + [True] * len(p) for pad, p in zip(pads, prefixes, strict=True)])
     valid = valid.to(device)
     positions = (torch.arange(width, device=device)[None, :] - torch.tensor(pads, device=device)[:, None]).clamp(min=0)
-    logits, cache = model.decoder(tokens, memory_kv, None, positions=positions, key_valid=valid)
+    # Without padding the decoder's plain path is exact and faster (no attention mask).
+    uniform = not any(pads)
+    logits, cache = model.decoder(
+        tokens, memory_kv, None, positions=None if uniform else positions, key_valid=None if uniform else valid
+    )
     sot_at = torch.tensor([pad + p.index(sot) for pad, p in zip(pads, prefixes, strict=True)], device=device)
     no_speech = logits[torch.arange(batch), sot_at].softmax(-1)[:, tokenizer.special.no_speech].tolist()
     step_logits = logits[:, -1]
@@ -227,12 +231,17 @@ def decode(
         if all(item.done for item in items):
             break
         seqs, scores = new_seqs, new_scores
-        cache = [(k.index_select(0, chosen_from), v.index_select(0, chosen_from)) for k, v in cache]
-        valid = torch.cat([valid.index_select(0, chosen_from), torch.ones_like(valid[:, :1])], dim=1)
-        next_position = next_position.index_select(0, chosen_from)
-        step_logits, cache = model.decoder(
-            chosen_tokens[:, None], memory_kv, cache, positions=next_position[:, None], key_valid=valid
-        )
+        if beams > 1:  # beams were reordered; a greedy or sampled row stays where it is
+            cache = [(k.index_select(0, chosen_from), v.index_select(0, chosen_from)) for k, v in cache]
+            valid = valid.index_select(0, chosen_from)
+            next_position = next_position.index_select(0, chosen_from)
+        if uniform:
+            step_logits, cache = model.decoder(chosen_tokens[:, None], memory_kv, cache)
+        else:
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+            step_logits, cache = model.decoder(
+                chosen_tokens[:, None], memory_kv, cache, positions=next_position[:, None], key_valid=valid
+            )
         step_logits = step_logits[:, -1]
         next_position = next_position + 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,9 +121,14 @@ class WhisperRecognizer(Recognizer):
             if not device.startswith("cpu") or dtype != "float32":
                 raise ValueError("quantize = int8 needs device = cpu and dtype = float32")
             # Dynamic int8 linear layers: weights stored int8, activations quantized per call.
-            torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]  # untyped in torch
-                self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-            )
+            # torch.ao.quantization is deprecated in favour of torchao, but still the only
+            # int8 CPU kernel path in torch itself; its warnings are about that future.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+                torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]  # untyped in torch
+                    self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+                )
         self.tokenizer = WhisperTokenizer(tokenizer_path(files, self.model.dims.n_vocab), self.model.dims.n_vocab)
         # CTranslate2 models carry their suppress lists; for the others we derive the same
         # list the way OpenAI's decoder does.

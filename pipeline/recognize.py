@@ -106,11 +106,12 @@ class RecognizeStage:
             if not await self._get(idle_timeout):
                 await self._release_memory()
                 await self._get(None)
+        # Everything already waiting comes in (the inbox is bounded), so priorities apply
+        # to all of it; then a short wait for company if the batch is not full.
+        while not self.inbox.empty() and not self._ended:
+            await self._get(None)
         deadline = time.monotonic() + s.max_wait_ms / 1000
         while len(self._waiting) < s.max_batch and not self._ended:
-            if not self.inbox.empty():
-                await self._get(None)
-                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self._get(remaining):
                 break

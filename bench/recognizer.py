@@ -1,0 +1,197 @@
+"""Our Whisper engine against faster-whisper, same weights, same audio, one run.
+
+    python bench/recognizer.py [--json PATH] [--quick] [--modes ours-greedy,fw-beam1,...]
+
+Audio: the espeak sentences and the recorded English clips <= 30 s in ../shared/data/speech
+(skipped when absent). Each mode runs in its own subprocess, so load time and peak memory
+are its own. Per mode: word error rate after Whisper's English normalizer (whisper-normalizer),
+median and p95 latency per utterance at batch 1, real-time factor, throughput (audio seconds
+per second) at batch 1 and, for our engine, at the best batch size, peak resident memory
+(and peak GPU memory), load time. faster-whisper is a bench-only dependency:
+pip install faster-whisper whisper-normalizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.accuracy import load_clip
+from bench.common import machine, write_results
+from tests.helpers import SENTENCES, SPEECH_DIR, speak
+
+BATCHES = (4, 8, 16)
+MODES = {
+    "ours-greedy": {"engine": "ours", "beam": 1},
+    "ours-beam5": {"engine": "ours", "beam": 5},
+    "ours-greedy-int8": {"engine": "ours", "beam": 1, "quantize": "int8"},
+    "fw-beam1": {"engine": "fw", "beam": 1},
+    "fw-beam5": {"engine": "fw", "beam": 5},
+}
+GPU_MODES = {
+    "ours-greedy-fp16": {"engine": "ours", "beam": 1, "dtype": "float16"},
+    "ours-greedy-fp32": {"engine": "ours", "beam": 1, "dtype": "float32"},
+    "ours-beam5-fp16": {"engine": "ours", "beam": 5, "dtype": "float16"},
+    "fw-beam1-fp16": {"engine": "fw", "beam": 1, "dtype": "float16"},
+    "fw-beam5-fp16": {"engine": "fw", "beam": 5, "dtype": "float16"},
+    "fw-beam1-fp32": {"engine": "fw", "beam": 1, "dtype": "float32"},
+}
+
+
+def dataset(quick: bool) -> tuple[list[np.ndarray], list[str]]:
+    audios = [speak(s) for s in SENTENCES]
+    refs = list(SENTENCES)
+    manifest = SPEECH_DIR / "manifest.jsonl"
+    if manifest.is_file():
+        entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        clips = sorted(
+            (e for e in entries if e["language"] == "en" and e["duration_s"] <= 30), key=lambda e: e["audio"]
+        )
+        if quick:
+            clips = clips[::4]
+        audios += [load_clip(SPEECH_DIR / e["audio"]) for e in clips]
+        refs += [e["text"] for e in clips]
+    return audios, refs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(mode: str, spec: dict[str, Any], quick: bool, device: str) -> dict[str, Any]:
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    audios, refs = dataset(quick)
+    normalize = EnglishTextNormalizer()
+    audio_s = sum(len(a) for a in audios) / 16000
+    dtype = spec.get("dtype", "float32")
+    started = time.perf_counter()
+    if spec["engine"] == "ours":
+        import torch
+
+        from models.recognizer import DecodingOptions, load_recognizer
+
+        recognizer = load_recognizer(
+            "bundled:tiny.en", device, dtype, DecodingOptions(beam_size=spec["beam"]), 1, spec.get("quantize", "none")
+        )
+
+        def run(batch: list[np.ndarray]) -> list[str]:
+            return [r.text for r in recognizer.recognize(batch)]
+
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+    else:
+        from faster_whisper import WhisperModel
+
+        from models.loading import resolve_model
+
+        path = str(resolve_model("bundled:tiny.en").weights.parent)
+        model = WhisperModel(
+            path, device="cuda" if device.startswith("cuda") else "cpu", compute_type=dtype, cpu_threads=0
+        )
+
+        def run(batch: list[np.ndarray]) -> list[str]:
+            out = []
+            for audio in batch:
+                segments, _ = model.transcribe(
+                    audio,
+                    beam_size=spec["beam"],
+                    language="en",
+                    without_timestamps=True,
+                    vad_filter=False,
+                    condition_on_previous_text=False,
+                )
+                out.append(" ".join(s.text.strip() for s in segments))
+            return out
+
+    load_s = time.perf_counter() - started
+    run(audios[:1])  # warm-up
+    latencies, texts = [], []
+    for audio in audios:
+        t = time.perf_counter()
+        texts += run([audio])
+        latencies.append(time.perf_counter() - t)
+    total = sum(latencies)
+    row: dict[str, Any] = {
+        "mode": mode,
+        "utterances": len(audios),
+        "audio_s": round(audio_s, 1),
+        "wer_pct": round(100 * jiwer.wer([normalize(r) for r in refs], [normalize(h) or "-" for h in texts]), 2),
+        "median_ms": round(statistics.median(latencies) * 1000),
+        "p95_ms": round(float(np.percentile(latencies, 95)) * 1000),
+        "rtf": round(total / audio_s, 4),
+        "throughput_b1": round(audio_s / total, 1),
+        "load_s": round(load_s, 2),
+    }
+    if spec["engine"] == "ours" and not spec.get("no_batch"):
+        # Longest first, so batches hold utterances of similar length (as a queue of
+        # same-sized VAD segments would).
+        order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
+        best = (1, audio_s / total)
+        for size in BATCHES:
+            recognizer.batch_policy.setting = size
+            t = time.perf_counter()
+            for i in range(0, len(order), size):
+                run([audios[j] for j in order[i : i + size]])
+            best = max(best, (size, audio_s / (time.perf_counter() - t)), key=lambda b: b[1])
+        row["best_batch"] = best[0]
+        row["throughput_best"] = round(best[1], 1)
+        row["batch_gain"] = round(best[1] / row["throughput_b1"], 2)
+    row["peak_rss_mb"] = round(peak_rss_mb())
+    if device.startswith("cuda"):
+        import torch
+
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20) if spec["engine"] == "ours" else None
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the recorded clips")
+    parser.add_argument("--modes", help="comma-separated subset of: " + ", ".join([*MODES, *GPU_MODES]))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda:0" if torch.cuda.is_available() else "cpu")
+    table = GPU_MODES if device.startswith("cuda") else MODES
+    if args.worker:
+        print(json.dumps(worker(args.worker, {**MODES, **GPU_MODES}[args.worker], args.quick, device)))
+        return
+    rows = []
+    for mode in args.modes.split(",") if args.modes else table:
+        command = [sys.executable, __file__, "--worker", mode, "--device", device] + (["--quick"] if args.quick else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{mode}: done", file=sys.stderr, flush=True)
+    by_mode = {r["mode"]: r for r in rows}
+    for row in rows:
+        peer = by_mode.get("fw-beam5" if "beam5" in row["mode"] else "fw-beam1")
+        if peer and row["mode"].startswith("ours"):
+            row["latency_vs_fw"] = round(row["median_ms"] / peer["median_ms"], 2)
+            row["wer_vs_fw_pts"] = round(row["wer_pct"] - peer["wer_pct"], 2)
+    path = write_results("recognizer", rows, {"quick": args.quick, "device": device})
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.json} (and {path})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The recognize stage's batching policy, with a recording recognizer standing in for the
+model (the model itself is covered by test_recognizer.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from models.recognizer import Recognition, Recognizer
+from pipeline.messages import Transcript, Utterance
+from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
+
+
+class RecordingRecognizer(Recognizer):
+    """Returns each utterance's marker as its text and records every call."""
+
+    name = "recording"
+    device = "cpu"
+    dtype = "float32"
+    max_audio_s = 30.0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str]]] = []
+        self.threads: set[int] = set()
+        self.released = 0
+
+    def recognize(
+        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+    ) -> list[Recognition]:
+        self.threads.add(threading.get_ident())
+        texts = [f"text {int(a[0])}" for a in audios]
+        self.calls.append((texts, list(prompts or [])))
+        return [Recognition(t, "en", -0.1, 0.01, 0.9, 3, False) for t in texts]
+
+    def release_memory(self) -> None:
+        self.released += 1
+
+
+def utterance(n: int, room: str = "kitchen", priority: int = 0, start: float = 0.0) -> Utterance:
+    audio = np.full(1600, n, dtype=np.float32)
+    wall = 1000 + start
+    uid = f"{room}-{n}"
+    return Utterance(room, uid, audio, start, start + 1, wall, wall + 1, "silence", float(n), priority=priority)
+
+
+def run_stage(
+    items: list[Utterance], settings: RecognizeSettings, rooms: dict[str, RoomContext] | None = None
+) -> tuple[RecordingRecognizer, list[Transcript]]:
+    recognizer = RecordingRecognizer()
+
+    async def scenario() -> list[Transcript]:
+        inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        for item in items:
+            inbox.put_nowait(item)
+        inbox.put_nowait(None)
+        with ThreadPoolExecutor(1) as executor:
+            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms)
+            await asyncio.wait_for(stage.run(), timeout=10)
+        out = []
+        while (t := outbox.get_nowait()) is not None:
+            out.append(t)
+        return out
+
+    return recognizer, asyncio.run(scenario())
+
+
+def test_waiting_utterances_share_a_batch_up_to_max_batch() -> None:
+    recognizer, out = run_stage([utterance(i) for i in range(5)], RecognizeSettings(max_batch=2))
+    assert [len(texts) for texts, _ in recognizer.calls] == [2, 2, 1]
+    assert [t.text for t in out] == [f"text {i}" for i in range(5)]
+    assert len(recognizer.threads) == 1
+
+
+def test_live_rooms_go_before_batch_work() -> None:
+    items = [utterance(1, "file", priority=1), utterance(2, "file", priority=1), utterance(3, "kitchen")]
+    recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1))
+    assert [texts[0] for texts, _ in recognizer.calls] == ["text 3", "text 1", "text 2"]
+
+
+def test_prompt_is_previous_utterance_and_hotwords() -> None:
+    items = [utterance(1, start=0.0), utterance(2, start=5.0), utterance(3, start=500.0)]
+    settings = RecognizeSettings(max_batch=1, hotwords=("Kubernetes",), prompt_max_gap_s=60)
+    rooms = {"kitchen": RoomContext(hotwords=("Zhang Xiaomei",))}
+    recognizer, _ = run_stage(items, settings, rooms)
+    prompts = [p[0] for _, p in recognizer.calls]
+    assert prompts[0] == "Kubernetes, Zhang Xiaomei"
+    assert prompts[1] == "Kubernetes, Zhang Xiaomei. text 1"
+    assert prompts[2] == "Kubernetes, Zhang Xiaomei"  # 495 s of silence: the context is dropped
+
+
+def test_prompt_previous_can_be_switched_off_per_room() -> None:
+    items = [utterance(1), utterance(2, start=2.0)]
+    recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1), {"kitchen": RoomContext(prompt_previous=False)})
+    assert [p[0] for _, p in recognizer.calls] == ["", ""]
+
+
+def test_idle_stage_releases_cached_memory() -> None:
+    recognizer = RecordingRecognizer()
+
+    async def scenario() -> None:
+        inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        with ThreadPoolExecutor(1) as executor:
+            stage = RecognizeStage(recognizer, executor, inbox, outbox, RecognizeSettings(idle_release_s=0.05))
+            task = asyncio.create_task(stage.run())
+            await inbox.put(utterance(1))
+            await asyncio.wait_for(outbox.get(), timeout=5)
+            while stage.counters.releases == 0:
+                await asyncio.sleep(0.01)
+            await inbox.put(None)
+            await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert recognizer.released == 1

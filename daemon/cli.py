@@ -14,8 +14,7 @@ from daemon.logs import setup_logging
 
 
 def report_config_error(exc: ConfigError) -> int:
-    for line in exc.problems:
-        print(f"{exc.path}: {line}", file=sys.stderr)
+    exc.report()
     return EXIT_CONFIG_ERROR
 
 

@@ -8,6 +8,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -80,7 +81,7 @@ class RecognizerSettings(Section):
     no_speech_threshold: float = Field(0.6, gt=0, lt=1, description="Above (and unsure): no speech, no text.")
     batch_size: int | Literal["auto"] = Field("auto", description="Utterances per model call; auto: from free memory.")
     max_batch: int = Field(16, ge=1, le=256, description="Most utterances the recognize stage takes at once.")
-    max_wait_ms: int = Field(20, ge=0, le=5000, description="How long a lone utterance waits for company.")
+    max_wait_ms: int = Field(10, ge=0, le=5000, description="How long a lone utterance waits for company.")
     prompt_previous: bool = Field(True, description="Give the room's previous utterance as context.")
     prompt_max_gap_s: float = Field(60.0, ge=0, description="Forget the previous utterance after this silence.")
     max_prompt_tokens: int = Field(96, ge=0, le=223, description="Most tokens of context (prompt + hotwords).")
@@ -179,6 +180,11 @@ class ConfigError(Exception):
         super().__init__(f"{path}: " + "; ".join(problems))
         self.path = path
         self.problems = problems
+
+    def report(self) -> None:
+        """One line per problem on stderr, each starting with the file's path."""
+        for line in self.problems:
+            print(f"{self.path}: {line}", file=sys.stderr)
 
 
 _UNION_MEMBERS = ("str", "int", "float", "bool")

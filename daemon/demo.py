@@ -19,7 +19,7 @@ from typing import Any
 
 import aiomqtt
 
-from daemon.app import EXIT_STARTUP_FAILURE, App, StartupError
+from daemon.app import EXIT_CONFIG_ERROR, EXIT_STARTUP_FAILURE, App, StartupError
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import setup_logging
 
@@ -123,9 +123,8 @@ def demo_main(args: argparse.Namespace) -> int:
         try:
             base = load_config(args.config)
         except ConfigError as exc:
-            for line in exc.problems:
-                print(f"{exc.path}: {line}", file=sys.stderr)
-            return 2
+            exc.report()
+            return EXIT_CONFIG_ERROR
     embedded = base is None
     config = demo_config(base, args.mic, free_port() if embedded else None)
     setup_logging(config.daemon.log_level, config.daemon.log_format)

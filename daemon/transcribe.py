@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.app import (
+    EXIT_CONFIG_ERROR,
     EXIT_RUNTIME_ERROR,
     EXIT_STARTUP_FAILURE,
     StartupError,
@@ -69,7 +70,22 @@ class BatchJob:
         self.failures: dict[Path, str] = {}
         self.texts: dict[str, list[str]] = {}
 
+    def readable_files(self) -> list[tuple[int, Path]]:
+        """Files that open as audio; the others are recorded as failures with their reason."""
+        readable = []
+        for index, path in enumerate(self.files):
+            try:
+                open_audio(path).close()
+            except AudioFileError as exc:
+                self.failures[path] = str(exc).removeprefix(f"{path}: ")
+                continue
+            readable.append((index, path))
+        return readable
+
     async def run(self) -> None:
+        files = self.readable_files()
+        if not files:
+            return  # nothing to load the model for
         loop = asyncio.get_running_loop()
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
@@ -82,13 +98,15 @@ class BatchJob:
             async with asyncio.TaskGroup() as group:
                 group.create_task(stage.run(), name="recognize")
                 group.create_task(self._write(transcripts), name="write")
-                await self._feed(vad_executor, utterances)
+                await self._feed(files, vad_executor, utterances)
                 await utterances.put(None)
         finally:
             model_executor.shutdown(wait=False, cancel_futures=True)
             vad_executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _feed(self, vad_executor: ThreadPoolExecutor, out: asyncio.Queue[Utterance | None]) -> None:
+    async def _feed(
+        self, files: list[tuple[int, Path]], vad_executor: ThreadPoolExecutor, out: asyncio.Queue[Utterance | None]
+    ) -> None:
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
         never = asyncio.Event()
 
@@ -111,12 +129,7 @@ class BatchJob:
                     self.failures[path] = room.counters.last_error.removeprefix(f"{path}: ")
 
         async with asyncio.TaskGroup() as group:
-            for index, path in enumerate(self.files):
-                try:
-                    open_audio(path).close()
-                except AudioFileError as exc:
-                    self.failures[path] = str(exc).removeprefix(f"{path}: ")
-                    continue
+            for index, path in files:
                 group.create_task(one(index, path), name=f"file:{path}")
 
     async def _write(self, transcripts: asyncio.Queue[Transcript | None]) -> None:
@@ -132,9 +145,8 @@ def transcribe_main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else Config()
     except ConfigError as exc:
-        for line in exc.problems:
-            print(f"{exc.path}: {line}", file=sys.stderr)
-        return 2
+        exc.report()
+        return EXIT_CONFIG_ERROR
     files = expand_paths(args.paths, args.recursive)
     job = BatchJob(config, files, args.format, args.language)
     try:

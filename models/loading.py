@@ -294,7 +294,9 @@ def load_whisper(files: ModelFiles, device: torch.device, dtype: torch.dtype) ->
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.load_state_dict({k: t.to(dtype) for k, t in state.items()}, strict=True, assign=True)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    model.decoder.transpose_embeddings()
+    return model
 
 
 def tokenizer_path(files: ModelFiles, n_vocab: int) -> Path:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import ti
 @dataclass(frozen=True)
 class RecognizeSettings:
     max_batch: int = 16
-    max_wait_ms: int = 20
+    max_wait_ms: int = 10
     prompt_previous: bool = True
     prompt_max_gap_s: float = 60.0
     hotwords: tuple[str, ...] = ()

@@ -295,7 +295,7 @@ def load_whisper(files: ModelFiles, device: torch.device, dtype: torch.dtype) ->
         )
     model.load_state_dict({k: t.to(dtype) for k, t in state.items()}, strict=True, assign=True)
     model = model.to(device).eval()
-    model.decoder.transpose_embeddings()
+    model.decoder.prepare_output_projection()
     return model
 
 

@@ -142,7 +142,11 @@ def decode(
 
     if beams > 1:
         expand = torch.arange(batch, device=device).repeat_interleave(beams)
-        memory_kv = select_memory(memory_kv, expand)
+        if batch == 1:
+            # One utterance: a broadcast view instead of copying its encoder keys/values.
+            memory_kv = [(k.expand(beams, -1, -1, -1), v.expand(beams, -1, -1, -1)) for k, v in memory_kv]
+        else:
+            memory_kv = select_memory(memory_kv, expand)
         cache = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cache]
         step_logits = step_logits.index_select(0, expand)
         valid = valid.index_select(0, expand)

@@ -121,7 +121,6 @@ class App:
         self.log = structlog.get_logger()
         self.stop = asyncio.Event()
         self.rooms_idle = asyncio.Event()
-        self.started_at = time.monotonic()
         # One thread owns the recognizer (its threading contract); another runs the VADs so
         # that a long model call never delays voice detection.
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")

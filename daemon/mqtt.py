@@ -72,7 +72,6 @@ class Publisher:
         self.pending: deque[Outgoing] = deque()
         self.counters = PublisherCounters()
         self.connected = asyncio.Event()
-        self.first_online_at: float | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._done = asyncio.Event()
@@ -128,8 +127,6 @@ class Publisher:
                     attempt = 0
                     self.counters.connects += 1
                     await client.publish(self.status_topic, "online", qos=1, retain=True)
-                    if self.first_online_at is None:
-                        self.first_online_at = time.monotonic()
                     self.connected.set()
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
                     await self._session(client)

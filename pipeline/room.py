@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import structlog
@@ -30,7 +30,6 @@ class RoomCounters:
     errors: int = 0
     state: str = "starting"  # starting | listening | idle | failed
     last_error: str | None = None
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Room:

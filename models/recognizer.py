@@ -8,7 +8,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class _Attempt:
     best: Decoded | None = None
     final: Decoded | None = None
     rejected: str | None = None
-    history: list[Decoded] = field(default_factory=list)
+    last: Decoded | None = None
 
 
 class WhisperRecognizer(Recognizer):
@@ -214,9 +214,7 @@ class WhisperRecognizer(Recognizer):
         elif language:
             languages = [(language, None)] * len(audios)
         else:
-            languages = [
-                (lang, p) for lang, p in detect_language(self.model, self.tokenizer, memory_kv, self._languages)
-            ]
+            languages = list(detect_language(self.model, self.tokenizer, memory_kv, self._languages))
         prefixes = [
             self._prompt_tokens(prompt) + self._task_tokens(lang)
             for prompt, (lang, _) in zip(prompts, languages, strict=True)
@@ -249,7 +247,7 @@ class WhisperRecognizer(Recognizer):
             still = []
             for i, item in zip(pending, decoded, strict=True):
                 attempt = attempts[i]
-                attempt.history.append(item)
+                attempt.last = item
                 if item.no_speech_prob > NO_SPEECH_STRONG or (
                     item.no_speech_prob > o.no_speech_threshold and item.avg_logprob < o.logprob_threshold
                 ):
@@ -272,7 +270,7 @@ class WhisperRecognizer(Recognizer):
             # (a repeating text is a hallucination, not a transcript).
             attempt.final = attempt.best
             if attempt.final is None:
-                attempt.final, attempt.rejected = attempt.history[-1], "hallucination"
+                attempt.final, attempt.rejected = attempt.last, "hallucination"
         return attempts
 
     def _result(self, attempt: _Attempt, language: str, language_probability: float | None) -> Recognition:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,7 +41,7 @@ class RecognizeCounters:
     empty: int = 0
     failed: int = 0
     releases: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
 class RecognizeStage:
@@ -155,7 +156,7 @@ class RecognizeStage:
             return
         elapsed_ms = (time.monotonic() - started) * 1000
         self.counters.batches += 1
-        self.counters.batch_sizes = [*self.counters.batch_sizes[-99:], len(batch)]
+        self.counters.batch_sizes.append(len(batch))
         for utt, result in zip(batch, results, strict=True):
             self.counters.utterances += 1
             log = self.log.bind(room=utt.room, utterance_id=utt.id)

@@ -79,7 +79,7 @@ class Room:
     async def _put(self, item: Frame | EndOfStream) -> None:
         if isinstance(self._frames, DropOldestQueue) and isinstance(item, Frame):
             if not self._frames.put_dropping_oldest(item):
-                self.counters.dropped_frames += 1
+                self.counters.dropped_frames = self._frames.dropped  # the queue keeps the count
                 self.log.warning("frame dropped: VAD behind capture", dropped=self.counters.dropped_frames)
         else:
             await self._frames.put(item)

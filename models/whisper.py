@@ -34,9 +34,18 @@ class WhisperDims:
 
 
 class LayerNorm(nn.LayerNorm):
-    """Layer norm computed in float32, cast back to the input dtype."""
+    """Layer norm with float32 statistics whatever the input dtype.
+
+    PyTorch's layer norm kernels (CUDA and CPU) already accumulate float16 and bfloat16
+    inputs in float32 and round only the output, so for matching dtypes no casts are
+    needed: casting in and out cost two extra kernels per norm, 24 per decoding step of
+    tiny.en, which on a GPU (where a step is bound by kernel launches) made float16 about
+    25% slower than float32.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(
             x.dtype
         )

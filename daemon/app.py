@@ -28,6 +28,8 @@ from pipeline.messages import Transcript, Utterance, utterance_record
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
 from pipeline.sources import AudioSource, FileSource, MicSource
+from pipeline.text.processor import TextProcessor
+from pipeline.text.stage import TextStage
 
 if TYPE_CHECKING:
     from models.recognizer import Recognizer
@@ -126,7 +128,9 @@ class App:
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
         self.utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(UTTERANCE_QUEUE_SIZE)
+        self.recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
         self.transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
+        self.text = TextStage(TextProcessor(config.text.settings(config_path)), self.recognized, self.transcripts)
         self.publisher = Publisher(config.mqtt)
         prefix = run_id()
         self.rooms = [
@@ -178,7 +182,7 @@ class App:
             recognizer,
             self.model_executor,
             self.utterances,
-            self.transcripts,
+            self.recognized,
             recognize_settings(self.config),
             room_contexts(self.config),
         )
@@ -186,11 +190,12 @@ class App:
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(self.publisher.run(), name="mqtt")
                 recognize_task = group.create_task(recognize.run(), name="recognize")
+                text_task = group.create_task(self.text.run(), name="text")
                 publish_task = group.create_task(self._publish_stage(), name="publish")
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 await self.stop.wait()
-                await self._drain(room_tasks, recognize_task, publish_task, mqtt_task)
+                await self._drain(room_tasks, [recognize_task, text_task, publish_task], mqtt_task)
         finally:
             self.model_executor.shutdown(wait=False, cancel_futures=True)
             self.vad_executor.shutdown(wait=False, cancel_futures=True)
@@ -226,8 +231,7 @@ class App:
     async def _drain(
         self,
         room_tasks: list[asyncio.Task[None]],
-        recognize_task: asyncio.Task[None],
-        publish_task: asyncio.Task[None],
+        stage_tasks: list[asyncio.Task[None]],
         mqtt_task: asyncio.Task[None],
     ) -> None:
         timeout = self.config.daemon.drain_timeout_s
@@ -235,12 +239,13 @@ class App:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*room_tasks)
                 await self.utterances.put(None)
-                await recognize_task
-                await publish_task
+                for task in stage_tasks:  # each passes the end marker on to the next
+                    await task
                 await self.publisher.finish()
         except TimeoutError:
-            lost = self.utterances.qsize() + self.transcripts.qsize() + len(self.publisher.pending)
+            queued = self.utterances.qsize() + self.recognized.qsize() + self.transcripts.qsize()
+            lost = queued + len(self.publisher.pending)
             self.log.error("shutdown drain timed out; giving up on what is left", timeout_s=timeout, lost=lost)
-            for task in (*room_tasks, recognize_task, publish_task, mqtt_task):
+            for task in (*room_tasks, *stage_tasks, mqtt_task):
                 task.cancel()
         await asyncio.gather(mqtt_task, return_exceptions=True)

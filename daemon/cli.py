@@ -1,4 +1,4 @@
-"""Command line: ``roomscribe run|demo|transcribe|check-config|devices``."""
+"""Command line: ``roomscribe run|demo|transcribe|itn|check-config|devices``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_itn(args: argparse.Namespace) -> int:
+    """The text stage as a filter: one line in, one line out, flushed at once (streaming).
+    Bytes that are not UTF-8 pass through untouched (surrogateescape), so nothing is lost."""
+    from pipeline.text.dictionary import DictionaryError
+    from pipeline.text.processor import TextProcessor, TextSettings
+
+    try:
+        processor = TextProcessor(TextSettings(itn=True, fillers=args.fillers, dictionary=args.dictionary))
+    except DictionaryError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    out = sys.stdout.buffer
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), 1):
+        body = raw.rstrip(b"\r\n")
+        ending = raw[len(body) :]
+        text = body.decode("utf-8", "surrogateescape")
+        try:
+            result = processor(text, args.lang)
+        except Exception as exc:  # a bug in a rule must not stop the stream or lose the line
+            print(f"line {number}: text rules failed ({exc!r}); line passed through", file=sys.stderr)
+            result = text
+        out.write(result.encode("utf-8", "surrogateescape") + ending)
+        out.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roomscribe", description="Local, always-on speech to text over MQTT.")
     parser.add_argument("--version", action="version", version=f"roomscribe {__version__}")
@@ -117,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="log progress on stderr")
     with_config(p)
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("itn", help="the text stage on stdin: one line in, one line out")
+    p.add_argument("--lang", choices=("zh", "en"), required=True)
+    p.add_argument("--fillers", action="store_true", help="also remove filler words")
+    p.add_argument("--dictionary", type=Path, help="apply this 'wrong => right' file last")
+    p.set_defaults(func=cmd_itn)
 
     p = sub.add_parser("devices", help="list capture devices")
     p.set_defaults(func=cmd_devices)

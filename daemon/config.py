@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.text.dictionary import Dictionary, DictionaryError
+from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH
+from pipeline.text.processor import TextSettings
 from pipeline.vad import VadParams
 
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -131,6 +134,20 @@ class VadSettings(Section):
         return VadParams(**self.model_dump())
 
 
+class TextSettingsSection(Section):
+    itn: bool = Field(True, description="Spoken numbers, dates, times, money to written form (docs/itn.md).")
+    fillers: bool = Field(True, description="Remove filler words (um, uh; 呃, 嗯 ...).")
+    fillers_zh: list[str] = Field(list(DEFAULT_ZH), description="Chinese fillers (besides clause-opening 啊/那个).")
+    fillers_en: list[str] = Field(list(DEFAULT_EN), description="English fillers, matched as whole words.")
+    dictionary: str = Field(
+        "", description="File of 'wrong => right' lines applied last; re-read when it changes. Empty: none."
+    )
+
+    def settings(self, config_path: Path) -> TextSettings:
+        path = resolve_path(self.dictionary, config_path) if self.dictionary else None
+        return TextSettings(self.itn, self.fillers, tuple(self.fillers_zh), tuple(self.fillers_en), path)
+
+
 class FileSourceSettings(Section):
     type: Literal["file"]
     path: str = Field(description="WAV or FLAC file; relative paths start at the config file's folder.")
@@ -160,6 +177,7 @@ class Config(Section):
     mqtt: MqttSettings = MqttSettings()
     recognizer: RecognizerSettings = RecognizerSettings()
     vad: VadSettings = VadSettings()
+    text: TextSettingsSection = TextSettingsSection()
     rooms: list[RoomSettings] = Field(default_factory=list, description="The rooms to listen to.")
 
     @field_validator("rooms")
@@ -266,6 +284,11 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             file = resolve_path(room.source.path, path)
             if not file.is_file():
                 problems.append(f"rooms[{i}].source.path = {room.source.path!r}: no such file ({file})")
+    if config.text.dictionary:
+        try:
+            Dictionary(resolve_path(config.text.dictionary, path))
+        except DictionaryError as exc:
+            problems.append(f"text.dictionary = {config.text.dictionary!r}: {exc}")
     if problems:
         raise ConfigError(path, problems)
     return config

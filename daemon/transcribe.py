@@ -26,6 +26,8 @@ from pipeline.messages import Transcript, Utterance
 from pipeline.recognize import RecognizeStage
 from pipeline.room import Room
 from pipeline.sources import AudioFileError, FileSource, open_audio
+from pipeline.text.processor import TextProcessor
+from pipeline.text.stage import TextStage
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus", ".caf", ".w64"}
 # Files decoded and segmented at once; enough to keep the recognizer's batches full.
@@ -62,8 +64,11 @@ def record(t: Transcript) -> dict[str, Any]:
 
 
 class BatchJob:
-    def __init__(self, config: Config, files: list[Path], fmt: str, language: str | None) -> None:
+    def __init__(
+        self, config: Config, files: list[Path], fmt: str, language: str | None, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path or Path.cwd() / "config.toml"
         self.files = files
         self.fmt = fmt
         self.language = language
@@ -90,13 +95,16 @@ class BatchJob:
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
         utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
+        recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
+        text = TextStage(TextProcessor(self.config.text.settings(self.config_path)), recognized, transcripts)
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
             settings = replace(recognize_settings(self.config), idle_release_s=0.0)
-            stage = RecognizeStage(recognizer, model_executor, utterances, transcripts, settings)
+            stage = RecognizeStage(recognizer, model_executor, utterances, recognized, settings)
             async with asyncio.TaskGroup() as group:
                 group.create_task(stage.run(), name="recognize")
+                group.create_task(text.run(), name="text")
                 group.create_task(self._write(transcripts), name="write")
                 await self._feed(files, vad_executor, utterances)
                 await utterances.put(None)
@@ -148,7 +156,7 @@ def transcribe_main(args: argparse.Namespace) -> int:
         exc.report()
         return EXIT_CONFIG_ERROR
     files = expand_paths(args.paths, args.recursive)
-    job = BatchJob(config, files, args.format, args.language)
+    job = BatchJob(config, files, args.format, args.language, args.config)
     try:
         asyncio.run(job.run())
     except StartupError as exc:

@@ -138,3 +138,14 @@ def test_run_with_an_unloadable_model_is_a_startup_failure(tmp_path: Path) -> No
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 3
     assert "model.bin" in result.stderr
+
+
+def test_text_dictionary_is_checked_with_the_config(tmp_path: Path) -> None:
+    config = "[text]\ndictionary = 'words.txt'\n"
+    (line,) = problems(config, tmp_path / "c.toml")
+    assert line.startswith("text.dictionary = 'words.txt':") and "cannot read" in line
+    (tmp_path / "words.txt").write_text("fine => ok\nbroken line\n")
+    (line,) = problems(config, tmp_path / "c.toml")
+    assert line.startswith("text.dictionary = 'words.txt':") and "words.txt:2: expected 'wrong => right'" in line
+    (tmp_path / "words.txt").write_text("fine => ok\n")
+    assert parse_config(tomllib.loads(config), tmp_path / "c.toml").text.dictionary == "words.txt"

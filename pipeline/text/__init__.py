@@ -1,0 +1,1 @@
+"""The text stage's rules: inverse text normalization, fillers, the user dictionary."""

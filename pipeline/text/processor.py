@@ -1,0 +1,54 @@
+"""The text stage's rules in order: fillers, ITN, dictionary; routed by language."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.text.dictionary import Dictionary
+from pipeline.text.en_itn import en_itn
+from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH, FillerRemover
+from pipeline.text.zh_itn import zh_itn
+
+ITN = {"zh": zh_itn, "en": en_itn}
+
+
+def route(language: str | None) -> str | None:
+    """The rule set for a transcript's language: zh (also yue, zh-TW ...), en, or none."""
+    if not language:
+        return None
+    base = language.lower().replace("_", "-").split("-")[0]
+    if base in ("zh", "yue", "cmn"):
+        return "zh"
+    return "en" if base == "en" else None
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    itn: bool = True
+    fillers: bool = True
+    fillers_zh: Sequence[str] = DEFAULT_ZH
+    fillers_en: Sequence[str] = DEFAULT_EN
+    dictionary: Path | None = None
+
+
+@dataclass
+class TextProcessor:
+    settings: TextSettings = field(default_factory=TextSettings)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.fillers = FillerRemover(s.fillers_zh, s.fillers_en)
+        self.dictionary = Dictionary(s.dictionary)
+
+    def __call__(self, text: str, language: str | None) -> str:
+        """Written form of ``text``. Rules only touch their own script, so English words in a
+        Chinese sentence (or the reverse) are left as they are."""
+        lang = route(language)
+        if lang is not None:
+            if self.settings.fillers:
+                text = self.fillers(text, lang)
+            if self.settings.itn:
+                text = ITN[lang](text)
+        return self.dictionary.apply(text)

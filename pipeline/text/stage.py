@@ -1,0 +1,61 @@
+"""The text stage: recognizer text in, written text out, between recognize and publish."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import structlog
+
+from pipeline.messages import Transcript
+from pipeline.text.dictionary import DictionaryError
+from pipeline.text.processor import TextProcessor
+
+
+class TextStage:
+    """Applies the text rules to each transcript (well under a millisecond each, so inline
+    on the event loop). A rule that fails publishes the recognizer's text rather than
+    losing the utterance; a transcript left empty (it was all fillers) is dropped, logged."""
+
+    def __init__(
+        self,
+        processor: TextProcessor,
+        inbox: asyncio.Queue[Transcript | None],
+        outbox: asyncio.Queue[Transcript | None],
+    ) -> None:
+        self.processor = processor
+        self.inbox = inbox
+        self.outbox = outbox
+        self.log = structlog.get_logger().bind(stage="text")
+        self.emptied = 0
+        self.failures = 0
+
+    async def run(self) -> None:
+        while (item := await self.inbox.get()) is not None:
+            out = self.process(item)
+            if out is not None:
+                await self.outbox.put(out)
+        await self.outbox.put(None)
+
+    def reload_dictionary(self) -> dict[str, Any]:
+        """Re-read the dictionary now (the ``reload`` command); raises DictionaryError."""
+        return {"entries": self.processor.dictionary.reload()}
+
+    def process(self, t: Transcript) -> Transcript | None:
+        try:
+            if self.processor.dictionary.reload_if_changed():
+                self.log.info("dictionary reloaded", entries=len(self.processor.dictionary.entries))
+        except DictionaryError as exc:
+            self.log.error("dictionary not reloaded; keeping the previous entries", error=str(exc))
+        try:
+            text = self.processor(t.raw_text, t.language)
+        except Exception:
+            self.failures += 1
+            self.log.exception("text rules failed; publishing the recognizer's text", utterance=t.utterance.id)
+            text = t.raw_text
+        if not text.strip():
+            self.emptied += 1
+            self.log.info("nothing left after filler removal", utterance=t.utterance.id, raw_text=t.raw_text)
+            return None
+        return dataclasses.replace(t, text=text)

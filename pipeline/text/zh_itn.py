@@ -158,16 +158,25 @@ Replace = Callable[[re.Match[str]], str | None]
 class _Pass:
     """One rule: a pattern and a function giving the written form, or None to decline."""
 
-    def __init__(self, pattern: str, replace: Replace) -> None:
+    def __init__(self, pattern: str, replace: Replace, needs: str = "") -> None:
         self.pattern = re.compile(pattern)
         self.replace = replace
+        self.needs = needs  # the rule cannot match without one of these characters
 
     def apply(self, text: str) -> str:
-        # Sorted, disjoint spans: bisect keeps a 100 000-character line linear, not quadratic.
-        protected = [m.span() for m in _PROTECTED.finditer(text)]
-        starts = [s for s, _ in protected]
+        if self.needs and not any(c in text for c in self.needs):
+            return text
+        protected: list[tuple[int, int]] = []
+        starts: list[int] = []
 
         def substitute(match: re.Match[str]) -> str:
+            if not starts and not protected:
+                # Found once, at the first match. Sorted and disjoint: bisect keeps a
+                # 100 000-character line linear, not quadratic.
+                protected.extend(m.span() for m in _PROTECTED.finditer(text))
+                starts.extend(s for s, _ in protected)
+                protected.append((len(text) + 1, len(text) + 1))  # a sentinel: found, even if none
+                starts.append(len(text) + 1)
             start, end = match.span()
             last = bisect.bisect_left(starts, end) - 1
             if last >= 0 and protected[last][1] > start:
@@ -320,26 +329,27 @@ _BARE_TEN_NEXT = f"[{CLASSIFIERS}日号]|{UNITS}|[，。、！？；：,.!?;:\\s
 _PAUSE = "[，。、！？；：,.!?;:\\s]"
 
 _PASSES = [
-    _Pass(f"([百千])分之({NUM_DEC})", _percent),
-    _Pass(f"({NUM})分之({NUM_DEC})", _fraction),
-    _Pass(f"({SPELL}{{2,4}})年", _year),
-    _Pass(f"({NUM})月({NUM})[号日]", _month_day),
-    _Pass(f"([0-9]{{2,4}}年)({NUM})月", _month_after_year),
+    _Pass(f"([百千])分之({NUM_DEC})", _percent, "分"),
+    _Pass(f"({NUM})分之({NUM_DEC})", _fraction, "分"),
+    _Pass(f"({SPELL}{{2,4}})年", _year, "年"),
+    _Pass(f"({NUM})月({NUM})[号日]", _month_day, "月"),
+    _Pass(f"([0-9]{{2,4}}年)({NUM})月", _month_after_year, "月"),
     _Pass(
         f"(?P<tod>{TIME_OF_DAY})?(?P<h>{NUM})点"
         f"(?:(?P<half>半)|(?P<quarter>[一三]刻)|(?P<m>{NUM})分(?:(?P<s>{NUM})秒)?)",
         _clock,
+        "点",
     ),
-    _Pass(f"(?P<tod>{TIME_OF_DAY})(?P<h>{NUM})点(?P<tail>钟|整)?(?!{SPELL})", _hour),
-    _Pass(f"(?P<tod>)(?P<h>{NUM})点(?P<tail>钟|整)", _hour),
-    _Pass(f"负({NUM_DEC})", _negative),
-    _Pass(f"({NUM_DEC})块(?:钱|(?={_PAUSE}|$))", _money),
-    _Pass(f"({NUM_DEC})块([一二两三四五六七八九])(?:毛钱?)?(?![{NUM_CHARS}])", _money_jiao),
-    _Pass(f"([一二两三四五六七八九])毛(?:钱|(?={_PAUSE}|$))", _jiao),
-    _Pass(f"({NUM})(度|米)({SPELL}{{1,2}})(?![{NUM_CHARS}点])", _colloquial_decimal),
-    _Pass(f"({NUM})点({SPELL}+)", _decimal),
-    _Pass(f"第({NUM})(?=[{CLASSIFIERS}])", _ordinal),
-    _Pass(f"({NUM_DEC})(到|至)({NUM_DEC})({UNITS})?", _range),
+    _Pass(f"(?P<tod>{TIME_OF_DAY})(?P<h>{NUM})点(?P<tail>钟|整)?(?!{SPELL})", _hour, "点"),
+    _Pass(f"(?P<tod>)(?P<h>{NUM})点(?P<tail>钟|整)", _hour, "点"),
+    _Pass(f"负({NUM_DEC})", _negative, "负"),
+    _Pass(f"({NUM_DEC})块(?:钱|(?={_PAUSE}|$))", _money, "块"),
+    _Pass(f"({NUM_DEC})块([一二两三四五六七八九])(?:毛钱?)?(?![{NUM_CHARS}])", _money_jiao, "块"),
+    _Pass(f"([一二两三四五六七八九])毛(?:钱|(?={_PAUSE}|$))", _jiao, "毛"),
+    _Pass(f"({NUM})(度|米)({SPELL}{{1,2}})(?![{NUM_CHARS}点])", _colloquial_decimal, "度米"),
+    _Pass(f"({NUM})点({SPELL}+)", _decimal, "点"),
+    _Pass(f"第({NUM})(?=[{CLASSIFIERS}])", _ordinal, "第"),
+    _Pass(f"({NUM_DEC})(到|至)({NUM_DEC})({UNITS})?", _range, "到至"),
     _Pass(f"({NUM_DEC})(?={UNITS})", _with_unit),
     _Pass(f"{SPELL}{{3,}}", _spelled_run),
     _Pass(NUM, _cardinal),

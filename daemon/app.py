@@ -28,6 +28,7 @@ from pipeline.messages import Transcript, Utterance, utterance_record
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
 from pipeline.sources import AudioSource, FileSource, MicSource
+from pipeline.stitch import StitchStage
 from pipeline.text.processor import TextProcessor
 from pipeline.text.stage import TextStage
 
@@ -130,7 +131,8 @@ class App:
         self.utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(UTTERANCE_QUEUE_SIZE)
         self.recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
         self.transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
-        self.text = TextStage(TextProcessor(config.text.settings(config_path)), self.recognized, self.transcripts)
+        self.texts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
+        self.text = TextStage(TextProcessor(config.text.settings(config_path)), self.recognized, self.texts)
         self.publisher = Publisher(config.mqtt)
         prefix = run_id()
         self.rooms = [
@@ -147,6 +149,14 @@ class App:
             for r in config.rooms
             if r.enabled
         ]
+        by_name = {room.name: room for room in self.rooms}
+        self.stitch = StitchStage(
+            config.stitch.settings(),
+            self.texts,
+            self.transcripts,
+            speech_started_at=lambda name: by_name[name].counters.speech_started_at if name in by_name else None,
+            rooms_enabled={r.name: r.stitch for r in config.rooms},
+        )
         self._signals = 0
 
     def request_stop(self, reason: str) -> None:
@@ -191,11 +201,12 @@ class App:
                 mqtt_task = group.create_task(self.publisher.run(), name="mqtt")
                 recognize_task = group.create_task(recognize.run(), name="recognize")
                 text_task = group.create_task(self.text.run(), name="text")
+                stitch_task = group.create_task(self.stitch.run(), name="stitch")
                 publish_task = group.create_task(self._publish_stage(), name="publish")
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 await self.stop.wait()
-                await self._drain(room_tasks, [recognize_task, text_task, publish_task], mqtt_task)
+                await self._drain(room_tasks, [recognize_task, text_task, stitch_task, publish_task], mqtt_task)
         finally:
             self.model_executor.shutdown(wait=False, cancel_futures=True)
             self.vad_executor.shutdown(wait=False, cancel_futures=True)
@@ -243,7 +254,8 @@ class App:
                     await task
                 await self.publisher.finish()
         except TimeoutError:
-            queued = self.utterances.qsize() + self.recognized.qsize() + self.transcripts.qsize()
+            queues = (self.utterances, self.recognized, self.texts, self.transcripts)
+            queued = sum(q.qsize() for q in queues) + len(self.stitch.held)
             lost = queued + len(self.publisher.pending)
             self.log.error("shutdown drain timed out; giving up on what is left", timeout_s=timeout, lost=lost)
             for task in (*room_tasks, *stage_tasks, mqtt_task):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.stitch import StitchSettings
 from pipeline.text.dictionary import Dictionary, DictionaryError
 from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH
 from pipeline.text.processor import TextSettings
@@ -148,6 +149,21 @@ class TextSettingsSection(Section):
         return TextSettings(self.itn, self.fillers, tuple(self.fillers_zh), tuple(self.fillers_en), path)
 
 
+class StitchSettingsSection(Section):
+    enabled: bool = Field(True, description="Join pieces of one sentence that a pause split.")
+    max_gap_ms: int = Field(2000, ge=0, le=10000, description="Never join across a longer silence.")
+    max_hold_ms: int = Field(5000, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
+
+    @model_validator(mode="after")
+    def _hold_covers_gap(self) -> StitchSettingsSection:
+        if self.enabled and self.max_hold_ms < self.max_gap_ms:
+            raise ValueError("max_hold_ms must be at least max_gap_ms")
+        return self
+
+    def settings(self) -> StitchSettings:
+        return StitchSettings(self.enabled, self.max_gap_ms, self.max_hold_ms)
+
+
 class FileSourceSettings(Section):
     type: Literal["file"]
     path: str = Field(description="WAV or FLAC file; relative paths start at the config file's folder.")
@@ -169,6 +185,7 @@ class RoomSettings(Section):
     language: str | None = Field(None, description="Language code for multilingual models.")
     hotwords: list[str] = Field([], description="Words to expect in this room, besides recognizer.hotwords.")
     prompt_previous: bool | None = Field(None, description="Overrides recognizer.prompt_previous for this room.")
+    stitch: bool = Field(True, description="false: publish every piece as it is, never joined.")
     source: SourceSettings
 
 
@@ -178,6 +195,7 @@ class Config(Section):
     recognizer: RecognizerSettings = RecognizerSettings()
     vad: VadSettings = VadSettings()
     text: TextSettingsSection = TextSettingsSection()
+    stitch: StitchSettingsSection = StitchSettingsSection()
     rooms: list[RoomSettings] = Field(default_factory=list, description="The rooms to listen to.")
 
     @field_validator("rooms")

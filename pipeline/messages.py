@@ -66,6 +66,7 @@ class Transcript:
     model: str
     recognize_ms: float
     parts: int = 1
+    raw_parts: tuple[str, ...] = ()  # the recognizer's text of each joined piece
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -91,6 +92,7 @@ def utterance_record(t: Transcript, published_at: float | None = None) -> dict[s
         "duration_s": round(u.end_s - u.start_s, 3),
         "confidence": t.confidence,
         "parts": t.parts,
+        "raw_parts": list(t.raw_parts or (t.raw_text,)),
         "latency_ms": latency,
         "model": t.model,
     }

@@ -28,8 +28,9 @@ class RoomCounters:
     utterances: int = 0
     discarded_short: int = 0
     errors: int = 0
-    state: str = "starting"  # starting | listening | idle | failed
+    state: str = "starting"  # starting | listening | speaking | idle | failed
     last_error: str | None = None
+    speech_started_at: float | None = None  # time.monotonic() when the current speech began
 
 
 class Room:
@@ -129,6 +130,7 @@ class Room:
             await self._emit(segments, wall0)
             if assembler.in_speech and self.counters.state != "speaking":
                 self.counters.state = "speaking"
+                self.counters.speech_started_at = time.monotonic()
                 self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
             elif not assembler.in_speech and self.counters.state == "speaking":
                 self.counters.state = "listening"

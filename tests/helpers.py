@@ -52,16 +52,20 @@ class Spoken:
     end_s: float
 
 
-def speech_with_pauses(texts: list[str], pause_s: float = 1.5, rate: int = 16000) -> tuple[np.ndarray, list[Spoken]]:
-    """Sentences separated by silence; returns audio and where each sentence is."""
+def speech_with_pauses(
+    texts: list[str], pause_s: float = 1.5, rate: int = 16000, pauses: list[float] | None = None
+) -> tuple[np.ndarray, list[Spoken]]:
+    """Sentences separated by silence (``pauses[i]`` after text i, else ``pause_s``); returns
+    audio and where each sentence is."""
     parts = [np.zeros(int(pause_s * rate), dtype=np.float32)]
     spoken = []
     pos = len(parts[0])
-    for text in texts:
+    for i, text in enumerate(texts):
         audio = speak(text, rate)
+        after = int((pauses[i] if pauses is not None else pause_s) * rate)
         spoken.append(Spoken(text, pos / rate, (pos + len(audio)) / rate))
-        parts += [audio, np.zeros(int(pause_s * rate), dtype=np.float32)]
-        pos += len(audio) + int(pause_s * rate)
+        parts += [audio, np.zeros(after, dtype=np.float32)]
+        pos += len(audio) + after
     return np.concatenate(parts), spoken
 
 

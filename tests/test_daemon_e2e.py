@@ -163,3 +163,31 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
         daemon.kill()
         sub.close()
         server.stop()
+
+
+def test_a_sentence_split_by_a_pause_arrives_whole_and_separate_sentences_apart(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # Mid-sentence pauses of 1.2 s (the VAD cuts at 0.7 s), then sentences 3 s apart.
+    texts = ["Please turn on the", "kitchen lights.", "What time is it?", "Open the garage door please."]
+    audio, spoken = speech_with_pauses(texts, pauses=[1.2, 3.0, 3.0, 1.5])
+    sf.write(tmp_path / "room.wav", audio, 16000)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(tmp_path / "room.wav", realtime=True))
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("room idle", 1, timeout_s=120)
+        sub.wait_for("/kitchen/utterance", 3, timeout_s=60)
+        assert daemon.terminate() == 0
+        records = sorted((json.loads(p) for p in sub.payloads("/kitchen/utterance")), key=lambda r: r["start"])
+        assert [r["parts"] for r in records] == [2, 1, 1]
+        assert len(records[0]["raw_parts"]) == 2
+        assert wer(["Please turn on the kitchen lights.", *texts[2:]], [r["text"] for r in records]) <= WER_BOUND
+        assert normalize(records[0]["text"]).endswith("kitchen lights")
+        assert records[0]["start"] < records[1]["start"]
+        assert spoken[0].start_s < spoken[1].start_s
+    finally:
+        daemon.kill()
+        sub.close()

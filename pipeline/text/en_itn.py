@@ -24,9 +24,7 @@ ORDINALS = {
     "thirtieth": 30, "fortieth": 40, "fiftieth": 50, "sixtieth": 60, "seventieth": 70, "eightieth": 80,
     "ninetieth": 90, "hundredth": 100, "thousandth": 1000,
 }  # fmt: skip
-MONTHS = (
-    "January February March April May June July August September October November December".split()  # noqa: SIM905
-)
+MONTHS = "January February March April May June July August September October November December".split()
 CURRENCY_BEFORE = {"dollar": "$", "dollars": "$", "bucks": "$", "euro": "€", "euros": "€"}
 UNITS = (
     "cents?|pounds?|kilograms?|kilos?|grams?|kilometers?|kilometres?|miles?|meters?|metres?|"

@@ -40,7 +40,7 @@ UNITS = (
 # Idioms and fixed words with numeral characters. A lookbehind keeps the words that can also
 # be the tail of a number (三万一千, 三亿五千万) convertible there.
 _NOT_AFTER_NUMBER = f"(?<![{NUM_CHARS}])"
-_PROTECTED_WORDS = (  # noqa: SIM905 -- a word list reads better as one string
+_PROTECTED_WORDS = (
     "一心一意 三心二意 一模一样 五花八门 七上八下 四面八方 乱七八糟 十全十美 一五一十 三三两两 "
     "接二连三 一干二净 一清二楚 独一无二 千千万万 千方百计 百发百中 万无一失 九牛一毛 八九不离十 "
     "三十而立 一石二鸟 一举两得 一言为定 十万火急 不管三七二十一 三长两短 一知半解 五颜六色 "

@@ -1,0 +1,243 @@
+"""Context stitcher: pieces of one sentence that a pause split are published as one utterance.
+
+A VAD cuts at every pause longer than its hangover, so "turn on the ... kitchen lights"
+arrives as two pieces. The stitcher holds each finished piece briefly and joins the next
+piece from the same room to it when they read as one sentence:
+
+- never across ``max_gap_ms`` of silence, never holding a piece past ``max_hold_ms``;
+- the first piece's ending: a dangling word (the, and, to; 的, 和, 把) or no final mark asks
+  for a continuation; "?" or "!" ends the sentence. A final period counts for little:
+  Whisper puts one at the end of every piece;
+- the next piece's start: lower case, a conjunction or continuation word (and, but, which;
+  然后, 但是, 所以) says it continues;
+- the pause: a short one favours joining, a long one counts against it.
+
+A held piece is released as soon as it can no longer be continued: ``max_gap_ms`` after it
+was cut with no new speech in its room. The joined text drops the spurious full stop and
+uses the language's joiner (a space, or nothing for Chinese and Japanese); ``parts`` and the
+pieces' raw texts go with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from pipeline.messages import Transcript
+
+JOIN_SCORE = 1.5
+
+EN_DANGLING = set(
+    "the a an and or but so to of in on at for with from by into onto about than as that which who whose "
+    "my your his her its our their this these those is are was were be been am will would can could should "
+    "if because while when where although though not no very more most some any every each our".split()
+)
+EN_CONTINUATION = set(
+    "and or but so because which who whom whose that than then while when where although though unless "
+    "until to of in on at for with from by into as if nor yet".split()
+)
+# Words safe to write in lower case when they no longer start a sentence (never names).
+EN_LOWER_OK = EN_DANGLING | EN_CONTINUATION | set("it there here we they he she you".split())
+ZH_DANGLING = tuple(
+    "的 地 得 和 跟 与 或 在 把 被 给 对 向 从 是 就 也 还 而 但 因为 所以 如果 但是 然后 而且 并且 或者 还有".split()
+)
+ZH_CONTINUATION = tuple(
+    "然后 但是 所以 因为 而且 并且 或者 还有 可是 不过 而是 就是 "
+    "的 地 得 了 吗 呢 吧 和 跟 与 就 也 还 才 而 并".split()
+)
+NO_SPACE_LANGUAGES = ("zh", "ja", "yue", "th", "lo", "my", "km")
+FINAL_STRONG = ("?", "!", "？", "！")
+FINAL_WEAK = (".", "。", "…")
+
+
+def _base(language: str) -> str:
+    return language.lower().replace("_", "-").split("-")[0]
+
+
+def _first_word(text: str) -> str:
+    match = re.match(r"\W*([\w']+)", text)
+    return match.group(1) if match else ""
+
+
+def _last_word(text: str) -> str:
+    words = re.findall(r"[\w']+", text)
+    return words[-1] if words else ""
+
+
+def join_score(first: str, second: str, gap_s: float, language: str) -> float:
+    """How strongly ``second`` reads as the continuation of ``first``; join at JOIN_SCORE."""
+    first, second = first.strip(), second.strip()
+    if not first or not second:
+        return 0.0
+    score = 0.0
+    chinese = _base(language) in NO_SPACE_LANGUAGES
+    body = first.rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
+    if first.endswith(FINAL_STRONG):
+        score -= 2.0
+    elif not first.endswith(FINAL_WEAK):
+        score += 1.0  # no final mark at all
+    if chinese:
+        if body.endswith(ZH_DANGLING):
+            score += 2.0
+        if second.startswith(ZH_CONTINUATION):
+            score += 1.5
+    else:
+        if _last_word(body).lower() in EN_DANGLING:
+            score += 2.0
+        word = _first_word(second)
+        if word[:1].islower():
+            score += 2.0
+        elif word.lower() in EN_CONTINUATION:
+            score += 1.5
+    if gap_s < 1.0:
+        score += 0.5
+    elif gap_s > 1.5:
+        score -= 0.5
+    return score
+
+
+def join_texts(first: str, second: str, language: str) -> str:
+    """One sentence from two pieces: the first piece's spurious full stop goes, the second's
+    capital goes when its first word is a function word, and the language's joiner goes between."""
+    first, second = first.strip(), second.strip()
+    if not first or not second:
+        return first or second
+    # The full stop Whisper puts at the end of every piece, or the ellipsis it writes where
+    # speech trailed off: both are wrong once the sentence goes on.
+    first = re.sub(r"(?:\.\.\.|…|[.。])$", "", first).rstrip()
+    if _base(language) in NO_SPACE_LANGUAGES:
+        return first + second
+    word = _first_word(second)
+    if word and word[0].isupper() and word.lower() in EN_LOWER_OK and word != "I":
+        start = second.index(word)
+        second = second[:start] + word[0].lower() + second[start + 1 :]
+    return f"{first} {second}"
+
+
+def join(first: Transcript, second: Transcript) -> Transcript:
+    a, b = first.utterance, second.utterance
+    span = dataclasses.replace(a, end_s=b.end_s, end_wall=b.end_wall, decided_at=b.decided_at, reason=b.reason)
+    duration_a, duration_b = max(a.end_s - a.start_s, 1e-3), max(b.end_s - b.start_s, 1e-3)
+    confidence = (first.confidence * duration_a + second.confidence * duration_b) / (duration_a + duration_b)
+    return dataclasses.replace(
+        first,
+        utterance=span,
+        text=join_texts(first.text, second.text, first.language),
+        raw_text=join_texts(first.raw_text, second.raw_text, first.language),
+        confidence=round(confidence, 3),
+        recognize_ms=first.recognize_ms + second.recognize_ms,
+        parts=first.parts + second.parts,
+        raw_parts=(*first.raw_parts, *second.raw_parts),
+    )
+
+
+@dataclass(frozen=True)
+class StitchSettings:
+    enabled: bool = True
+    max_gap_ms: int = 2000
+    max_hold_ms: int = 5000
+
+
+@dataclass
+class _Held:
+    transcript: Transcript
+    arrived: float  # time.monotonic()
+
+
+class StitchStage:
+    """Holds at most one piece per room; joins or releases it as described above."""
+
+    def __init__(
+        self,
+        settings: StitchSettings,
+        inbox: asyncio.Queue[Transcript | None],
+        outbox: asyncio.Queue[Transcript | None],
+        speech_started_at: Callable[[str], float | None] = lambda room: None,
+        rooms_enabled: dict[str, bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.outbox = outbox
+        self.speech_started_at = speech_started_at
+        self.rooms_enabled = rooms_enabled or {}
+        self.clock = clock
+        self.held: dict[str, _Held] = {}
+        self.joined = 0
+        self.log = structlog.get_logger().bind(stage="stitch")
+
+    def enabled(self, room: str) -> bool:
+        return self.settings.enabled and self.rooms_enabled.get(room, True)
+
+    async def run(self) -> None:
+        while True:
+            timeout = self._next_deadline()
+            try:
+                if timeout is None:
+                    item = await self.inbox.get()
+                else:
+                    async with asyncio.timeout(max(0.0, timeout - self.clock())):
+                        item = await self.inbox.get()
+            except TimeoutError:
+                await self._release_due()
+                continue
+            if item is None:
+                for room in list(self.held):
+                    await self._release(room, "end")
+                await self.outbox.put(None)
+                return
+            await self.accept(item)
+
+    async def accept(self, item: Transcript) -> None:
+        room = item.utterance.room
+        if not item.raw_parts:
+            item = dataclasses.replace(item, raw_parts=(item.raw_text,))
+        if not self.enabled(room):
+            await self.outbox.put(item)
+            return
+        held = self.held.pop(room, None)
+        if held is not None:
+            first = held.transcript
+            gap_s = item.utterance.start_wall - first.utterance.end_wall
+            score = join_score(first.text, item.text, gap_s, first.language)
+            if gap_s * 1000 <= self.settings.max_gap_ms and score >= JOIN_SCORE:
+                item = join(first, item)
+                self.joined += 1
+                self.log.info("pieces joined", utterance_id=first.utterance.id, parts=item.parts, gap_s=round(gap_s, 2))
+                held = _Held(item, held.arrived)
+            else:
+                await self.outbox.put(first)
+                held = _Held(item, self.clock())
+        else:
+            held = _Held(item, self.clock())
+        self.held[room] = held
+        await self._release_due()
+
+    def _deadline(self, room: str, held: _Held) -> float:
+        """When ``held`` must go: max_hold after it arrived, or max_gap after its cut when
+        no new speech started in the room in that time."""
+        hold_until = held.arrived + self.settings.max_hold_ms / 1000
+        gap_until = held.transcript.utterance.decided_at + self.settings.max_gap_ms / 1000
+        started = self.speech_started_at(room)
+        if started is not None and held.transcript.utterance.decided_at - 0.5 <= started <= gap_until:
+            return hold_until  # someone is speaking again: wait for that piece
+        return min(hold_until, gap_until)
+
+    def _next_deadline(self) -> float | None:
+        return min((self._deadline(room, h) for room, h in self.held.items()), default=None)
+
+    async def _release_due(self) -> None:
+        now = self.clock()
+        for room, held in list(self.held.items()):
+            if self._deadline(room, held) <= now:
+                await self._release(room, "due")
+
+    async def _release(self, room: str, why: str) -> None:
+        held = self.held.pop(room)
+        await self.outbox.put(held.transcript)

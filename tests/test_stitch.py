@@ -1,0 +1,185 @@
+"""The context stitcher over timed pieces: join, no join, max hold, max gap, joiners, periods."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pipeline.messages import Transcript, Utterance, utterance_record
+from pipeline.stitch import JOIN_SCORE, StitchSettings, StitchStage, join_score, join_texts
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "language", "joined"),
+    [
+        ("Please turn on the.", "Kitchen lights.", "en", "Please turn on the Kitchen lights."),
+        ("I went to the store.", "And bought milk.", "en", "I went to the store and bought milk."),
+        ("I went to the store", "because it rained.", "en", "I went to the store because it rained."),
+        ("Please turn on the...", "kitchen lights.", "en", "Please turn on the kitchen lights."),
+        ("Is it late?", "Yes.", "en", "Is it late? Yes."),
+        ("我们明天去。", "然后再说", "zh", "我们明天去然后再说"),
+        ("把客厅的灯", "打开。", "zh", "把客厅的灯打开。"),
+    ],
+)
+def test_join_texts(first: str, second: str, language: str, joined: str) -> None:
+    assert join_texts(first, second, language) == joined
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "gap_s", "language", "expected"),
+    [
+        ("Please turn on the.", "Kitchen lights.", 1.2, "en", True),  # dangling article
+        ("I went to the store.", "and bought milk.", 1.2, "en", True),  # lower-case start
+        ("I went to the store.", "But it was closed.", 0.8, "en", True),  # conjunction, short pause
+        ("What time is it?", "And the weather?", 0.8, "en", False),  # a question ends the sentence
+        ("The meeting is at noon.", "Bring your laptop.", 1.2, "en", False),  # two sentences
+        ("Turn off the lights.", "Lock the door.", 0.7, "en", False),
+        ("把客厅的", "灯打开", 1.0, "zh", True),
+        ("今天天气很好。", "我们去公园吧。", 1.2, "zh", False),
+        ("我们先吃饭", "然后去看电影", 1.2, "zh", True),
+    ],
+)
+def test_join_decision(first: str, second: str, gap_s: float, language: str, expected: bool) -> None:
+    assert (join_score(first, second, gap_s, language) >= JOIN_SCORE) is expected
+
+
+def piece(text: str, start: float, end: float, room: str = "kitchen", n: int = 1, language: str = "en") -> Transcript:
+    audio = np.zeros(16, np.float32)
+    u = Utterance(room, f"{room}-x-{n:06d}", audio, start, end, 1000 + start, 1000 + end, "silence", end)
+    return Transcript(u, text, text, language, 0.8, "whisper-tiny.en", 100.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stage(clock: Clock, speech: dict[str, float] | None = None, **settings: int) -> StitchStage:
+    return StitchStage(
+        StitchSettings(**settings),  # type: ignore[arg-type]
+        asyncio.Queue(),
+        asyncio.Queue(),
+        speech_started_at=lambda room: (speech or {}).get(room),
+        rooms_enabled={"office": False},
+        clock=clock,
+    )
+
+
+def drain(s: StitchStage) -> list[Transcript]:
+    out = []
+    while not s.outbox.empty():
+        item = s.outbox.get_nowait()
+        assert item is not None
+        out.append(item)
+    return out
+
+
+def test_pieces_join_and_keep_their_raw_texts() -> None:
+    clock = Clock()
+    s = stage(clock)
+
+    async def go() -> None:
+        clock.now = 3.0
+        await s.accept(piece("Please turn on the.", 1.0, 2.5, n=1))
+        clock.now = 5.0
+        await s.accept(piece("Kitchen lights.", 3.7, 4.6, n=2))
+        assert drain(s) == []  # still held: a third piece may follow
+        clock.now = 4.6 + 2.1  # max_gap after the last cut, nobody speaking
+        await s._release_due()
+
+    asyncio.run(go())
+    (out,) = drain(s)
+    assert out.text == "Please turn on the Kitchen lights." and out.parts == 2
+    assert out.raw_parts == ("Please turn on the.", "Kitchen lights.")
+    assert out.utterance.id == "kitchen-x-000001" and out.utterance.end_s == 4.6
+    record = utterance_record(out)
+    assert record["parts"] == 2 and record["raw_parts"] == ["Please turn on the.", "Kitchen lights."]
+    assert record["duration_s"] == 3.6
+
+
+def test_no_join_across_max_gap_even_when_it_reads_as_one() -> None:
+    clock = Clock()
+    s = stage(clock, max_gap_ms=1000, max_hold_ms=5000)
+
+    async def go() -> None:
+        await s.accept(piece("Please turn on the.", 1.0, 2.5, n=1))
+        await s.accept(piece("kitchen lights.", 4.0, 5.0, n=2))  # 1.5 s later
+
+    asyncio.run(go())
+    assert [t.text for t in drain(s)] == ["Please turn on the."]
+    assert s.held["kitchen"].transcript.text == "kitchen lights."
+
+
+def test_a_complete_sentence_goes_after_max_gap_when_nobody_speaks() -> None:
+    clock = Clock()
+    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000)
+
+    async def go() -> None:
+        clock.now = 3.0
+        await s.accept(piece("Turn off the lights.", 1.0, 2.5))  # decided at 2.5
+        clock.now = 4.4
+        await s._release_due()
+        assert drain(s) == []
+        clock.now = 4.5
+        await s._release_due()
+
+    asyncio.run(go())
+    assert [t.text for t in drain(s)] == ["Turn off the lights."]
+
+
+def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
+    clock = Clock()
+    s = stage(clock, {"kitchen": 3.0}, max_gap_ms=2000, max_hold_ms=5000)
+
+    async def go() -> None:
+        clock.now = 3.0
+        await s.accept(piece("Please turn on the.", 1.0, 2.5))
+        clock.now = 7.9  # past max_gap, but speech started again at 3.0: wait for it
+        await s._release_due()
+        assert drain(s) == []
+        clock.now = 8.0  # max_hold after arrival
+        await s._release_due()
+
+    asyncio.run(go())
+    assert [t.text for t in drain(s)] == ["Please turn on the."]
+
+
+def test_rooms_are_separate_and_a_room_can_switch_stitching_off() -> None:
+    clock = Clock()
+    s = stage(clock)
+
+    async def go() -> None:
+        await s.accept(piece("Please turn on the.", 1.0, 2.0, room="kitchen", n=1))
+        await s.accept(piece("and the radio.", 2.5, 3.0, room="hall", n=1))
+        await s.accept(piece("Please turn on the.", 1.0, 2.0, room="office", n=1))
+        await s.accept(piece("and the radio.", 2.5, 3.0, room="office", n=2))
+
+    asyncio.run(go())
+    assert [(t.utterance.room, t.text) for t in drain(s)] == [
+        ("office", "Please turn on the."),
+        ("office", "and the radio."),
+    ]
+    assert set(s.held) == {"kitchen", "hall"}
+
+
+def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
+    async def go() -> list[Transcript]:
+        s = StitchStage(StitchSettings(max_gap_ms=50, max_hold_ms=100), asyncio.Queue(), asyncio.Queue())
+        task = asyncio.create_task(s.run())
+        # decided_at of 0 lies far in the past: the piece is due at once.
+        await s.inbox.put(piece("Done.", 0.0, 0.0))
+        first = await asyncio.wait_for(s.outbox.get(), 5)
+        await s.inbox.put(piece("Held", 0.0, 1e9))  # cut "in the future": held until max_hold
+        await s.inbox.put(None)
+        await task
+        rest = [await s.outbox.get() for _ in range(2)]
+        assert first is not None
+        return [first, *[r for r in rest if r is not None]]
+
+    out = asyncio.run(go())
+    assert [t.text for t in out] == ["Done.", "Held"]

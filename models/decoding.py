@@ -100,6 +100,30 @@ class _Item:
     done: bool = False
 
 
+# The first token of a hotword gets this share of the weight at every step; the tokens that
+# continue a hotword already begun get all of it.
+FIRST_TOKEN_SHARE = 0.5
+
+
+def hotword_bonus(
+    seqs: list[list[int]], hotwords: list[list[list[int]]], beams: int, weight: float
+) -> list[tuple[int, int, float]]:
+    """(row, token, bonus) for the logits of each row: the next token of every hotword whose
+    beginning the row's text ends with, else each hotword's first token at a smaller weight."""
+    bonus: dict[tuple[int, int], float] = {}
+    for row, seq in enumerate(seqs):
+        for word in hotwords[row // beams]:
+            matched = 0
+            for k in range(min(len(word) - 1, len(seq)), 0, -1):
+                if seq[-k:] == word[:k]:
+                    matched = k
+                    break
+            value = weight if matched else weight * FIRST_TOKEN_SHARE
+            key = (row, word[matched])
+            bonus[key] = max(bonus.get(key, 0.0), value)
+    return [(row, token, value) for (row, token), value in bonus.items()]
+
+
 @torch.inference_mode()
 def decode(
     model: Whisper,
@@ -112,6 +136,8 @@ def decode(
     beam_size: int = 1,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    hotwords: list[list[list[int]]] | None = None,
+    hotword_weight: float = 0.0,
 ) -> list[Decoded]:
     """Decode a batch whose encoder output (cross-attention keys/values) is ``memory_kv``.
 
@@ -164,6 +190,13 @@ def decode(
         step_logits = step_logits.float().masked_fill(suppress, float("-inf"))
         if step == 0:
             step_logits[:, suppress_at_begin] = float("-inf")
+        if hotwords and hotword_weight > 0 and any(hotwords):
+            # Shallow biasing towards the room's hotwords (as token sequences); the prompt
+            # biases too, this helps where the prompt alone is not enough.
+            bonus = hotword_bonus(seqs, hotwords, beams, hotword_weight)
+            if bonus:
+                rows, toks, values = zip(*bonus, strict=True)
+                step_logits[list(rows), list(toks)] += torch.tensor(values, device=device)
         if temperature > 0.0:
             logprobs = (step_logits / temperature).log_softmax(-1)
             chosen_tokens = torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]

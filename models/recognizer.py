@@ -46,6 +46,8 @@ class DecodingOptions:
     no_speech_threshold: float = 0.6
     # Prompt: at most this many tokens of earlier text (Whisper allows 223).
     max_prompt_tokens: int = 96
+    # Added to the logits of tokens that begin or continue a hotword (0: prompt only).
+    hotword_weight: float = 2.0
     seed: int = 0
 
 
@@ -78,12 +80,17 @@ class Recognizer(ABC):
 
     @abstractmethod
     def recognize(
-        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
     ) -> list[Recognition]:
         """Recognize a batch of utterances; returns one result per input, in order.
 
         ``language`` None means the model's own (detected per utterance when multilingual);
-        ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context.
+        ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context;
+        ``hotwords`` gives each utterance words whose tokens decoding is biased towards.
         """
 
     def release_memory(self) -> None:  # noqa: B027 -- optional for backends without a cache
@@ -153,6 +160,7 @@ class WhisperRecognizer(Recognizer):
         )
         self.batch_policy = BatchPolicy(batch_size, per_item, lambda: free_device_bytes(device))
         self._owner: int | None = None
+        self._hotword_cache: dict[tuple[str, ...], list[list[int]]] = {}
 
     @property
     def multilingual(self) -> bool:
@@ -182,13 +190,23 @@ class WhisperRecognizer(Recognizer):
             raise RuntimeError("WhisperRecognizer used from two threads; use one worker thread")
 
     def recognize(
-        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
     ) -> list[Recognition]:
         self._check_thread()
         all_prompts = prompts or [""] * len(audios)
+        all_hotwords = hotwords or [()] * len(audios)
 
         def call(indices: Sequence[int]) -> list[Recognition]:
-            return self._recognize_batch([audios[i] for i in indices], language, [all_prompts[i] for i in indices])
+            return self._recognize_batch(
+                [audios[i] for i in indices],
+                language,
+                [all_prompts[i] for i in indices],
+                [self._hotword_tokens(tuple(all_hotwords[i])) for i in indices],
+            )
 
         return self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
 
@@ -197,7 +215,18 @@ class WhisperRecognizer(Recognizer):
         release_cached_memory(self.device)
 
     @torch.inference_mode()
-    def _recognize_batch(self, audios: list[np.ndarray], language: str | None, prompts: list[str]) -> list[Recognition]:
+    def _hotword_tokens(self, words: tuple[str, ...]) -> list[list[int]]:
+        """Each hotword as tokens, in the forms it takes mid-sentence and at the start."""
+        if words not in self._hotword_cache:
+            forms = {tuple(self.tokenizer.encode(f)) for w in words if w.strip() for f in (" " + w.strip(), w.strip())}
+            self._hotword_cache[words] = [list(f) for f in forms if f]
+            if len(self._hotword_cache) > 256:
+                self._hotword_cache.pop(next(iter(self._hotword_cache)))
+        return self._hotword_cache[words]
+
+    def _recognize_batch(
+        self, audios: list[np.ndarray], language: str | None, prompts: list[str], hotwords: list[list[list[int]]]
+    ) -> list[Recognition]:
         if not audios:
             return []
         n_samples = max(len(a) for a in audios)
@@ -220,11 +249,15 @@ class WhisperRecognizer(Recognizer):
             for prompt, (lang, _) in zip(prompts, languages, strict=True)
         ]
         budgets = [token_budget(len(a) / SAMPLE_RATE) for a in audios]
-        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets)
+        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets, hotwords)
         return [self._result(attempt, lang, prob) for attempt, (lang, prob) in zip(attempts, languages, strict=True)]
 
     def _decode_with_fallback(
-        self, memory_kv: list[tuple[torch.Tensor, torch.Tensor]], prefixes: list[list[int]], budgets: list[int]
+        self,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        prefixes: list[list[int]],
+        budgets: list[int],
+        hotwords: list[list[list[int]]],
     ) -> list[_Attempt]:
         o = self.options
         attempts = [_Attempt() for _ in prefixes]
@@ -243,6 +276,8 @@ class WhisperRecognizer(Recognizer):
                 beam_size=o.beam_size,
                 temperature=temperature,
                 generator=self._generator,
+                hotwords=[hotwords[i] for i in pending],
+                hotword_weight=o.hotword_weight,
             )
             still = []
             for i, item in zip(pending, decoded, strict=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -126,7 +127,7 @@ class RecognizeStage:
 
     def _prompt(self, utt: Utterance) -> str:
         room = self.rooms.get(utt.room, RoomContext())
-        parts = list(dict.fromkeys((*self.settings.hotwords, *room.hotwords)))
+        parts = list(self.hotwords(utt.room))
         use_previous = self.settings.prompt_previous if room.prompt_previous is None else room.prompt_previous
         previous = self._previous.get(utt.room)
         if use_previous and previous and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s:
@@ -137,8 +138,14 @@ class RecognizeStage:
         loop = asyncio.get_running_loop()
         audios = [u.audio for u in batch]
         prompts = [self._prompt(u) for u in batch]
+        hotwords: list[Sequence[str]] = [self.hotwords(u.room) for u in batch]
         self._released = False
-        return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language, prompts)
+        return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language, prompts, hotwords)
+
+    def hotwords(self, room: str) -> tuple[str, ...]:
+        """The global hotwords and the room's, once each."""
+        context = self.rooms.get(room, RoomContext())
+        return tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
         started = time.monotonic()

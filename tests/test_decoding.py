@@ -95,3 +95,23 @@ def test_int8_quantization_stays_usable() -> None:
 def test_int8_needs_cpu_float32() -> None:
     with pytest.raises(ValueError, match="int8 needs"):
         load_recognizer("bundled:tiny.en", "cpu", "float16", quantize="int8")
+
+
+def test_hotword_bonus_follows_a_hotword_already_begun() -> None:
+    from models.decoding import FIRST_TOKEN_SHARE, hotword_bonus
+
+    hotwords = [[[10, 11, 12], [20, 21]]]
+    # Nothing begun: each hotword's first token gets the smaller share.
+    assert sorted(hotword_bonus([[1, 2]], hotwords, 1, 2.0)) == [(0, 10, 2.0 * FIRST_TOKEN_SHARE), (0, 20, 1.0)]
+    # "10 11" begun: its next token gets the whole weight.
+    assert (0, 12, 2.0) in hotword_bonus([[5, 10, 11]], hotwords, 1, 2.0)
+    # Beams share their item's hotwords.
+    assert {row for row, _, _ in hotword_bonus([[1], [10]], hotwords, 2, 2.0)} == {0, 1}
+
+
+def test_hotwords_steer_a_rare_name(recognizer) -> None:  # type: ignore[no-untyped-def]
+    audio = speak("We run the service on Kubernetes.")
+    plain = recognizer.recognize([audio])[0].text
+    assert "Kubernetes" not in plain  # tiny.en writes "Cuba, Nita."
+    biased = recognizer.recognize([audio], prompts=["Kubernetes"], hotwords=[["Kubernetes"]])[0].text
+    assert "Kubernetes" in biased, biased

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,11 +27,17 @@ class RecordingRecognizer(Recognizer):
         self.calls: list[tuple[list[str], list[str]]] = []
         self.threads: set[int] = set()
         self.released = 0
+        self.hotwords: list[list[tuple[str, ...]]] = []
 
     def recognize(
-        self, audios: list[np.ndarray], language: str | None = None, prompts: list[str] | None = None
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
     ) -> list[Recognition]:
         self.threads.add(threading.get_ident())
+        self.hotwords.append([tuple(h) for h in hotwords or []])
         texts = [f"text {int(a[0])}" for a in audios]
         self.calls.append((texts, list(prompts or [])))
         return [Recognition(t, "en", -0.1, 0.01, 0.9, 3, False) for t in texts]
@@ -90,6 +97,8 @@ def test_prompt_is_previous_utterance_and_hotwords() -> None:
     assert prompts[0] == "Kubernetes, Zhang Xiaomei"
     assert prompts[1] == "Kubernetes, Zhang Xiaomei. text 1"
     assert prompts[2] == "Kubernetes, Zhang Xiaomei"  # 495 s of silence: the context is dropped
+    # The same words go to decoding as hotwords, for the log-probability boost.
+    assert recognizer.hotwords == [[("Kubernetes", "Zhang Xiaomei")]] * 3
 
 
 def test_prompt_previous_can_be_switched_off_per_room() -> None:

@@ -1,0 +1,157 @@
+"""The stitcher on generated speech: split sentences delivered whole, separate ones kept apart.
+
+    python bench/stitch.py [--seed N]
+
+espeak-ng speaks 40 sentences with a pause of 0.6-1.5 s inside each (where people pause:
+after an article or preposition, before a conjunction, between phrases) and 40 pairs of
+separate sentences with 0.6-3 s between them. Each sample goes through what the daemon does
+to a room: Silero VAD with the default settings, the recognizer with the previous piece as
+prompt, the text stage, and the stitcher with the default settings. Targets: 90% or more of
+the split sentences arrive as one utterance; 5% or fewer of the pairs arrive joined. Prints
+a table and writes bench/results/stitch-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_results
+from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
+from pipeline.stitch import StitchSettings, StitchStage
+from pipeline.text.processor import TextProcessor
+from pipeline.vad import UtteranceAssembler, VadParams
+from tests.helpers import speak
+
+SPLIT = [
+    ("Please turn on the", "kitchen lights"), ("I would like to book a table", "for two people tonight"),
+    ("Can you remind me to call", "my sister tomorrow"), ("The train to London leaves", "at nine in the morning"),
+    ("I went to the store", "and bought some milk"), ("We need to finish the report", "before Friday afternoon"),
+    ("Set the thermostat to", "twenty one degrees"), ("My favourite colour is", "dark green"),
+    ("She said that the meeting", "was moved to Thursday"), ("Turn off the music in", "the living room"),
+    ("The weather today is", "cloudy with some rain"), ("I think we should", "leave a little earlier"),
+    ("Could you open the", "garage door please"), ("He forgot his keys", "because he was in a hurry"),
+    ("The children are playing", "in the garden"), ("Add eggs and butter", "to the shopping list"),
+    ("Lock the front door", "when you leave"), ("I can not find my", "reading glasses anywhere"),
+    ("Our flight was delayed", "by almost two hours"), ("Please send the invoice", "to the finance team"),
+    ("The dog needs to go", "for a walk now"), ("We are having pasta", "with tomato sauce tonight"),
+    ("Start the dishwasher", "after dinner"), ("The new office is", "next to the train station"),
+    ("Tell me a joke", "about computers"), ("I have been waiting", "for more than an hour"),
+    ("The package should arrive", "on Monday or Tuesday"), ("Close the blinds in", "the bedroom"),
+    ("Let us meet at the", "coffee shop on the corner"), ("The battery is almost", "empty again"),
+    ("Play some quiet music", "while I read"), ("Water the plants on", "the balcony please"),
+    ("The doctor said I should", "rest for a few days"), ("Turn the heating down", "a little bit"),
+    ("My brother lives in", "a small village"), ("We watched a film", "and then went to bed"),
+    ("Remind me to take", "my medicine at eight"), ("The printer on the second floor", "is out of paper"),
+    ("Switch off all the lights", "except the one in the hall"), ("I will call you back", "in ten minutes"),
+]  # fmt: skip
+SEPARATE = [
+    "The meeting starts at noon.", "Please bring your laptop.", "What time is it?", "The garage door is open.",
+    "I love this song.", "Dinner is ready.", "Where are my keys?", "It is raining outside.",
+    "Turn off the lights.", "The coffee is too hot.", "Open the window please.", "My phone is charging.",
+    "The bus is late again.", "How was your day?", "Lock the back door.", "We are out of milk.",
+    "The baby is sleeping.", "Call me when you arrive.", "This room is very cold.", "I need a new umbrella.",
+    "Good morning everyone.", "The oven is still on.", "Is the shop open today?", "Please feed the cat.",
+    "My computer is very slow.", "The game starts at seven.", "Thank you very much.", "Where is the remote?",
+    "The garden looks lovely.", "I am going to bed now.", "Did you hear that noise?", "The water is boiling.",
+    "Put the kettle on.", "The car needs petrol.", "It is my birthday today.", "Let the dog out.",
+    "The soup needs more salt.", "We leave in five minutes.", "Nobody answered the door.", "Set an alarm for six.",
+]  # fmt: skip
+
+
+class Pipeline:
+    """What the daemon does to one room, offline: VAD, recognizer with the previous piece as
+    prompt, text stage, stitcher."""
+
+    def __init__(self) -> None:
+        from models.recognizer import load_recognizer
+        from models.vad import SileroVad
+
+        self.vad = SileroVad()
+        self.recognizer = load_recognizer("bundled:tiny.en", "cpu", "float32")
+        self.text = TextProcessor()
+
+    def run(self, audio: np.ndarray) -> list[Transcript]:
+        self.vad.reset()
+        assembler = UtteranceAssembler(VadParams(), self.vad)
+        segments = assembler.push(audio) + assembler.flush()
+        stitch = StitchStage(StitchSettings(), asyncio.Queue(), asyncio.Queue(), clock=lambda: 0.0)
+        previous = ""
+        for n, seg in enumerate(segments):
+            result = self.recognizer.recognize([seg.audio], prompts=[previous])[0]
+            if not result.text:
+                continue
+            previous = result.text
+            start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
+            # decided_at far ahead: nothing is released by time, only by the join decision.
+            u = Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9)
+            t = Transcript(u, self.text(result.text, "en"), result.text, "en", 0.9, "tiny.en", 0.0)
+            asyncio.run(stitch.accept(t))
+        out = []
+        while not stitch.outbox.empty():
+            item = stitch.outbox.get_nowait()
+            if item is not None:
+                out.append(item)
+        out += [h.transcript for h in stitch.held.values()]
+        return out
+
+
+def sample(parts: list[str], pause_s: float) -> np.ndarray:
+    lead = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
+    gap = np.zeros(int(pause_s * SAMPLE_RATE), np.float32)
+    return np.concatenate([lead, speak(parts[0]), gap, speak(parts[1]), lead, lead, lead])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    pipeline = Pipeline()
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    whole = split_by_vad = 0
+    for first, second in SPLIT:
+        pause = rng.uniform(0.6, 1.5)
+        out = pipeline.run(sample([first, second], pause))
+        pieces = sum(t.parts for t in out)
+        split_by_vad += pieces > 1
+        whole += len(out) == 1
+        details.append({"kind": "split", "pause_s": round(pause, 2), "texts": [t.text for t in out], "parts": pieces})
+    joined = 0
+    for i, first in enumerate(SEPARATE):
+        second = SEPARATE[(i + 1) % len(SEPARATE)]
+        pause = rng.uniform(0.6, 3.0)
+        out = pipeline.run(sample([first, second], pause))
+        joined += len(out) == 1
+        details.append({"kind": "separate", "pause_s": round(pause, 2), "texts": [t.text for t in out]})
+    rows.append(
+        {
+            "set": "split sentences (pause 0.6-1.5 s)",
+            "samples": len(SPLIT),
+            "cut_by_vad": split_by_vad,
+            "delivered_whole_pct": round(100 * whole / len(SPLIT), 1),
+            "target": ">= 90%",
+        }
+    )
+    rows.append(
+        {
+            "set": "separate sentences (pause 0.6-3 s)",
+            "samples": len(SEPARATE),
+            "wrongly_joined_pct": round(100 * joined / len(SEPARATE), 1),
+            "target": "<= 5%",
+        }
+    )
+    write_results("stitch", rows, {"seed": args.seed, "details": details})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Hotword correction: near misses of the room's hotwords rewritten to the hotword.
+
+The recognizer is biased towards hotwords already (prompt and log-probability boost); this
+catches what it still gets slightly wrong, "Cooper Netties" for "Kubernetes", "张小梅" for
+"张晓梅". English compares a spelling-independent sound key and the letters of every run of
+one to three words (rapidfuzz's normalized Indel similarity); Chinese compares the pinyin with
+tones (pypinyin) of every run of as many characters as the hotword: homophones, or one
+syllable a letter off. A run is rewritten only
+when its similarity reaches ``threshold``, it is not the hotword already, and, for English,
+it is not a common word on its own, so ordinary sentences stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rapidfuzz.distance import Indel
+
+DEFAULT_THRESHOLD = 0.8
+_HAN = re.compile(r"[\u3400-\u9fff]")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+# Words too common to be a misheard name, whatever they sound like.
+_COMMON = set(
+    "the a an and or but so to of in on at for with from by is are was were be it this that these those "
+    "i you he she we they me him her us them my your our their its not no yes do did does have has had "
+    "can could will would should may might must shall about into over under after before then than "
+    "there here what which who when where why how all any some more most much many very just only also".split()
+)
+
+
+def sound_key(word: str) -> str:
+    """A rough English sound key: spellings that sound alike map close together."""
+    w = re.sub(r"[^a-z]", "", word.lower())
+    for a, b in (("ph", "f"), ("ck", "k"), ("qu", "kw"), ("x", "ks"), ("c", "k"), ("z", "s"), ("v", "f")):
+        w = w.replace(a, b)
+    w = re.sub(r"(.)\1+", r"\1", w)  # doubled letters
+    return w[:1] + re.sub(r"[aeiouyhw]", "", w[1:])  # vowels carry little of a name's identity
+
+
+def _similarity(a: str, b: str) -> float:
+    return float(Indel.normalized_similarity(a, b))
+
+
+@lru_cache(maxsize=4096)
+def _pinyin(text: str) -> tuple[str, ...]:
+    from pypinyin import Style, lazy_pinyin
+
+    # With tones: 黎明 (li2 ming2) is not the name 李明 (li3 ming2).
+    return tuple(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+
+
+@dataclass(frozen=True)
+class HotwordCorrector:
+    words: tuple[str, ...]
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __call__(self, text: str) -> str:
+        for word in sorted(self.words, key=len, reverse=True):
+            if not word.strip():
+                continue
+            text = self._chinese(text, word) if _HAN.search(word) else self._english(text, word)
+        return text
+
+    def _english(self, text: str, hotword: str) -> str:
+        target = hotword.split()
+        spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+        key, letters = sound_key(hotword), re.sub(r"[^a-z]", "", hotword.lower())
+        if len(letters) < 4:
+            return text  # too short to match safely
+        best: tuple[float, int, int] | None = None
+        for size in range(max(1, len(target) - 1), len(target) + 3):
+            for i in range(len(spans) - size + 1):
+                start, end = spans[i][0], spans[i + size - 1][1]
+                run = text[start:end]
+                words = run.lower().split()
+                if run.lower() == hotword.lower() or (size == 1 and words[0] in _COMMON):
+                    continue
+                if any(w in _COMMON for w in words) and size > len(target):
+                    continue
+                run_letters = re.sub(r"[^a-z]", "", run.lower())
+                score = max(_similarity(sound_key(run), key), _similarity(run_letters, letters))
+                if score >= self.threshold and (best is None or score > best[0]):
+                    best = (score, start, end)
+        if best is None:
+            return text
+        _, start, end = best
+        return text[:start] + hotword + text[end:]
+
+    def _chinese(self, text: str, hotword: str) -> str:
+        target = _pinyin(hotword)
+        n = len(hotword)
+        out, i = [], 0
+        while i < len(text):
+            window = text[i : i + n]
+            if len(window) == n and window != hotword and all(_HAN.match(c) for c in window):
+                # Homophones (小/晓) are the usual miss: the same pinyin and tones, or one
+                # syllable a letter off (zi3/zhi3); 张小明 is not 张晓梅.
+                pinyin = _pinyin(window)
+                differing = [_similarity(a, b) for a, b in zip(pinyin, target, strict=True) if a != b]
+                if len(differing) <= 1 and all(score >= self.threshold - 0.05 for score in differing):
+                    out.append(hotword)
+                    i += n
+                    continue
+            out.append(text[i])
+            i += 1
+        return "".join(out)
+
+
+def corrector(words: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> HotwordCorrector | None:
+    cleaned = tuple(dict.fromkeys(w.strip() for w in words if w.strip()))
+    return HotwordCorrector(cleaned, threshold) if cleaned else None

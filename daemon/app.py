@@ -82,6 +82,7 @@ def load_recognizer_in_thread(config: Config) -> Recognizer:
         logprob_threshold=r.logprob_threshold,
         no_speech_threshold=r.no_speech_threshold,
         max_prompt_tokens=r.max_prompt_tokens,
+        hotword_weight=r.hotword_weight,
     )
     try:
         return load_recognizer(r.model, r.device, r.dtype, options, r.batch_size, r.quantize)
@@ -132,7 +133,9 @@ class App:
         self.recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
         self.transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
         self.texts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
-        self.text = TextStage(TextProcessor(config.text.settings(config_path)), self.recognized, self.texts)
+        self.text = TextStage(
+            TextProcessor(config.text.settings(config_path)), self.recognized, self.texts, hotwords=self.hotwords
+        )
         self.publisher = Publisher(config.mqtt)
         prefix = run_id()
         self.rooms = [
@@ -158,6 +161,11 @@ class App:
             rooms_enabled={r.name: r.stitch for r in config.rooms},
         )
         self._signals = 0
+
+    def hotwords(self, room: str) -> tuple[str, ...]:
+        """The global hotwords and the room's, once each (for decoding and for correction)."""
+        rooms = {r.name: r.hotwords for r in self.config.rooms}
+        return tuple(dict.fromkeys((*self.config.recognizer.hotwords, *rooms.get(room, []))))
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():

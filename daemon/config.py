@@ -90,6 +90,9 @@ class RecognizerSettings(Section):
     prompt_max_gap_s: float = Field(60.0, ge=0, description="Forget the previous utterance after this silence.")
     max_prompt_tokens: int = Field(96, ge=0, le=223, description="Most tokens of context (prompt + hotwords).")
     hotwords: list[str] = Field([], description="Words to expect in every room (names, jargon).")
+    hotword_weight: float = Field(
+        2.0, ge=0, le=10, description="Logit boost for tokens that begin or continue a hotword; 0: prompt only."
+    )
     idle_release_s: float = Field(30.0, ge=0, description="Release cached device memory after this idle time.")
     cuda_alloc_conf: str = Field(
         "garbage_collection_threshold:0.8,max_split_size_mb:128",
@@ -143,10 +146,22 @@ class TextSettingsSection(Section):
     dictionary: str = Field(
         "", description="File of 'wrong => right' lines applied last; re-read when it changes. Empty: none."
     )
+    hotword_correction: bool = Field(True, description="Rewrite near misses of the hotwords to the hotword.")
+    hotword_threshold: float = Field(
+        0.8, ge=0.5, le=1.0, description="Similarity (0-1) a near miss needs; higher rewrites less."
+    )
 
     def settings(self, config_path: Path) -> TextSettings:
         path = resolve_path(self.dictionary, config_path) if self.dictionary else None
-        return TextSettings(self.itn, self.fillers, tuple(self.fillers_zh), tuple(self.fillers_en), path)
+        return TextSettings(
+            self.itn,
+            self.fillers,
+            tuple(self.fillers_zh),
+            tuple(self.fillers_en),
+            path,
+            self.hotword_correction,
+            self.hotword_threshold,
+        )
 
 
 class StitchSettingsSection(Section):

@@ -298,3 +298,60 @@ def test_cli_itn_streams_each_line_before_the_next_arrives() -> None:
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+HOTWORDS = (
+    "Kubernetes", "Okonkwo", "Siobhan", "Xiaomei", "Zorvath", "roomscribe", "PostgreSQL", "Nginx", "Grafana",
+    "Anthropic", "Mosquitto", "Raspberry Pi", "Home Assistant", "Node-RED", "Tailscale", "Jellyfin", "Nextcloud",
+    "Proxmox", "Zigbee", "Matter", "张晓梅", "李明", "王建国", "深圳湾", "鸿蒙",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "fixed"),
+    [
+        ("We deploy on Cooper Netties today.", "We deploy on Kubernetes today."),
+        ("The broker is mosquito.", "The broker is Mosquitto."),
+        ("Play some music.", "Play some music."),  # sounds a little like Mosquitto; spelled nothing like it
+        ("Logs go to graph Anna.", "Logs go to Grafana."),
+        ("张小梅来了", "张晓梅来了"),
+        ("我们张小明来了", "我们张小明来了"),  # another name, not a near miss
+        ("黎明时分出发", "黎明时分出发"),  # dawn, not 李明: the tones differ
+        ("We deploy on Kubernetes.", "We deploy on Kubernetes."),
+    ],
+)
+def test_hotword_near_misses_are_corrected(text: str, fixed: str) -> None:
+    assert TextProcessor()(text, "zh" if "\u4e00" <= text[0] <= "\u9fff" else "en", HOTWORDS) == fixed
+
+
+def test_a_long_hotword_list_leaves_ordinary_sentences_alone() -> None:
+    from tests.helpers import SENTENCES
+
+    ordinary = [
+        *SENTENCES,
+        "The weather is nice today and we will go for a walk.",
+        "Please turn the music down a little.",
+        "Matters of the heart are never simple.",
+        "Is the post office still open?",
+        "我们明天下午开会讨论预算。",
+        "今天的天气很好，我们去公园散步吧。",
+    ]
+    processor = TextProcessor(TextSettings(itn=False, fillers=False))
+    changed = [s for s in ordinary if processor(s, "zh" if s[0] >= "\u4e00" else "en", HOTWORDS) != s]
+    assert changed == []
+
+
+def test_the_stage_corrects_with_the_rooms_hotwords() -> None:
+    async def go() -> Transcript | None:
+        inbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        stage = TextStage(
+            TextProcessor(), inbox, outbox, hotwords=lambda room: ("Kubernetes",) if room == "kitchen" else ()
+        )
+        inbox.put_nowait(transcript("We run it on Cooper Netties."))
+        inbox.put_nowait(None)
+        await stage.run()
+        return outbox.get_nowait()
+
+    out = asyncio.run(go())
+    assert out is not None and out.text == "We run it on Kubernetes." and out.raw_text == "We run it on Cooper Netties."

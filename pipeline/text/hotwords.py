@@ -20,6 +20,7 @@ from functools import lru_cache
 from rapidfuzz.distance import Indel
 
 DEFAULT_THRESHOLD = 0.8
+SPELLING_FLOOR = 0.55
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 # Words too common to be a misheard name, whatever they sound like.
@@ -38,6 +39,10 @@ def sound_key(word: str) -> str:
         w = w.replace(a, b)
     w = re.sub(r"(.)\1+", r"\1", w)  # doubled letters
     return w[:1] + re.sub(r"[aeiouyhw]", "", w[1:])  # vowels carry little of a name's identity
+
+
+def _inflections(word: str) -> set[str]:
+    return {word + "s", word + "es", word + "ed", word + "ing", word + "er", word + "ers"}
 
 
 def _similarity(a: str, b: str) -> float:
@@ -81,8 +86,15 @@ class HotwordCorrector:
                 if any(w in _COMMON for w in words) and size > len(target):
                     continue
                 run_letters = re.sub(r"[^a-z]", "", run.lower())
-                score = max(_similarity(sound_key(run), key), _similarity(run_letters, letters))
-                if score >= self.threshold and (best is None or score > best[0]):
+                if run_letters in _inflections(letters):
+                    continue  # "matters" is not a miss of the hotword "Matter"
+                sound, spelling = _similarity(sound_key(run), key), _similarity(run_letters, letters)
+                # Alike in sound and not unlike in spelling ("Cooper Netties"), or alike in
+                # spelling alone ("mosquito"); sound alone matches too much ("music").
+                if not ((sound >= self.threshold and spelling >= SPELLING_FLOOR) or spelling >= self.threshold + 0.05):
+                    continue
+                score = sound + spelling
+                if best is None or score > best[0]:
                     best = (score, start, end)
         if best is None:
             return text

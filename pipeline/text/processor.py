@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.text.dictionary import Dictionary
 from pipeline.text.en_itn import en_itn
 from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH, FillerRemover
+from pipeline.text.hotwords import DEFAULT_THRESHOLD, HotwordCorrector, corrector
 from pipeline.text.zh_itn import zh_itn
 
 ITN = {"zh": zh_itn, "en": en_itn}
@@ -31,6 +32,8 @@ class TextSettings:
     fillers_zh: Sequence[str] = DEFAULT_ZH
     fillers_en: Sequence[str] = DEFAULT_EN
     dictionary: Path | None = None
+    hotword_correction: bool = True
+    hotword_threshold: float = DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -41,14 +44,27 @@ class TextProcessor:
         s = self.settings
         self.fillers = FillerRemover(s.fillers_zh, s.fillers_en)
         self.dictionary = Dictionary(s.dictionary)
+        self._correctors: dict[tuple[str, ...], HotwordCorrector | None] = {}
 
-    def __call__(self, text: str, language: str | None) -> str:
+    def __call__(self, text: str, language: str | None, hotwords: Sequence[str] = ()) -> str:
         """Written form of ``text``. Rules only touch their own script, so English words in a
-        Chinese sentence (or the reverse) are left as they are."""
+        Chinese sentence (or the reverse) are left as they are. Near misses of ``hotwords``
+        are corrected after ITN; the dictionary comes last and has the final word."""
         lang = route(language)
         if lang is not None:
             if self.settings.fillers:
                 text = self.fillers(text, lang)
             if self.settings.itn:
                 text = ITN[lang](text)
+        if hotwords and self.settings.hotword_correction:
+            fix = self._corrector(tuple(hotwords))
+            if fix is not None:
+                text = fix(text)
         return self.dictionary.apply(text)
+
+    def _corrector(self, words: tuple[str, ...]) -> HotwordCorrector | None:
+        if words not in self._correctors:
+            if len(self._correctors) > 256:
+                self._correctors.clear()
+            self._correctors[words] = corrector(words, self.settings.hotword_threshold)
+        return self._correctors[words]

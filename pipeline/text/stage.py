@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -23,8 +24,10 @@ class TextStage:
         processor: TextProcessor,
         inbox: asyncio.Queue[Transcript | None],
         outbox: asyncio.Queue[Transcript | None],
+        hotwords: Callable[[str], Sequence[str]] = lambda room: (),
     ) -> None:
         self.processor = processor
+        self.hotwords = hotwords
         self.inbox = inbox
         self.outbox = outbox
         self.log = structlog.get_logger().bind(stage="text")
@@ -49,7 +52,7 @@ class TextStage:
         except DictionaryError as exc:
             self.log.error("dictionary not reloaded; keeping the previous entries", error=str(exc))
         try:
-            text = self.processor(t.raw_text, t.language)
+            text = self.processor(t.raw_text, t.language, self.hotwords(t.utterance.room))
         except Exception:
             self.failures += 1
             self.log.exception("text rules failed; publishing the recognizer's text", utterance=t.utterance.id)

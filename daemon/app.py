@@ -24,7 +24,8 @@ import structlog
 
 from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
 from daemon.mqtt import Publisher
-from pipeline.messages import Transcript, Utterance, utterance_record
+from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
+from pipeline.partials import PartialTracker
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
 from pipeline.sources import AudioSource, FileSource, MicSource
@@ -33,7 +34,7 @@ from pipeline.text.processor import TextProcessor
 from pipeline.text.stage import TextStage
 
 if TYPE_CHECKING:
-    from models.recognizer import Recognizer
+    from models.recognizer import Recognition, Recognizer
 
 # Utterances waiting for the recognizer. When full, rooms wait (backpressure), and a
 # real-time room's capture then drops its oldest frames and counts them.
@@ -148,10 +149,12 @@ class App:
                 out=self.utterances,
                 id_prefix=f"{r.name}-{prefix}",
                 language=r.language,
+                partial_interval_ms=r.partial_interval_ms if r.partials else 0,
             )
             for r in config.rooms
             if r.enabled
         ]
+        self.partials = PartialTracker()
         by_name = {room.name: room for room in self.rooms}
         self.stitch = StitchStage(
             config.stitch.settings(),
@@ -203,6 +206,7 @@ class App:
             self.recognized,
             recognize_settings(self.config),
             room_contexts(self.config),
+            on_partial=self._publish_partial,
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -233,6 +237,24 @@ class App:
             # A bug in one room must not take the others down.
             room.counters.state = "failed"
             self.log.exception("room crashed", room=room.name)
+
+    def _publish_partial(self, utt: Utterance, result: Recognition) -> None:
+        """An interim result, QoS 0: written like a finished one, and its stable prefix."""
+        try:
+            text = self.text.processor(result.text, result.language, self.hotwords(utt.room))
+        except Exception:
+            text = result.text
+        stable = self.partials.update(utt.room, utt.id, text)
+        payload = {
+            "id": utt.id,
+            "room": utt.room,
+            "text": text,
+            "stable_text": stable,
+            "final": False,
+            "start": iso_utc(utt.start_wall),
+            "duration_s": round(utt.end_s - utt.start_s, 3),
+        }
+        self.publisher.submit_json(self.publisher.topic(utt.room, "partial"), payload, qos=0, room=utt.room)
 
     async def _publish_stage(self) -> None:
         while (item := await self.transcripts.get()) is not None:

@@ -201,6 +201,8 @@ class RoomSettings(Section):
     hotwords: list[str] = Field([], description="Words to expect in this room, besides recognizer.hotwords.")
     prompt_previous: bool | None = Field(None, description="Overrides recognizer.prompt_previous for this room.")
     stitch: bool = Field(True, description="false: publish every piece as it is, never joined.")
+    partials: bool = Field(False, description="Publish interim text to <prefix>/<room>/partial while speaking.")
+    partial_interval_ms: int = Field(1000, ge=200, le=10000, description="How often a partial is made.")
     source: SourceSettings
 
 

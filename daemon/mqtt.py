@@ -42,6 +42,7 @@ class Outgoing:
 class PublisherCounters:
     published: int = 0
     dropped: int = 0
+    skipped: int = 0  # QoS 0 messages while no broker was connected
     connects: int = 0
     connect_failures: int = 0
 
@@ -82,7 +83,11 @@ class Publisher:
         return "/".join((self.prefix, *parts))
 
     def submit(self, message: Outgoing) -> None:
-        """Queue a message; never blocks. Past ``max_pending`` the oldest one is dropped."""
+        """Queue a message; never blocks. Past ``max_pending`` the oldest one is dropped.
+        QoS 0 messages (partials) are only worth sending now: without a broker they are skipped."""
+        if message.qos == 0 and not self.connected.is_set():
+            self.counters.skipped += 1
+            return
         if len(self.pending) >= self.settings.max_pending:
             lost = self.pending.popleft()
             self.counters.dropped += 1

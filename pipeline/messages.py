@@ -11,6 +11,8 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAME_MS = 500
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+# Partials go after every finished utterance and all batch work.
+PARTIAL_PRIORITY = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,12 @@ class Utterance:
     decided_at: float  # time.monotonic() when the VAD cut it
     language: str | None = None
     source: str | None = None  # the file it came from, for batch transcription
-    priority: int = 0  # 0: a live room; 1: batch work, recognized when no live room waits
+    priority: int = 0  # 0: a live room; 1: batch work; 2: a partial (see PARTIAL_PRIORITY)
+
+    @property
+    def partial(self) -> bool:
+        """Audio of speech still going on, for an interim result (``reason == "partial"``)."""
+        return self.reason == "partial"
 
     @property
     def duration_s(self) -> float:

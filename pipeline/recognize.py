@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,6 +42,8 @@ class RecognizeCounters:
     empty: int = 0
     failed: int = 0
     releases: int = 0
+    partials: int = 0
+    partials_skipped: int = 0
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
@@ -62,6 +64,7 @@ class RecognizeStage:
         outbox: asyncio.Queue[Transcript | None],
         settings: RecognizeSettings | None = None,
         rooms: dict[str, RoomContext] | None = None,
+        on_partial: Callable[[Utterance, Recognition], None] | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.executor = executor
@@ -69,6 +72,7 @@ class RecognizeStage:
         self.outbox = outbox
         self.settings = settings or RecognizeSettings()
         self.rooms = rooms or {}
+        self.on_partial = on_partial
         self.counters = RecognizeCounters()
         self.log = structlog.get_logger()
         self._waiting: list[Utterance] = []
@@ -82,12 +86,30 @@ class RecognizeStage:
             if not self._waiting and self._ended:
                 await self.outbox.put(None)
                 return
-            # Live rooms first, then the oldest.
+            self._drop_stale_partials()
+            if not self._waiting:
+                continue
+            # Live rooms first, then batch work, then partials; the oldest first within each.
             self._waiting.sort(key=lambda u: (u.priority, u.decided_at))
             batch = self._waiting[: self.settings.max_batch]
             del self._waiting[: self.settings.max_batch]
             for language in dict.fromkeys(u.language for u in batch):
                 await self._recognize([u for u in batch if u.language == language], language)
+
+    def _drop_stale_partials(self) -> None:
+        """Partials never queue up: only the newest per room is kept, and none while finished
+        utterances wait (the recognizer is behind; a fresher partial will come)."""
+        partials = [u for u in self._waiting if u.partial]
+        if not partials:
+            return
+        finished = [u for u in self._waiting if not u.partial]
+        keep: dict[str, Utterance] = {}
+        if not finished:
+            for u in partials:
+                if u.room not in keep or u.decided_at > keep[u.room].decided_at:
+                    keep[u.room] = u
+        self.counters.partials_skipped += len(partials) - len(keep)
+        self._waiting = finished + list(keep.values())
 
     async def _get(self, wait_s: float | None) -> bool:
         """One item from the inbox into ``_waiting``; False on timeout."""
@@ -165,6 +187,11 @@ class RecognizeStage:
         self.counters.batches += 1
         self.counters.batch_sizes.append(len(batch))
         for utt, result in zip(batch, results, strict=True):
+            if utt.partial:
+                self.counters.partials += 1
+                if self.on_partial is not None and result.text:
+                    self.on_partial(utt, result)
+                continue
             self.counters.utterances += 1
             log = self.log.bind(room=utt.room, utterance_id=utt.id)
             if not result.text:

@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 
 from pipeline.framing import Framer
-from pipeline.messages import SAMPLE_RATE, EndOfStream, Frame, Utterance
+from pipeline.messages import PARTIAL_PRIORITY, SAMPLE_RATE, EndOfStream, Frame, Utterance
 from pipeline.queues import DropOldestQueue
 from pipeline.sources import AudioFileError, AudioSource, CaptureError
 from pipeline.vad import Segment, UtteranceAssembler, VadParams
@@ -31,6 +31,7 @@ class RoomCounters:
     state: str = "starting"  # starting | listening | speaking | idle | failed
     last_error: str | None = None
     speech_started_at: float | None = None  # time.monotonic() when the current speech began
+    partials_skipped: int = 0
 
 
 class Room:
@@ -52,6 +53,7 @@ class Room:
         language: str | None = None,
         source_label: str | None = None,
         priority: int = 0,
+        partial_interval_ms: int = 0,
     ) -> None:
         self.name = name
         self.source = source
@@ -63,6 +65,11 @@ class Room:
         self.language = language
         self.source_label = source_label
         self.priority = priority
+        # 0: no partials. Otherwise every this many ms of speech, the audio so far goes to
+        # the recognizer for an interim result.
+        self.partial_interval = partial_interval_ms * SAMPLE_RATE // 1000
+        self._partial_at = 0
+        self._partial_start = -1
         self.counters = RoomCounters()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
@@ -128,6 +135,8 @@ class Room:
                 wall0 = item.wall - item.offset / SAMPLE_RATE
             segments = await loop.run_in_executor(self.vad_executor, assembler.push, item.samples)
             await self._emit(segments, wall0)
+            if self.partial_interval:
+                self._maybe_partial(assembler, wall0)
             if assembler.in_speech and self.counters.state != "speaking":
                 self.counters.state = "speaking"
                 self.counters.speech_started_at = time.monotonic()
@@ -135,6 +144,36 @@ class Room:
             elif not assembler.in_speech and self.counters.state == "speaking":
                 self.counters.state = "listening"
             self.counters.discarded_short = assembler.discarded
+
+    def _maybe_partial(self, assembler: UtteranceAssembler, wall0: float) -> None:
+        current = assembler.in_progress()
+        if current is None:
+            self._partial_at = 0
+            return
+        start, audio = current
+        if start != self._partial_start:  # a new utterance (or a long one was cut)
+            self._partial_start, self._partial_at = start, 0
+        if len(audio) - self._partial_at < self.partial_interval:
+            return
+        self._partial_at = len(audio)
+        utt = Utterance(
+            room=self.name,
+            id=f"{self.id_prefix}-{self._count + 1:06d}",  # the id the finished utterance will get
+            audio=audio,
+            start_s=start / SAMPLE_RATE,
+            end_s=(start + len(audio)) / SAMPLE_RATE,
+            start_wall=wall0 + start / SAMPLE_RATE,
+            end_wall=wall0 + (start + len(audio)) / SAMPLE_RATE,
+            reason="partial",
+            decided_at=time.monotonic(),
+            language=self.language,
+            source=self.source_label,
+            priority=PARTIAL_PRIORITY,
+        )
+        try:
+            self.out.put_nowait(utt)
+        except asyncio.QueueFull:
+            self.counters.partials_skipped += 1  # the recognizer is behind: never wait for a partial
 
     async def _emit(self, segments: list[Segment], wall0: float) -> None:
         for seg in segments:

@@ -40,8 +40,13 @@ EN_DANGLING = set(
 )
 EN_CONTINUATION = set(
     "and or but so because which who whom whose that than then while when where although though unless "
-    "until to of in on at for with from by into as if nor yet".split()
+    "until to of in on at for with from by into as if nor yet before after except almost about during "
+    "without within since like including instead whether via across around through towards toward upon "
+    "over under near behind beside between beyond".split()
 )
+# A piece that starts with one of these and is not a question continues a sentence ("... the
+# meeting | was moved to Thursday").
+EN_AUXILIARY = set("is are was were has have had will would can could should does did".split())
 # Words safe to write in lower case when they no longer start a sentence (never names).
 EN_LOWER_OK = EN_DANGLING | EN_CONTINUATION | set("it there here we they he she you".split())
 ZH_DANGLING = tuple(
@@ -94,6 +99,10 @@ def join_score(first: str, second: str, gap_s: float, language: str) -> float:
         if word[:1].islower():
             score += 2.0
         elif word.lower() in EN_CONTINUATION:
+            score += 1.5
+        elif word[:1].isdigit():
+            score += 1.5  # "... set it to | 21 degrees": sentences seldom open with digits
+        elif word.lower() in EN_AUXILIARY and not second.endswith("?"):
             score += 1.5
     if gap_s < 1.0:
         score += 0.5

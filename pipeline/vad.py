@@ -69,6 +69,12 @@ class UtteranceAssembler:
     def in_speech(self) -> bool:
         return self._in_speech
 
+    def in_progress(self) -> tuple[int, np.ndarray] | None:
+        """Stream offset and audio of the utterance being spoken, for a partial result."""
+        if not self._in_speech:
+            return None
+        return self._utt_start, self._audio(self._utt_start, self._pos)
+
     @property
     def position(self) -> int:
         return self._pos + len(self._leftover)

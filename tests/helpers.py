@@ -37,10 +37,11 @@ SENTENCES = [
 ]
 
 
-def speak(text: str, rate: int = 16000) -> np.ndarray:
-    """espeak-ng speech as float32 mono at ``rate``."""
+def speak(text: str, rate: int = 16000, ssml: bool = False) -> np.ndarray:
+    """espeak-ng speech as float32 mono at ``rate``; ``ssml`` reads <speak> markup, e.g. a
+    <break time="1200ms"/> inside one sentence, which keeps the sentence's intonation."""
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        subprocess.run(["espeak-ng", "-s", "150", "-w", tmp.name, text], check=True)
+        subprocess.run(["espeak-ng", *(["-m"] if ssml else []), "-s", "150", "-w", tmp.name, text], check=True)
         audio, sr = sf.read(tmp.name, dtype="float32")
     return soxr.resample(audio, sr, rate).astype(np.float32) if sr != rate else audio
 

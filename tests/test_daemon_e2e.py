@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from datetime import datetime
@@ -188,6 +189,39 @@ def test_a_sentence_split_by_a_pause_arrives_whole_and_separate_sentences_apart(
         assert normalize(records[0]["text"]).endswith("kitchen lights")
         assert records[0]["start"] < records[1]["start"]
         assert spoken[0].start_s < spoken[1].start_s
+    finally:
+        daemon.kill()
+        sub.close()
+
+
+def test_partials_arrive_while_speaking_and_their_stable_text_never_shrinks(tmp_path: Path, broker: Mosquitto) -> None:
+    long_sentence = (
+        "This morning the snow in the mountains closed every road to the village, so the school stayed shut "
+        "and the children spent the whole day building a large snowman in the square."
+    )
+    audio, _ = speech_with_pauses([long_sentence], pause_s=1.0)
+    sf.write(tmp_path / "room.wav", audio, 16000)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    room = file_room(tmp_path / "room.wav", realtime=True) + "partials = true\npartial_interval_ms = 1000\n"
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, room)
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        (final,) = [json.loads(p) for p in sub.wait_for("/kitchen/utterance", 1, timeout_s=120)]
+        assert final["duration_s"] > 8
+        order = [(t.rsplit("/", 1)[-1], json.loads(p)) for t, p, _ in sub.messages if "/kitchen/" in t]
+        partials = [m for kind, m in order if kind == "partial"]
+        first_final = next(i for i, (kind, _) in enumerate(order) if kind == "utterance")
+        assert len([m for kind, m in order[:first_final] if kind == "partial"]) >= 4
+        assert all(m["id"] == final["id"] and m["final"] is False for m in partials)
+        durations = [m["duration_s"] for m in partials]
+        # One partial per second of speech, unless the recognizer was behind and skipped one.
+        assert all(0 < b - a <= 2.05 for a, b in itertools.pairwise(durations))
+        stable = [m["stable_text"] for m in partials]
+        assert all(len(b) >= len(a) for a, b in itertools.pairwise(stable))
+        assert stable[-1] and normalize(final["text"]).startswith(normalize(stable[-1])[:10])
+        assert daemon.terminate() == 0
     finally:
         daemon.kill()
         sub.close()

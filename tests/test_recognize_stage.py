@@ -4,14 +4,15 @@ model (the model itself is covered by test_recognizer.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from models.recognizer import Recognition, Recognizer
-from pipeline.messages import Transcript, Utterance
+from pipeline.messages import PARTIAL_PRIORITY, Transcript, Utterance
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 
 
@@ -54,7 +55,10 @@ def utterance(n: int, room: str = "kitchen", priority: int = 0, start: float = 0
 
 
 def run_stage(
-    items: list[Utterance], settings: RecognizeSettings, rooms: dict[str, RoomContext] | None = None
+    items: list[Utterance],
+    settings: RecognizeSettings,
+    rooms: dict[str, RoomContext] | None = None,
+    on_partial: Callable[[Utterance, Recognition], None] | None = None,
 ) -> tuple[RecordingRecognizer, list[Transcript]]:
     recognizer = RecordingRecognizer()
 
@@ -65,7 +69,7 @@ def run_stage(
             inbox.put_nowait(item)
         inbox.put_nowait(None)
         with ThreadPoolExecutor(1) as executor:
-            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms)
+            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms, on_partial)
             await asyncio.wait_for(stage.run(), timeout=10)
         out = []
         while (t := outbox.get_nowait()) is not None:
@@ -125,3 +129,34 @@ def test_idle_stage_releases_cached_memory() -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     assert recognizer.released == 1
+
+
+def partial(n: int, room: str = "kitchen", at: float = 0.0) -> Utterance:
+    u = utterance(n, room, priority=PARTIAL_PRIORITY)
+    return dataclasses.replace(u, reason="partial", decided_at=at)
+
+
+def test_partials_go_last_never_queue_up_and_never_become_transcripts() -> None:
+    seen: list[tuple[str, str]] = []
+    # While finished utterances wait, partials are skipped; of several partials for one
+    # room only the newest is worth recognizing.
+    items = [partial(7, at=1.0), utterance(1), partial(8, at=2.0), partial(9, "hall", at=3.0)]
+
+    def record(u: Utterance, r: Recognition) -> None:
+        seen.append((u.room, r.text))
+
+    recognizer, out = run_stage(items, RecognizeSettings(max_batch=8), on_partial=record)
+    assert [t.text for t in out] == ["text 1"]
+    assert all("text 7" not in texts and "text 8" not in texts for texts, _ in recognizer.calls)
+    # Nothing else waiting: the newest partial per room is recognized, after the finished one.
+    items = [partial(7, at=1.0), partial(8, at=2.0), partial(9, "hall", at=3.0)]
+    recognizer, out = run_stage(items, RecognizeSettings(max_batch=8), on_partial=record)
+    assert out == []
+    assert sorted(seen) == [("hall", "text 9"), ("kitchen", "text 8")]
+
+
+def test_a_partial_does_not_become_the_rooms_prompt() -> None:
+    items = [utterance(1, start=0.0), partial(5, at=100.0), utterance(2, start=3.0)]
+    recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1), on_partial=lambda u, r: None)
+    prompts = [p[0] for _, p in recognizer.calls]
+    assert prompts[-1] == "text 1"

@@ -1,6 +1,6 @@
 """The daemon end to end: accuracy, latency to the broker's acknowledgement, memory, start-up.
 
-    python bench/daemon_e2e.py [--minutes 3] [--clips 20]
+    python bench/daemon_e2e.py [--minutes 3] [--clips 20] [--partials]
 
 Runs ``roomscribe run`` as a subprocess against a Mosquitto broker started here, with a file
 room paced in real time (like a microphone):
@@ -11,7 +11,10 @@ room paced in real time (like a microphone):
 Reports, per run: word error rate (over the whole stream, so VAD splits do not matter),
 the time from the VAD's end-of-utterance decision to the broker's PUBACK (median, p95,
 worst; from the daemon's ``utterance published`` log lines), resident memory at the end,
-and the time from process start to the retained ``online`` status at a subscriber.
+and the time from process start to the retained ``online`` status at a subscriber. With
+``--partials`` the room publishes partials (every 1000 ms) and the run also reports the partial
+lag: from the start of speech (the utterance's start plus the VAD's 300 ms pre-roll) to the
+arrival at the subscriber of the first partial with text, median and p95.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -43,6 +47,8 @@ from tests.helpers import (
     write_config,
 )
 
+PRE_ROLL_S = 0.3  # vad.pre_roll_ms: the utterance starts this long before the speech
+
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -51,13 +57,34 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_once(name: str, audio: np.ndarray, refs: list[str], loop_s: float | None, work: Path) -> dict[str, object]:
+def partial_lags(sub: Subscriber, records: list[dict[str, Any]]) -> list[float]:
+    from datetime import datetime
+
+    first: dict[str, float] = {}
+    for (topic, payload, _), arrived in zip(sub.messages, sub.arrivals, strict=True):
+        if topic.endswith("/partial"):
+            message = json.loads(payload)
+            if message["text"].strip():
+                first.setdefault(message["id"], arrived)
+    lags = []
+    for r in records:
+        if r["id"] in first:
+            start = datetime.fromisoformat(str(r["start"]).replace("Z", "+00:00")).timestamp()
+            lags.append(first[r["id"]] - (start + PRE_ROLL_S))
+    return lags
+
+
+def run_once(
+    name: str, audio: np.ndarray, refs: list[str], loop_s: float | None, work: Path, partials: bool = False
+) -> dict[str, object]:
     import jiwer
 
     wav = work / f"{name}.wav"
     sf.write(wav, audio, 16000)
     loop = "true" if loop_s else "false"
     room = f'[[rooms]]\nname = "bench"\nsource = {{ type = "file", path = "{wav}", realtime = true, loop = {loop} }}\n'
+    if partials:
+        room += "partials = true\n"
     broker = Mosquitto(work / f"broker-{name}")
     broker.start()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
@@ -95,8 +122,8 @@ def run_once(name: str, audio: np.ndarray, refs: list[str], loop_s: float | None
     ref = normalize(" ".join(refs * passes))
     latencies = [float(e["end_to_ack_ms"]) for e in daemon.events("utterance published")]  # type: ignore[arg-type]
     recognize = [float(r["latency_ms"]["recognize"]) for r in records]
-    return {
-        "run": name,
+    row: dict[str, object] = {
+        "run": name + (" + partials" if partials else ""),
         "utterances": len(records),
         "wer_pct": round(100 * jiwer.wer(ref, hyp), 2),
         "end_to_ack_median_ms": round(statistics.median(latencies)),
@@ -108,18 +135,25 @@ def run_once(name: str, audio: np.ndarray, refs: list[str], loop_s: float | None
         "start_to_online_s": round(to_online, 2),
         "exit_code": code,
     }
+    if partials:
+        lags = partial_lags(sub, records)
+        row["partial_lag_median_ms"] = round(1000 * statistics.median(lags)) if lags else None
+        row["partial_lag_p95_ms"] = round(1000 * float(np.percentile(lags, 95))) if lags else None
+        row["utterances_with_partials"] = len(lags)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=3.0, help="how long to loop the espeak sentences")
     parser.add_argument("--clips", type=int, default=20, help="recorded clips to play (0: none)")
+    parser.add_argument("--partials", action="store_true", help="rooms publish partials; report their lag")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         audio, _ = speech_with_pauses(SENTENCES)
-        rows.append(run_once("espeak", audio, SENTENCES, args.minutes * 60, work))
+        rows.append(run_once("espeak", audio, SENTENCES, args.minutes * 60, work, args.partials))
         manifest = SPEECH_DIR / "manifest.jsonl"
         if args.clips and manifest.is_file():
             entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
@@ -132,7 +166,8 @@ def main() -> None:
             parts = [gap]
             for entry in chosen:
                 parts += [load_clip(SPEECH_DIR / entry["audio"]), gap]
-            rows.append(run_once("recorded", np.concatenate(parts), [e["text"] for e in chosen], None, work))
+            audio = np.concatenate(parts)
+            rows.append(run_once("recorded", audio, [e["text"] for e in chosen], None, work, args.partials))
     write_results("daemon_e2e", rows)
 
 

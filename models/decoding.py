@@ -100,27 +100,29 @@ class _Item:
     done: bool = False
 
 
-# The first token of a hotword gets this share of the weight at every step; the tokens that
-# continue a hotword already begun get all of it.
-FIRST_TOKEN_SHARE = 0.5
+@dataclass(frozen=True)
+class HotwordTokens:
+    """A hotword as tokens; its continuation is boosted once the text already ends with its
+    first ``begun`` tokens (a prefix long enough to mean something: 3 characters or more)."""
+
+    tokens: tuple[int, ...]
+    begun: int
 
 
 def hotword_bonus(
-    seqs: list[list[int]], hotwords: list[list[list[int]]], beams: int, weight: float
+    seqs: list[list[int]], hotwords: list[list[HotwordTokens]], beams: int, weight: float
 ) -> list[tuple[int, int, float]]:
     """(row, token, bonus) for the logits of each row: the next token of every hotword whose
-    beginning the row's text ends with, else each hotword's first token at a smaller weight."""
+    beginning the row's text ends with. A hotword not yet begun gets nothing: boosting first
+    tokens everywhere pulled hotwords into ordinary speech (measured in bench/hotwords.py)."""
     bonus: dict[tuple[int, int], float] = {}
     for row, seq in enumerate(seqs):
         for word in hotwords[row // beams]:
-            matched = 0
-            for k in range(min(len(word) - 1, len(seq)), 0, -1):
-                if seq[-k:] == word[:k]:
-                    matched = k
+            tokens = word.tokens
+            for k in range(min(len(tokens) - 1, len(seq)), word.begun - 1, -1):
+                if tuple(seq[-k:]) == tokens[:k]:
+                    bonus[(row, tokens[k])] = weight
                     break
-            value = weight if matched else weight * FIRST_TOKEN_SHARE
-            key = (row, word[matched])
-            bonus[key] = max(bonus.get(key, 0.0), value)
     return [(row, token, value) for (row, token), value in bonus.items()]
 
 
@@ -136,7 +138,7 @@ def decode(
     beam_size: int = 1,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
-    hotwords: list[list[list[int]]] | None = None,
+    hotwords: list[list[HotwordTokens]] | None = None,
     hotword_weight: float = 0.0,
 ) -> list[Decoded]:
     """Decode a batch whose encoder output (cross-attention keys/values) is ``memory_kv``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import unicodedata
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import torch
 
 from models.decoding import (
     Decoded,
+    HotwordTokens,
     compression_ratio,
     decode,
     detect_language,
@@ -160,7 +162,7 @@ class WhisperRecognizer(Recognizer):
         )
         self.batch_policy = BatchPolicy(batch_size, per_item, lambda: free_device_bytes(device))
         self._owner: int | None = None
-        self._hotword_cache: dict[tuple[str, ...], list[list[int]]] = {}
+        self._hotword_cache: dict[tuple[str, ...], list[HotwordTokens]] = {}
 
     @property
     def multilingual(self) -> bool:
@@ -215,17 +217,31 @@ class WhisperRecognizer(Recognizer):
         release_cached_memory(self.device)
 
     @torch.inference_mode()
-    def _hotword_tokens(self, words: tuple[str, ...]) -> list[list[int]]:
-        """Each hotword as tokens, in the forms it takes mid-sentence and at the start."""
+    def _hotword_tokens(self, words: tuple[str, ...]) -> list[HotwordTokens]:
+        """Each hotword as tokens, in the forms it takes mid-sentence and at the start, with
+        how many tokens must be there before its continuation is boosted. An English-only
+        model gets only the hotwords it can write (Latin script)."""
         if words not in self._hotword_cache:
-            forms = {tuple(self.tokenizer.encode(f)) for w in words if w.strip() for f in (" " + w.strip(), w.strip())}
-            self._hotword_cache[words] = [list(f) for f in forms if f]
+            out = []
+            for word in words:
+                word = word.strip()
+                if not word or (not self.multilingual and not _latin(word)):
+                    continue
+                for form in {" " + word, word}:
+                    tokens = tuple(self.tokenizer.encode(form))
+                    begun = next(
+                        (k for k in range(1, len(tokens)) if len(self.tokenizer.decode(list(tokens[:k])).strip()) >= 3),
+                        len(tokens),
+                    )
+                    if begun < len(tokens):
+                        out.append(HotwordTokens(tokens, begun))
+            self._hotword_cache[words] = out
             if len(self._hotword_cache) > 256:
                 self._hotword_cache.pop(next(iter(self._hotword_cache)))
         return self._hotword_cache[words]
 
     def _recognize_batch(
-        self, audios: list[np.ndarray], language: str | None, prompts: list[str], hotwords: list[list[list[int]]]
+        self, audios: list[np.ndarray], language: str | None, prompts: list[str], hotwords: list[list[HotwordTokens]]
     ) -> list[Recognition]:
         if not audios:
             return []
@@ -257,7 +273,7 @@ class WhisperRecognizer(Recognizer):
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
         prefixes: list[list[int]],
         budgets: list[int],
-        hotwords: list[list[list[int]]],
+        hotwords: list[list[HotwordTokens]],
     ) -> list[_Attempt]:
         o = self.options
         attempts = [_Attempt() for _ in prefixes]
@@ -324,6 +340,11 @@ class WhisperRecognizer(Recognizer):
             language_probability=language_probability,
             rejected=attempt.rejected,
         )
+
+
+def _latin(word: str) -> bool:
+    """Letters of the Latin script only (what an English-only Whisper can write)."""
+    return all(not c.isalpha() or c.isascii() or "LATIN" in unicodedata.name(c, "") for c in word)
 
 
 def load_recognizer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -17,6 +18,10 @@ from pipeline.messages import Transcript, Utterance
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.recognizer import Recognition, Recognizer
+
+
+def latin_script(word: str) -> bool:
+    return all(not c.isalpha() or c.isascii() or "LATIN" in unicodedata.name(c, "") for c in word)
 
 
 @dataclass(frozen=True)
@@ -165,9 +170,13 @@ class RecognizeStage:
         return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language, prompts, hotwords)
 
     def hotwords(self, room: str) -> tuple[str, ...]:
-        """The global hotwords and the room's, once each."""
+        """The global hotwords and the room's, once each; for an English-only model only
+        those in Latin script (Chinese hotwords in its prompt made it write Chinese)."""
         context = self.rooms.get(room, RoomContext())
-        return tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
+        words = tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
+        if getattr(self.recognizer, "multilingual", True):
+            return words
+        return tuple(w for w in words if latin_script(w))
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
         started = time.monotonic()

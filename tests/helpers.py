@@ -197,6 +197,7 @@ class Subscriber:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrivals: list[float] = []  # time.time() of each message, same order
         self._cond = threading.Condition()
         self.topic = topic
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
@@ -214,6 +215,7 @@ class Subscriber:
     def _on_message(self, _client, _userdata, msg) -> None:  # type: ignore[no-untyped-def]
         with self._cond:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.arrivals.append(time.time())
             self._cond.notify_all()
 
     def payloads(self, suffix: str) -> list[bytes]:

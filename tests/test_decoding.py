@@ -98,15 +98,19 @@ def test_int8_needs_cpu_float32() -> None:
 
 
 def test_hotword_bonus_follows_a_hotword_already_begun() -> None:
-    from models.decoding import FIRST_TOKEN_SHARE, hotword_bonus
+    from models.decoding import HotwordTokens, hotword_bonus
 
-    hotwords = [[[10, 11, 12], [20, 21]]]
-    # Nothing begun: each hotword's first token gets the smaller share.
-    assert sorted(hotword_bonus([[1, 2]], hotwords, 1, 2.0)) == [(0, 10, 2.0 * FIRST_TOKEN_SHARE), (0, 20, 1.0)]
-    # "10 11" begun: its next token gets the whole weight.
-    assert (0, 12, 2.0) in hotword_bonus([[5, 10, 11]], hotwords, 1, 2.0)
+    hotwords = [[HotwordTokens((10, 11, 12), begun=1), HotwordTokens((20, 21, 22), begun=2)]]
+    # Nothing begun: no bonus at all (first tokens are not pulled in).
+    assert hotword_bonus([[1, 2]], hotwords, 1, 2.0) == []
+    # "10" begun (long enough) and "10 11" begun: the next token gets the weight.
+    assert hotword_bonus([[5, 10]], hotwords, 1, 2.0) == [(0, 11, 2.0)]
+    assert hotword_bonus([[5, 10, 11]], hotwords, 1, 2.0) == [(0, 12, 2.0)]
+    # "20" alone is too short a beginning; "20 21" is enough.
+    assert hotword_bonus([[20]], hotwords, 1, 2.0) == []
+    assert hotword_bonus([[20, 21]], hotwords, 1, 2.0) == [(0, 22, 2.0)]
     # Beams share their item's hotwords.
-    assert {row for row, _, _ in hotword_bonus([[1], [10]], hotwords, 2, 2.0)} == {0, 1}
+    assert {row for row, _, _ in hotword_bonus([[10], [10]], hotwords, 2, 2.0)} == {0, 1}
 
 
 def test_hotwords_steer_a_rare_name(recognizer) -> None:  # type: ignore[no-untyped-def]

@@ -311,9 +311,11 @@ HOTWORDS = (
     ("text", "fixed"),
     [
         ("We deploy on Cooper Netties today.", "We deploy on Kubernetes today."),
-        ("The broker is mosquito.", "The broker is Mosquitto."),
+        ("The broker is Mosquito.", "The broker is Mosquito."),  # a real word, left alone
+        ("Restart Ngnix now.", "Restart Nginx now."),
         ("Play some music.", "Play some music."),  # sounds a little like Mosquitto; spelled nothing like it
-        ("Logs go to graph Anna.", "Logs go to Grafana."),
+        ("Logs go to Graffana.", "Logs go to Grafana."),
+        ("Logs go to graph Anna.", "Logs go to graph Anna."),  # ordinary words: what was said
         ("张小梅来了", "张晓梅来了"),
         ("我们张小明来了", "我们张小明来了"),  # another name, not a near miss
         ("黎明时分出发", "黎明时分出发"),  # dawn, not 李明: the tones differ

@@ -7,7 +7,7 @@ one to three words (rapidfuzz's normalized Indel similarity); Chinese compares t
 tones (pypinyin) of every run of as many characters as the hotword: homophones, or one
 syllable a letter off. A run is rewritten only
 when its similarity reaches ``threshold``, it is not the hotword already, and, for English,
-it is not a common word on its own, so ordinary sentences stay as they are.
+one of its words is rare (wordfreq), so ordinary sentences stay as they are.
 """
 
 from __future__ import annotations
@@ -23,13 +23,26 @@ DEFAULT_THRESHOLD = 0.8
 SPELLING_FLOOR = 0.55
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
-# Words too common to be a misheard name, whatever they sound like.
-_COMMON = set(
-    "the a an and or but so to of in on at for with from by is are was were be it this that these those "
-    "i you he she we they me him her us them my your our their its not no yes do did does have has had "
-    "can could will would should may might must shall about into over under after before then than "
-    "there here what which who when where why how all any some more most much many very just only also".split()
-)
+# A run of words is a candidate only if one of its words is rare (Zipf frequency below this,
+# from wordfreq): a misheard name leaves an odd word behind ("Netties"), while a sentence of
+# ordinary words ("the room sure", "one thousand") is what was said.
+RARE_ZIPF = 3.5
+# Words this frequent (the, on, to, and) never begin or end a multi-word run.
+FUNCTION_ZIPF = 5.5
+
+
+@lru_cache(maxsize=65536)
+def _common(word: str) -> bool:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, "en") >= RARE_ZIPF
+
+
+@lru_cache(maxsize=65536)
+def _function_word(word: str) -> bool:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, "en") >= FUNCTION_ZIPF
 
 
 def sound_key(word: str) -> str:
@@ -80,11 +93,11 @@ class HotwordCorrector:
             for i in range(len(spans) - size + 1):
                 start, end = spans[i][0], spans[i + size - 1][1]
                 run = text[start:end]
-                words = run.lower().split()
-                if run.lower() == hotword.lower() or (size == 1 and words[0] in _COMMON):
-                    continue
-                if any(w in _COMMON for w in words) and size > len(target):
-                    continue
+                words = _WORD.findall(run.lower())
+                if hotword.lower() in run.lower() or all(_common(w) for w in words):
+                    continue  # already there ("lives in PostgreSQL" is not a miss), or ordinary words
+                if size > 1 and (_function_word(words[0]) or _function_word(words[-1])):
+                    continue  # "on Cooper Netties": the run starts at the name, not before it
                 run_letters = re.sub(r"[^a-z]", "", run.lower())
                 if run_letters in _inflections(letters):
                     continue  # "matters" is not a miss of the hotword "Matter"

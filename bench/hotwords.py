@@ -3,7 +3,8 @@
     python bench/hotwords.py
 
 Recall: espeak-ng speaks sentences with a rare name or term in them; we count the outputs
-that contain it, with no hotwords, with the hotword in the prompt only, with the prompt and
+that contain it (and the word error rate of the whole sentences), with no hotwords, with
+the hotword in the prompt only, with the prompt and
 the logit boost (recognizer.hotword_weight), and with the text stage's correction on top.
 False changes: the text stage's correction, given the whole hotword list, over ordinary text
 (the espeak sentences and every transcript in ../shared/data/speech, English and Chinese):
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results
 from pipeline.recognize import latin_script
 from pipeline.text.processor import TextProcessor, TextSettings
-from tests.helpers import SENTENCES, SHARED, speak
+from tests.helpers import SENTENCES, SHARED, normalize, speak
 
 CASES = [
     ("Kubernetes", "We run the service on Kubernetes."), ("Okonkwo", "Send the report to Okonkwo today."),
@@ -56,6 +57,12 @@ def main() -> None:
             100 * sum(h.lower() in o.lower() for (h, _), o in zip(CASES, outputs, strict=True)) / len(CASES), 1
         )
 
+    def wer(outputs: list[str]) -> float:
+        import jiwer
+
+        refs = [normalize(sentence) for _, sentence in CASES]
+        return round(100 * jiwer.wer(refs, [normalize(o) or "-" for o in outputs]), 1)
+
     plain = [r.text for r in boosted.recognize(audios)]
     # As the recognize stage builds it: an English-only model gets the Latin-script hotwords.
     prompt = ", ".join(w for w in hotwords if latin_script(w))
@@ -67,17 +74,14 @@ def main() -> None:
         w: [r.text for r in rec.recognize(audios, prompts=prompts, hotwords=[hotwords] * len(audios))]
         for w, rec in weights.items()
     }
-    rows: list[dict[str, Any]] = [
-        {"set": "recall: no hotwords", "cases": len(CASES), "pct": recall(plain)},
-        {"set": "recall: prompt only", "cases": len(CASES), "pct": recall(with_prompt)},
-        *({"set": f"recall: prompt + boost {w}", "cases": len(CASES), "pct": recall(o)} for w, o in by_weight.items()),
-        {
-            "set": f"recall: prompt + boost {boosted.options.hotword_weight} (default)",
-            "cases": len(CASES),
-            "pct": recall(with_boost),
-        },
-        {"set": "recall: prompt + boost + correction", "cases": len(CASES), "pct": recall(corrected)},
-    ]
+
+    def row(name: str, outputs: list[str]) -> dict[str, Any]:
+        return {"set": name, "cases": len(CASES), "pct": recall(outputs), "sentence_wer_pct": wer(outputs)}
+
+    rows: list[dict[str, Any]] = [row("recall: no hotwords", plain), row("recall: prompt only", with_prompt)]
+    rows += [row(f"recall: prompt + boost {w}", o) for w, o in by_weight.items()]
+    rows.append(row(f"recall: prompt + boost {boosted.options.hotword_weight} (default)", with_boost))
+    rows.append(row("recall: prompt + boost + correction", corrected))
 
     ordinary: list[tuple[str, str]] = [(s, "en") for s in SENTENCES]
     manifest = SHARED / "data" / "speech" / "manifest.jsonl"

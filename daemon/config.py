@@ -168,6 +168,9 @@ class StitchSettingsSection(Section):
     enabled: bool = Field(True, description="Join pieces of one sentence that a pause split.")
     max_gap_ms: int = Field(2000, ge=0, le=10000, description="Never join across a longer silence.")
     max_hold_ms: int = Field(5000, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
+    complete_wait_ms: int = Field(
+        800, ge=0, le=10000, description="How long a piece that looks complete waits for new speech."
+    )
 
     @model_validator(mode="after")
     def _hold_covers_gap(self) -> StitchSettingsSection:
@@ -176,7 +179,7 @@ class StitchSettingsSection(Section):
         return self
 
     def settings(self) -> StitchSettings:
-        return StitchSettings(self.enabled, self.max_gap_ms, self.max_hold_ms)
+        return StitchSettings(self.enabled, self.max_gap_ms, self.max_hold_ms, self.complete_wait_ms)
 
 
 class FileSourceSettings(Section):

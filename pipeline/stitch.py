@@ -13,7 +13,8 @@ piece from the same room to it when they read as one sentence:
 - the pause: a short one favours joining, a long one counts against it.
 
 A held piece is released as soon as it can no longer be continued: ``max_gap_ms`` after it
-was cut with no new speech in its room. The joined text drops the spurious full stop and
+was cut with no new speech in its room, or ``complete_wait_ms`` when it looks complete (a
+final mark, no dangling word), so a finished command is barely delayed. The joined text drops the spurious full stop and
 uses the language's joiner (a space, or nothing for Chinese and Japanese); ``parts`` and the
 pieces' raw texts go with it.
 """
@@ -111,6 +112,18 @@ def join_score(first: str, second: str, gap_s: float, language: str) -> float:
     return score
 
 
+def looks_complete(text: str, language: str) -> bool:
+    """Ends with a final mark (not an ellipsis) and no dangling word: only a next piece that
+    itself starts like a continuation could still join it."""
+    text = text.strip()
+    if not text.endswith(FINAL_STRONG + FINAL_WEAK) or text.endswith(("...", "…")):
+        return False
+    body = text.rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
+    if _base(language) in NO_SPACE_LANGUAGES:
+        return not body.endswith(ZH_DANGLING)
+    return _last_word(body).lower() not in EN_DANGLING
+
+
 def join_texts(first: str, second: str, language: str) -> str:
     """One sentence from two pieces: the first piece's spurious full stop goes, the second's
     capital goes when its first word is a function word, and the language's joiner goes between."""
@@ -151,6 +164,9 @@ class StitchSettings:
     enabled: bool = True
     max_gap_ms: int = 2000
     max_hold_ms: int = 5000
+    # A piece that looks complete waits only this long after its cut for new speech, so a
+    # finished command is not delayed by the whole max_gap_ms.
+    complete_wait_ms: int = 800
 
 
 @dataclass
@@ -232,7 +248,9 @@ class StitchStage:
         """When ``held`` must go: max_hold after it arrived, or max_gap after its cut when
         no new speech started in the room in that time."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
-        gap_until = held.transcript.utterance.decided_at + self.settings.max_gap_ms / 1000
+        t = held.transcript
+        wait_ms = self.settings.complete_wait_ms if looks_complete(t.text, t.language) else self.settings.max_gap_ms
+        gap_until = t.utterance.decided_at + min(wait_ms, self.settings.max_gap_ms) / 1000
         started = self.speech_started_at(room)
         if started is not None and held.transcript.utterance.decided_at - 0.5 <= started <= gap_until:
             return hold_until  # someone is speaking again: wait for that piece

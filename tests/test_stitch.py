@@ -115,26 +115,27 @@ def test_no_join_across_max_gap_even_when_it_reads_as_one() -> None:
     assert s.held["kitchen"].transcript.text == "kitchen lights."
 
 
-def test_a_complete_sentence_goes_after_max_gap_when_nobody_speaks() -> None:
+def test_nobody_speaks_a_complete_sentence_goes_soon_an_unfinished_one_after_max_gap() -> None:
     clock = Clock()
-    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000)
+    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
 
-    async def go() -> None:
+    async def go() -> list[list[str]]:
+        seen = []
         clock.now = 3.0
-        await s.accept(piece("Turn off the lights.", 1.0, 2.5))  # decided at 2.5
-        clock.now = 4.4
-        await s._release_due()
-        assert drain(s) == []
-        clock.now = 4.5
-        await s._release_due()
+        await s.accept(piece("Turn off the lights.", 1.0, 2.5, room="kitchen"))  # decided at 2.5
+        await s.accept(piece("Please turn on the", 1.0, 2.5, room="hall"))
+        for now in (3.2, 3.3, 4.4, 4.5):
+            clock.now = now
+            await s._release_due()
+            seen.append([t.text for t in drain(s)])
+        return seen
 
-    asyncio.run(go())
-    assert [t.text for t in drain(s)] == ["Turn off the lights."]
+    assert asyncio.run(go()) == [[], ["Turn off the lights."], [], ["Please turn on the"]]
 
 
 def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
     clock = Clock()
-    s = stage(clock, {"kitchen": 3.0}, max_gap_ms=2000, max_hold_ms=5000)
+    s = stage(clock, {"kitchen": 3.0}, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
 
     async def go() -> None:
         clock.now = 3.0

@@ -216,7 +216,6 @@ class WhisperRecognizer(Recognizer):
         """Release cached device memory (after an out-of-memory error, when idle, on command)."""
         release_cached_memory(self.device)
 
-    @torch.inference_mode()
     def _hotword_tokens(self, words: tuple[str, ...]) -> list[HotwordTokens]:
         """Each hotword as tokens, in the forms it takes mid-sentence and at the start, with
         how many tokens must be there before its continuation is boosted. An English-only
@@ -240,6 +239,7 @@ class WhisperRecognizer(Recognizer):
                 self._hotword_cache.pop(next(iter(self._hotword_cache)))
         return self._hotword_cache[words]
 
+    @torch.inference_mode()
     def _recognize_batch(
         self, audios: list[np.ndarray], language: str | None, prompts: list[str], hotwords: list[list[HotwordTokens]]
     ) -> list[Recognition]:

@@ -82,3 +82,18 @@ def test_recorded_english_clips(recognizer) -> None:  # type: ignore[no-untyped-
     refs = [str(c["text"]) for c in clips]
     assert len(clips) >= 30
     assert wer(refs, hyps) <= RECORDED_WER_BOUND
+
+
+def test_recognition_builds_no_autograd_graph(recognizer) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    seen: list[bool] = []
+    hook = recognizer.model.encoder.register_forward_hook(
+        lambda _m, _i, out: seen.append(torch.is_inference_mode_enabled() and not out.requires_grad)
+    )
+    try:
+        recognizer.recognize([np.zeros(16000, dtype=np.float32)])
+    finally:
+        hook.remove()
+    assert seen == [True]
+    assert not any(p.requires_grad for p in recognizer.model.parameters())

@@ -11,18 +11,20 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
 
 from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
+from daemon.control import Controller
 from daemon.mqtt import Publisher
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
@@ -163,12 +165,69 @@ class App:
             speech_started_at=lambda name: by_name[name].counters.speech_started_at if name in by_name else None,
             rooms_enabled={r.name: r.stitch for r in config.rooms},
         )
+        self.rooms_by_name = by_name
+        self.global_hotwords: tuple[str, ...] = tuple(config.recognizer.hotwords)
+        self.room_hotwords: dict[str, tuple[str, ...]] = {r.name: tuple(r.hotwords) for r in config.rooms}
+        self.recognizer: Recognizer | None = None
+        self.recognize: RecognizeStage | None = None
+        self.control = Controller(self)
+        self.publisher.on_command = self.control.on_message
         self._signals = 0
 
     def hotwords(self, room: str) -> tuple[str, ...]:
-        """The global hotwords and the room's, once each (for decoding and for correction)."""
-        rooms = {r.name: r.hotwords for r in self.config.rooms}
-        return tuple(dict.fromkeys((*self.config.recognizer.hotwords, *rooms.get(room, []))))
+        """The global hotwords and the room's, once each (for decoding and for correction);
+        both can be replaced at run time by the ``hotwords`` command."""
+        return tuple(dict.fromkeys((*self.global_hotwords, *self.room_hotwords.get(room, ()))))
+
+    def publish_state(self, room: Room) -> None:
+        """``<prefix>/<room>/state``, retained: whether the room listens and is paused."""
+        state = {"listening": not room.paused and room.counters.state != "idle", "paused": room.paused}
+        self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True)
+
+    async def release_model_memory(self) -> None:
+        if self.recognizer is not None:
+            await asyncio.get_running_loop().run_in_executor(self.model_executor, self.recognizer.release_memory)
+
+    def status(self) -> dict[str, Any]:
+        """What the ``status`` command reports."""
+        r = self.recognizer
+        return {
+            "model": r.name if r else None,
+            "device": r.device if r else None,
+            "dtype": r.dtype if r else None,
+            "queues": {
+                "utterances": self.utterances.qsize(),
+                "recognized": self.recognized.qsize(),
+                "text": self.texts.qsize(),
+                "publish": self.transcripts.qsize(),
+                "mqtt_pending": len(self.publisher.pending),
+            },
+            "rooms": {
+                room.name: {**dataclasses.asdict(room.counters), "paused": room.paused, "language": room.language}
+                for room in self.rooms
+            },
+            "recognize": (
+                {k: v for k, v in dataclasses.asdict(self.recognize.counters).items() if k != "batch_sizes"}
+                if self.recognize
+                else None
+            ),
+            "published": self.publisher.counters.published,
+            "dropped": self.publisher.counters.dropped,
+            "stitched": self.stitch.joined,
+            "hotwords": {
+                "global": list(self.global_hotwords),
+                "rooms": {name: list(words) for name, words in self.room_hotwords.items()},
+            },
+            "commands": {"handled": self.control.handled, "refused": self.control.rejected},
+        }
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(getattr(self.recognizer, "multilingual", False))
+
+    @property
+    def model_name(self) -> str:
+        return self.recognizer.name if self.recognizer else self.config.recognizer.model
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -199,7 +258,8 @@ class App:
             dtype=recognizer.dtype,
             load_s=round(time.monotonic() - started, 2),
         )
-        recognize = RecognizeStage(
+        self.recognizer = recognizer
+        recognize = self.recognize = RecognizeStage(
             recognizer,
             self.model_executor,
             self.utterances,
@@ -207,7 +267,10 @@ class App:
             recognize_settings(self.config),
             room_contexts(self.config),
             on_partial=self._publish_partial,
+            hotwords_for=self.hotwords,
         )
+        for room in self.rooms:
+            self.publish_state(room)
         try:
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(self.publisher.run(), name="mqtt")

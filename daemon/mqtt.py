@@ -14,6 +14,7 @@ import random
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ class Publisher:
         self._closing = False
         self._done = asyncio.Event()
         self._password = read_password(settings)
+        # Called with (topic, payload) for each command on <prefix>/set and <prefix>/<room>/set.
+        self.on_command: Callable[[str, bytes], None] | None = None
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
 
     def topic(self, *parts: str) -> str:
@@ -132,6 +135,9 @@ class Publisher:
                     attempt = 0
                     self.counters.connects += 1
                     await client.publish(self.status_topic, "online", qos=1, retain=True)
+                    if self.on_command is not None:
+                        await client.subscribe(self.topic("set"), qos=1)
+                        await client.subscribe(self.topic("+", "set"), qos=1)
                     self.connected.set()
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
                     await self._session(client)
@@ -172,8 +178,15 @@ class Publisher:
     async def _watch(self, client: aiomqtt.Client) -> None:
         # Iterating the message stream raises MqttError as soon as the connection drops,
         # even while nothing is being published; that ends the session's task group.
-        async for _message in client.messages:
-            pass
+        async for message in client.messages:
+            if self.on_command is None:
+                continue
+            raw = message.payload
+            payload = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
+            try:
+                self.on_command(str(message.topic), bytes(payload))
+            except Exception:  # a command must never take the connection (or the daemon) down
+                self.log.exception("command handler failed", topic=str(message.topic))
 
     async def _send_all(self, client: aiomqtt.Client) -> None:
         while True:

@@ -70,6 +70,7 @@ class RecognizeStage:
         settings: RecognizeSettings | None = None,
         rooms: dict[str, RoomContext] | None = None,
         on_partial: Callable[[Utterance, Recognition], None] | None = None,
+        hotwords_for: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.executor = executor
@@ -78,6 +79,7 @@ class RecognizeStage:
         self.settings = settings or RecognizeSettings()
         self.rooms = rooms or {}
         self.on_partial = on_partial
+        self.hotwords_for = hotwords_for  # overrides settings and rooms (hotwords set at run time)
         self.counters = RecognizeCounters()
         self.log = structlog.get_logger()
         self._waiting: list[Utterance] = []
@@ -172,8 +174,11 @@ class RecognizeStage:
     def hotwords(self, room: str) -> tuple[str, ...]:
         """The global hotwords and the room's, once each; for an English-only model only
         those in Latin script (Chinese hotwords in its prompt made it write Chinese)."""
-        context = self.rooms.get(room, RoomContext())
-        words = tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
+        if self.hotwords_for is not None:
+            words = tuple(self.hotwords_for(room))
+        else:
+            context = self.rooms.get(room, RoomContext())
+            words = tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
         if getattr(self.recognizer, "multilingual", True):
             return words
         return tuple(w for w in words if latin_script(w))

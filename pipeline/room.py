@@ -28,7 +28,7 @@ class RoomCounters:
     utterances: int = 0
     discarded_short: int = 0
     errors: int = 0
-    state: str = "starting"  # starting | listening | speaking | idle | failed
+    state: str = "starting"  # starting | listening | speaking | paused | idle | failed
     last_error: str | None = None
     speech_started_at: float | None = None  # time.monotonic() when the current speech began
     partials_skipped: int = 0
@@ -70,6 +70,7 @@ class Room:
         self.partial_interval = partial_interval_ms * SAMPLE_RATE // 1000
         self._partial_at = 0
         self._partial_start = -1
+        self.paused = False
         self.counters = RoomCounters()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
@@ -133,10 +134,17 @@ class Room:
                 return
             if wall0 is None:
                 wall0 = item.wall - item.offset / SAMPLE_RATE
-            segments = await loop.run_in_executor(self.vad_executor, assembler.push, item.samples)
+            # Paused: the VAD hears silence, so speech in progress ends as usual and stream
+            # offsets (and so wall times) stay right; the audio itself is not used.
+            samples = np.zeros_like(item.samples) if self.paused else item.samples
+            segments = await loop.run_in_executor(self.vad_executor, assembler.push, samples)
             await self._emit(segments, wall0)
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)
+            if self.paused:
+                self.counters.state = "paused"
+            elif self.counters.state == "paused":
+                self.counters.state = "listening"
             if assembler.in_speech and self.counters.state != "speaking":
                 self.counters.state = "speaking"
                 self.counters.speech_started_at = time.monotonic()

@@ -322,3 +322,16 @@ reconnect_max_s = 2.0
 """
     )
     return path
+
+
+SCHEMAS = REPO / "docs" / "schemas"
+
+
+def check_schema(name: str, payload: object) -> None:
+    """Validate ``payload`` against docs/schemas/<name>.schema.json (the documented contract)."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(payload, schema)

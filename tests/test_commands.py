@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from daemon.commands import MAX_COMMAND_BYTES, CommandError, Hotwords, Language, Status, parse
-from tests.helpers import Daemon, Mosquitto, Subscriber, speech_with_pauses, write_config
+from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, speech_with_pauses, write_config
 
 
 def test_valid_commands_parse() -> None:
@@ -48,6 +48,38 @@ def test_bad_commands_give_a_clear_error(payload: bytes, message: str) -> None:
         assert message == "", "accepted"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"command": "status"},
+        {"command": "pause", "transaction": "t"},
+        {"command": "hotwords", "words": ["Kubernetes", "张晓梅"]},
+        {"command": "language", "language": None},
+        {"command": "language", "language": "zh"},
+        {"command": "dance"},
+        {"command": "hotwords"},
+        {"command": "hotwords", "words": "Kubernetes"},
+        {"command": "pause", "words": ["x"]},
+        {"command": "status", "extra": 1},
+        {"command": "language", "language": "English"},
+    ],
+)
+def test_the_command_schema_and_the_parser_agree(payload: dict[str, object]) -> None:
+    import jsonschema
+
+    try:
+        check_schema("command", payload)
+        documented = True
+    except jsonschema.ValidationError:
+        documented = False
+    try:
+        parse(json.dumps(payload).encode())
+        accepted = True
+    except CommandError:
+        accepted = False
+    assert documented == accepted
+
+
 @pytest.mark.slow
 def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) -> None:
     audio, _ = speech_with_pauses(["Please turn on the kitchen lights."], pause_s=1.5)
@@ -66,6 +98,7 @@ def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) ->
             for p in sub.payloads("/response"):
                 answer = json.loads(p)
                 if answer.get("transaction") == transaction:
+                    check_schema("response", answer)
                     return answer  # type: ignore[no-any-return]
             time.sleep(0.05)
         raise TimeoutError(transaction)
@@ -73,6 +106,7 @@ def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) ->
     try:
         sub.wait_for("/kitchen/utterance", 1, timeout_s=120)
         state = json.loads(sub.wait_for("/kitchen/state", 1, timeout_s=10)[-1])
+        check_schema("state", state)
         assert state == {"listening": True, "paused": False}
 
         status = ask("set", b'{"command": "status", "transaction": "s1"}', "s1")

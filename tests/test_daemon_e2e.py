@@ -16,6 +16,7 @@ from tests.helpers import (
     Mosquitto,
     Spoken,
     Subscriber,
+    check_schema,
     free_port,
     normalize,
     speech_with_pauses,
@@ -46,6 +47,7 @@ def check_utterances(payloads: list[bytes], spoken: list[Spoken], room: str = "k
     assert len({r["id"] for r in records}) == len(records)
     assert wer([s.text for s in spoken], [str(r["text"]) for r in records]) <= WER_BOUND
     for record in records:
+        check_schema("utterance", record)
         assert record["room"] == room
         assert set(record) >= {"id", "text", "raw_text", "language", "start", "end", "duration_s"}
         assert set(record) >= {"confidence", "latency_ms", "model", "parts"}
@@ -212,6 +214,8 @@ def test_partials_arrive_while_speaking_and_their_stable_text_never_shrinks(tmp_
         assert final["duration_s"] > 8
         order = [(t.rsplit("/", 1)[-1], json.loads(p)) for t, p, _ in sub.messages if "/kitchen/" in t]
         partials = [m for kind, m in order if kind == "partial"]
+        for m in partials:
+            check_schema("partial", m)
         first_final = next(i for i, (kind, _) in enumerate(order) if kind == "utterance")
         assert len([m for kind, m in order[:first_final] if kind == "partial"]) >= 4
         assert all(m["id"] == final["id"] and m["final"] is False for m in partials)

@@ -26,6 +26,7 @@ import structlog
 from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
 from daemon.control import Controller
 from daemon.mqtt import Publisher
+from daemon.outbox import Outbox
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
@@ -139,7 +140,11 @@ class App:
         self.text = TextStage(
             TextProcessor(config.text.settings(config_path)), self.recognized, self.texts, hotwords=self.hotwords
         )
-        self.publisher = Publisher(config.mqtt)
+        m = config.mqtt
+        outbox = Outbox(
+            config.daemon.state_path(config_path) / "outbox.sqlite3", m.outbox_max_entries, m.outbox_max_age_s
+        )
+        self.publisher = Publisher(config.mqtt, outbox, config_path)
         prefix = run_id()
         self.rooms = [
             Room(
@@ -248,6 +253,9 @@ class App:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        restored = self.publisher.restore()
+        if restored:
+            self.log.warning("outbox: publishing utterances from before this start", count=restored)
         self.log.info("loading model", model=self.config.recognizer.model)
         started = time.monotonic()
         recognizer = await loop.run_in_executor(self.model_executor, load_recognizer_in_thread, self.config)

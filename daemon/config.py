@@ -40,6 +40,16 @@ class DaemonSettings(Section):
     drain_timeout_s: float = Field(
         20.0, gt=0, le=600, description="On SIGTERM, how long to finish and publish what was already cut."
     )
+    state_dir: str = Field(
+        "", description="Where the outbox lives; empty: $STATE_DIRECTORY (systemd), else ./state by the config."
+    )
+
+    def state_path(self, config_path: Path) -> Path:
+        if self.state_dir:
+            return resolve_path(self.state_dir, config_path)
+        if env := os.environ.get("STATE_DIRECTORY"):
+            return Path(env.split(":")[0])
+        return config_path.parent / "state"
 
 
 class MqttSettings(Section):
@@ -51,17 +61,28 @@ class MqttSettings(Section):
     password_file: str = Field(
         "", description="File holding the password; a bare name is looked up in $CREDENTIALS_DIRECTORY."
     )
+    tls: bool = Field(False, description="Connect over TLS (port 8883 usually); the server's name is verified.")
+    ca_file: str = Field("", description="CA bundle for the broker's certificate; empty: the system's CAs.")
+    cert_file: str = Field("", description="Client certificate (PEM) for brokers that require one.")
+    key_file: str = Field("", description="Its private key; a bare name is looked up in $CREDENTIALS_DIRECTORY.")
+    tls_insecure: bool = Field(False, description="Skip verifying the broker's host name (testing only).")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to the max.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
     max_pending: int = Field(
         10000, ge=1, description="Utterances held in memory while the broker is away; oldest dropped past this."
     )
+    outbox_max_entries: int = Field(100_000, ge=1, description="Unacknowledged utterances kept on disk at most.")
+    outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Older unacknowledged utterances are dropped.")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file/cert_file/key_file need tls = true")
         return self
 
 
@@ -322,6 +343,10 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             file = resolve_path(room.source.path, path)
             if not file.is_file():
                 problems.append(f"rooms[{i}].source.path = {room.source.path!r}: no such file ({file})")
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value = getattr(config.mqtt, key)
+        if value and not credential_path(value, path).is_file():
+            problems.append(f"mqtt.{key} = {value!r}: no such file ({credential_path(value, path)})")
     if config.text.dictionary:
         try:
             Dictionary(resolve_path(config.text.dictionary, path))
@@ -345,6 +370,18 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     return parse_config(data, path)
+
+
+def credential_path(value: str, config_path: Path) -> Path:
+    """A secret's file: absolute; or a bare name in $CREDENTIALS_DIRECTORY (systemd
+    LoadCredential=) when it is there; else relative to the config file's folder."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / candidate).is_file():
+        return Path(cred_dir) / candidate
+    return config_path.parent / candidate
 
 
 def resolve_path(value: str, config_path: Path) -> Path:

@@ -8,10 +8,11 @@ or goes away loses nothing; they are published in order once it is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import random
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from daemon.config import MqttSettings
+from daemon.config import MqttSettings, credential_path
+from daemon.outbox import Outbox
 
 PUBLISH_TIMEOUT_S = 10.0
 
@@ -37,6 +39,8 @@ class Outgoing:
     room: str | None = None
     decided_at: float | None = None  # monotonic time the VAD cut the utterance
     queued_at: float = field(default_factory=time.monotonic)
+    seq: int | None = None  # its row in the durable outbox
+    delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
 
 
 @dataclass
@@ -48,15 +52,26 @@ class PublisherCounters:
     connect_failures: int = 0
 
 
-def read_password(settings: MqttSettings) -> str | None:
-    """The password from its file; a bare file name is looked up in $CREDENTIALS_DIRECTORY."""
+def read_password(settings: MqttSettings, config_path: Path) -> str | None:
+    """The password from its file (first line); never logged."""
     if not settings.password_file:
         return None
-    path = Path(settings.password_file)
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and cred_dir and (Path(cred_dir) / path).is_file():
-        path = Path(cred_dir) / path
-    return path.read_text(encoding="utf-8").strip()
+    return credential_path(settings.password_file, config_path).read_text(encoding="utf-8").strip()
+
+
+def tls_context(settings: MqttSettings, config_path: Path) -> ssl.SSLContext | None:
+    """TLS with the broker's certificate and host name verified (unless tls_insecure)."""
+    if not settings.tls:
+        return None
+    ca = credential_path(settings.ca_file, config_path) if settings.ca_file else None
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if settings.cert_file:
+        context.load_cert_chain(
+            str(credential_path(settings.cert_file, config_path)), str(credential_path(settings.key_file, config_path))
+        )
+    if settings.tls_insecure:
+        context.check_hostname = False
+    return context
 
 
 def backoff_delay(attempt: int, low: float, high: float) -> float:
@@ -65,8 +80,22 @@ def backoff_delay(attempt: int, low: float, high: float) -> float:
     return random.uniform(low, max(low, cap))
 
 
+def with_delayed_flag(payload: str) -> str:
+    """The JSON payload with ``"delayed": true`` added (unchanged if it is not a JSON object)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(data, dict):
+        return payload
+    data["delayed"] = True
+    return json.dumps(data, ensure_ascii=False)
+
+
 class Publisher:
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(self, settings: MqttSettings, outbox: Outbox | None = None, config_path: Path | None = None) -> None:
+        self.outbox = outbox
+        config_path = config_path or Path.cwd() / "config.toml"
         self.settings = settings
         self.prefix = settings.prefix.rstrip("/")
         self.status_topic = f"{self.prefix}/status"
@@ -76,11 +105,32 @@ class Publisher:
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._closing = False
+        self._closing_event = asyncio.Event()
         self._done = asyncio.Event()
-        self._password = read_password(settings)
+        self._password = read_password(settings, config_path)
+        self._tls = tls_context(settings, config_path)
         # Called with (topic, payload) for each command on <prefix>/set and <prefix>/<room>/set.
         self.on_command: Callable[[str, bytes], None] | None = None
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
+
+    def restore(self) -> int:
+        """Queue what the outbox still holds from before this start, oldest first, flagged delayed."""
+        if self.outbox is None:
+            return 0
+        stored = self.outbox.pending()
+        for row in stored:
+            self.pending.append(
+                Outgoing(
+                    row.topic,
+                    row.payload,
+                    qos=1,
+                    utterance_id=row.utterance_id,
+                    room=row.room,
+                    seq=row.seq,
+                    delayed=True,
+                )
+            )
+        return len(stored)
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -91,8 +141,16 @@ class Publisher:
         if message.qos == 0 and not self.connected.is_set():
             self.counters.skipped += 1
             return
+        if not self.connected.is_set():
+            message.delayed = True
+        if self.outbox is not None and message.utterance_id is not None and message.seq is None:
+            # On disk before it is sent: a crash from here on loses nothing.
+            message.seq = self.outbox.add(message.topic, message.payload, message.utterance_id, message.room)
+            self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
         if len(self.pending) >= self.settings.max_pending:
             lost = self.pending.popleft()
+            if self.outbox is not None and lost.seq is not None:
+                self.outbox.remove(lost.seq)
             self.counters.dropped += 1
             self.log.error(
                 "publish queue full: oldest message dropped",
@@ -108,10 +166,20 @@ class Publisher:
         self.submit(Outgoing(topic, json.dumps(payload, ensure_ascii=False), **kwargs))
 
     async def finish(self) -> None:
-        """Publish everything pending, then ``stopped``, then disconnect. Await with a timeout."""
+        """Publish everything pending, then ``stopped``, then disconnect. Await with a timeout.
+        Without a broker there is nothing to wait for: the utterances stay in the outbox."""
         self._closing = True
+        self._closing_event.set()
         self._wake.set()
+        if not self.connected.is_set():
+            self._give_up()
         await self._done.wait()
+
+    def _give_up(self) -> None:
+        if not self._done.is_set():
+            kept = len(self.outbox) if self.outbox is not None else 0
+            self.log.warning("broker unreachable at shutdown", kept_in_outbox=kept, lost_other=len(self.pending) - kept)
+            self._done.set()
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
@@ -124,6 +192,7 @@ class Publisher:
             keepalive=s.keepalive_s,
             will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
             timeout=PUBLISH_TIMEOUT_S,
+            tls_context=self._tls,
         )
 
     async def run(self) -> None:
@@ -144,9 +213,11 @@ class Publisher:
                     self._done.set()
                     self.log.info("mqtt disconnected cleanly", status="stopped")
                     return
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS refused (ssl.SSLError), no route
                 was_connected = self.connected.is_set()
                 self.connected.clear()
+                for waiting in self.pending:
+                    waiting.delayed = True
                 self.counters.connect_failures += 1
                 delay = backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
                 attempt += 1
@@ -157,7 +228,14 @@ class Publisher:
                     retry_in_s=round(delay, 2),
                     pending=len(self.pending),
                 )
-                await asyncio.sleep(delay)
+                if self._closing:
+                    self._give_up()
+                    return
+                with contextlib.suppress(TimeoutError):  # a shutdown ends the wait at once
+                    await asyncio.wait_for(self._closing_event.wait(), delay)
+                if self._closing:
+                    self._give_up()
+                    return
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Send until closing; a dropped connection (seen by the watcher) ends it with MqttError."""
@@ -192,10 +270,13 @@ class Publisher:
         while True:
             while self.pending:
                 item = self.pending[0]
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-                # Acknowledged (PUBACK for QoS 1): only now does it leave the queue.
+                payload = with_delayed_flag(item.payload) if item.delayed and item.utterance_id else item.payload
+                await client.publish(item.topic, payload, qos=item.qos, retain=item.retain)
+                # Acknowledged (PUBACK for QoS 1): only now does it leave the queue and the outbox.
                 if self.pending and self.pending[0] is item:
                     self.pending.popleft()
+                if self.outbox is not None and item.seq is not None:
+                    self.outbox.remove(item.seq)
                 self.counters.published += 1
                 if item.utterance_id is not None:
                     now = time.monotonic()
@@ -205,6 +286,7 @@ class Publisher:
                         utterance_id=item.utterance_id,
                         topic=item.topic,
                         end_to_ack_ms=round((now - (item.decided_at or now)) * 1000, 1),
+                        delayed=item.delayed,
                         queued_ms=round((now - item.queued_at) * 1000, 1),
                     )
             if self._closing:

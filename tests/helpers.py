@@ -151,7 +151,13 @@ class Mosquitto:
     """A real Mosquitto broker on a loopback port, with persistence so a restart keeps
     subscribers' sessions and their queued QoS 1 messages."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,  # CA, certificate, key
+        password_file: Path | None = None,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (make test installs it)")
@@ -162,7 +168,9 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + (f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n" if tls else "")
+            + (f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n")
+            +
             # Run as whoever runs the tests (as root, mosquitto would switch to its own user
             # and lose access to this folder).
             f"user {getpass.getuser()}\n"
@@ -191,7 +199,15 @@ class Subscriber:
     ``persistent`` keeps its session (and queued QoS 1 messages) across disconnects and
     broker restarts."""
 
-    def __init__(self, port: int, topic: str, client_id: str, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        client_id: str,
+        persistent: bool = False,
+        ca: Path | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         import threading
 
         import paho.mqtt.client as mqtt
@@ -204,6 +220,10 @@ class Subscriber:
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.connected = threading.Event()
         self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
@@ -335,3 +355,52 @@ def check_schema(name: str, payload: object) -> None:
 
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
     jsonschema.validate(payload, schema)
+
+
+def make_certificates(folder: Path, server_name: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``server_name`` (DNS or IP), with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    kind = "IP" if server_name.replace(".", "").isdigit() else "DNS"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={server_name}"
+    )
+    extensions = folder / "san.ext"
+    extensions.write_text(f"subjectAltName={kind}:{server_name}\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(extensions),
+    )
+    return ca, cert, key

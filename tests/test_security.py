@@ -1,0 +1,80 @@
+"""MQTT over TLS with a password: connects, verifies the broker's name, never logs the secret."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tests.helpers import Daemon, Mosquitto, Subscriber, make_certificates, speech_with_pauses, write_config
+
+pytestmark = pytest.mark.slow
+SECRET = "s3cret-Pa55-" + uuid.uuid4().hex[:8]
+
+
+def tls_setup(tmp_path: Path, server_name: str) -> tuple[Mosquitto, Path]:
+    ca, cert, key = make_certificates(tmp_path / f"tls-{server_name}", server_name)
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "roomscribe", SECRET], check=True)
+    server = Mosquitto(tmp_path / f"broker-{server_name}", tls=(ca, cert, key), password_file=passwords)
+    server.start()
+    (tmp_path / "mqtt-password").write_text(SECRET + "\n")
+    return server, ca
+
+
+def mqtt_extra(ca: Path, insecure: bool = False) -> str:
+    return (
+        f'tls = true\nca_file = "{ca}"\nusername = "roomscribe"\npassword_file = "mqtt-password"\n'
+        f"tls_insecure = {str(insecure).lower()}\n"
+    )
+
+
+def test_tls_and_password(tmp_path: Path) -> None:
+    server, ca = tls_setup(tmp_path, "127.0.0.1")
+    audio, _ = speech_with_pauses(["Please turn on the kitchen lights."])
+    sf.write(tmp_path / "room.wav", audio, 16000)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    source = f'{{ type = "file", path = "{tmp_path / "room.wav"}", realtime = false }}'
+    room = f'[[rooms]]\nname = "kitchen"\nsource = {source}\n'
+    config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
+    sub = Subscriber(server.port, f"{prefix}/#", "viewer", ca=ca, login=("roomscribe", SECRET))
+    daemon = Daemon(config)
+    try:
+        assert sub.connected.wait(10)
+        sub.wait_for("/kitchen/utterance", 1, timeout_s=120)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+        server.stop()
+    assert daemon.events("mqtt connected")
+    assert not any(SECRET in line for line in daemon.raw)
+
+
+def test_a_broker_with_another_name_is_refused_unless_told_otherwise(tmp_path: Path) -> None:
+    server, ca = tls_setup(tmp_path, "broker.example")  # we connect to 127.0.0.1: not its name
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, [0.0] * 16000, 16000)
+    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
+    daemon = Daemon(config)
+    try:
+        failure = daemon.wait_log("mqtt connect failed", 1, timeout_s=60)[0]
+        assert "certificate" in str(failure["error"]).lower() or "hostname" in str(failure["error"]).lower()
+        assert not daemon.events("mqtt connected")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca, insecure=True))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("mqtt connected", 1, timeout_s=60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        server.stop()
+    assert not any(SECRET in line for line in daemon.raw)

@@ -157,6 +157,7 @@ class App:
                 id_prefix=f"{r.name}-{prefix}",
                 language=r.language,
                 partial_interval_ms=r.partial_interval_ms if r.partials else 0,
+                on_state=self.publish_state,
             )
             for r in config.rooms
             if r.enabled
@@ -185,9 +186,11 @@ class App:
         return tuple(dict.fromkeys((*self.global_hotwords, *self.room_hotwords.get(room, ()))))
 
     def publish_state(self, room: Room) -> None:
-        """``<prefix>/<room>/state``, retained: whether the room listens and is paused."""
-        state = {"listening": not room.paused and room.counters.state != "idle", "paused": room.paused}
-        self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True)
+        """``<prefix>/<room>/state``, retained: listening, speaking, paused. Only the latest
+        state waits for the broker; older ones not yet sent are replaced."""
+        s = room.counters.state
+        state = {"listening": s in ("listening", "speaking"), "speaking": s == "speaking", "paused": room.paused}
+        self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True, replace=True)
 
     async def release_model_memory(self) -> None:
         if self.recognizer is not None:
@@ -277,8 +280,7 @@ class App:
             on_partial=self._publish_partial,
             hotwords_for=self.hotwords,
         )
-        for room in self.rooms:
-            self.publish_state(room)
+
         try:
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(self.publisher.run(), name="mqtt")

@@ -162,7 +162,10 @@ class Publisher:
         self.pending.append(message)
         self._wake.set()
 
-    def submit_json(self, topic: str, payload: dict[str, Any], **kwargs: Any) -> None:
+    def submit_json(self, topic: str, payload: dict[str, Any], replace: bool = False, **kwargs: Any) -> None:
+        """``replace``: drop messages to the same topic still waiting (a state: only the latest counts)."""
+        if replace:
+            self.pending = deque(m for m in self.pending if m.topic != topic or m.utterance_id is not None)
         self.submit(Outgoing(topic, json.dumps(payload, ensure_ascii=False), **kwargs))
 
     async def finish(self) -> None:

@@ -54,6 +54,7 @@ class Room:
         source_label: str | None = None,
         priority: int = 0,
         partial_interval_ms: int = 0,
+        on_state: Callable[[Room], None] | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -71,6 +72,7 @@ class Room:
         self._partial_at = 0
         self._partial_start = -1
         self.paused = False
+        self.on_state = on_state  # called when the state changes (listening, speaking, paused, idle)
         self.counters = RoomCounters()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
@@ -96,7 +98,7 @@ class Room:
     async def _capture(self, stop: asyncio.Event) -> None:
         framer = Framer()
         wall0 = time.time()
-        self.counters.state = "listening"
+        self._set_state("listening")
         self.log.info("room listening", source=self.source.description)
         reason = "end_of_stream"
         try:
@@ -129,7 +131,7 @@ class Room:
                 segments = assembler.flush(item.reason)
                 await self._emit(segments, wall0 or time.time())
                 self.counters.discarded_short = assembler.discarded
-                self.counters.state = "failed" if item.reason == "error" else "idle"
+                self._set_state("failed" if item.reason == "error" else "idle")
                 self.log.info("room idle", reason=item.reason, utterances=self.counters.utterances)
                 return
             if wall0 is None:
@@ -142,16 +144,21 @@ class Room:
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)
             if self.paused:
-                self.counters.state = "paused"
-            elif self.counters.state == "paused":
-                self.counters.state = "listening"
-            if assembler.in_speech and self.counters.state != "speaking":
-                self.counters.state = "speaking"
-                self.counters.speech_started_at = time.monotonic()
-                self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
-            elif not assembler.in_speech and self.counters.state == "speaking":
-                self.counters.state = "listening"
+                self._set_state("paused")
+            elif assembler.in_speech:
+                if self.counters.state != "speaking":
+                    self.counters.speech_started_at = time.monotonic()
+                    self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
+                self._set_state("speaking")
+            else:
+                self._set_state("listening")
             self.counters.discarded_short = assembler.discarded
+
+    def _set_state(self, state: str) -> None:
+        if state != self.counters.state:
+            self.counters.state = state
+            if self.on_state is not None:
+                self.on_state(self)
 
     def _maybe_partial(self, assembler: UtteranceAssembler, wall0: float) -> None:
         current = assembler.in_progress()

@@ -157,6 +157,8 @@ class Mosquitto:
         port: int | None = None,
         tls: tuple[Path, Path, Path] | None = None,  # CA, certificate, key
         password_file: Path | None = None,
+        require_client_certificate: bool = False,
+        acl_file: Path | None = None,
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -169,6 +171,8 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             + (f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n" if tls else "")
+            + ("require_certificate true\n" if require_client_certificate else "")
+            + (f"acl_file {acl_file}\n" if acl_file else "")
             + (f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n")
             +
             # Run as whoever runs the tests (as root, mosquitto would switch to its own user
@@ -404,3 +408,14 @@ def make_certificates(folder: Path, server_name: str) -> tuple[Path, Path, Path]
         str(extensions),
     )
     return ca, cert, key
+
+
+def make_client_certificate(folder: Path) -> tuple[Path, Path]:
+    """A client certificate signed by the CA that make_certificates left in ``folder``."""
+    key, csr, cert = folder / "client.key", folder / "client.csr", folder / "client.pem"
+    ca, ca_key = str(folder / "ca.pem"), str(folder / "ca.key")
+    request = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=roomscribe"]
+    sign = ["x509", "-req", "-in", str(csr), "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", str(cert)]
+    for args in (request, [*sign, "-days", "2"]):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    return cert, key

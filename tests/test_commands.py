@@ -107,7 +107,10 @@ def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) ->
         sub.wait_for("/kitchen/utterance", 1, timeout_s=120)
         state = json.loads(sub.wait_for("/kitchen/state", 1, timeout_s=10)[-1])
         check_schema("state", state)
-        assert state == {"listening": True, "paused": False}
+        assert state["listening"] is True and state["paused"] is False
+        # The looped sentence makes the room speak and fall silent: each change is published.
+        states = [json.loads(p) for p in sub.payloads("/kitchen/state")]
+        assert {"listening": True, "speaking": True, "paused": False} in states
 
         status = ask("set", b'{"command": "status", "transaction": "s1"}', "s1")
         assert status["status"] == "ok" and status["error"] is None

@@ -149,3 +149,18 @@ def test_text_dictionary_is_checked_with_the_config(tmp_path: Path) -> None:
     assert line.startswith("text.dictionary = 'words.txt':") and "words.txt:2: expected 'wrong => right'" in line
     (tmp_path / "words.txt").write_text("fine => ok\n")
     assert parse_config(tomllib.loads(config), tmp_path / "c.toml").text.dictionary == "words.txt"
+
+
+def test_credentials_come_from_the_credentials_directory_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.config import credential_path
+
+    creds, conf = tmp_path / "creds", tmp_path / "etc"
+    creds.mkdir()
+    conf.mkdir()
+    (creds / "mqtt-password").write_text("x")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert credential_path("mqtt-password", conf / "c.toml") == creds / "mqtt-password"
+    assert credential_path("other", conf / "c.toml") == conf / "other"
+    assert credential_path("/abs/key.pem", conf / "c.toml") == Path("/abs/key.pem")
+    (line,) = problems("[mqtt]\npassword_file = 'missing'\n", conf / "c.toml")
+    assert line.startswith("mqtt.password_file = 'missing': no such file")

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.helpers import Daemon, Mosquitto, Subscriber, make_certificates, speech_with_pauses, write_config
+from tests.helpers import (
+    Daemon,
+    Mosquitto,
+    Subscriber,
+    make_certificates,
+    make_client_certificate,
+    speech_with_pauses,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 SECRET = "s3cret-Pa55-" + uuid.uuid4().hex[:8]
@@ -78,3 +86,64 @@ def test_a_broker_with_another_name_is_refused_unless_told_otherwise(tmp_path: P
         daemon.kill()
         server.stop()
     assert not any(SECRET in line for line in daemon.raw)
+
+
+def test_a_broker_that_requires_a_client_certificate(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path / "tls", "127.0.0.1")
+    client_cert, client_key = make_client_certificate(tmp_path / "tls")
+    server = Mosquitto(tmp_path / "broker", tls=(ca, cert, key), require_client_certificate=True)
+    server.start()
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, [0.0] * 16000, 16000)
+    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    without = f'tls = true\nca_file = "{ca}"\n'
+    config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=without)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("mqtt connect failed", 1, timeout_s=60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    with_cert = without + f'cert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
+    write_config(tmp_path / "c.toml", server.port, prefix, room, extra=with_cert)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("mqtt connected", 1, timeout_s=60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        server.stop()
+
+
+def test_the_documented_acl_gives_the_daemon_what_it_needs(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
+    acl = doc.split("```\nuser roomscribe", 1)[1].split("```", 1)[0]
+    (tmp_path / "acl").write_text("user roomscribe" + acl)
+    passwords = tmp_path / "passwd"
+    for user in ("roomscribe", "homeassistant"):
+        flag = ["-c"] if user == "roomscribe" else []
+        subprocess.run(["mosquitto_passwd", "-b", *flag, str(passwords), user, SECRET], check=True)
+    server = Mosquitto(tmp_path / "broker", password_file=passwords, acl_file=tmp_path / "acl")
+    server.start()
+    (tmp_path / "mqtt-password").write_text(SECRET + "\n")
+    audio, _ = speech_with_pauses(["Please turn on the kitchen lights."])
+    sf.write(tmp_path / "room.wav", audio, 16000)
+    source = f'{{ type = "file", path = "{tmp_path / "room.wav"}", realtime = false }}'
+    room = f'[[rooms]]\nname = "kitchen"\nsource = {source}\n'
+    extra = 'username = "roomscribe"\npassword_file = "mqtt-password"\n'
+    # The ACL is written for the default prefix.
+    config = write_config(tmp_path / "c.toml", server.port, "roomscribe", room, extra=extra)
+    sub = Subscriber(server.port, "roomscribe/#", "ha", login=("homeassistant", SECRET))
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        sub.wait_for("/kitchen/utterance", 1, timeout_s=120)
+        sub.wait_for("/kitchen/state", 1, timeout_s=10)
+        sub.client.publish("roomscribe/set", b'{"command": "status", "transaction": "acl"}', qos=1)
+        assert b'"transaction": "acl"' in sub.wait_for("/response", 1, timeout_s=30)[-1]
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+        server.stop()

@@ -36,6 +36,17 @@ def test_valid_commands_parse() -> None:
         (b'{"command": "pause", "extra": 1}', "extra: Extra inputs are not permitted"),
         (b'{"command": "hotwords", "words": ["\\ud800"]}', ""),  # a lone surrogate: an answer, not a crash
         (b'{"a": ' * 10_000, "malformed JSON"),  # nested too deep for the parser
+        (b"", "malformed JSON"),
+        (b"null", "expected a JSON object"),
+        (b"true", "expected a JSON object"),
+        (b'{"command": 5}', "unknown command 5"),
+        (b'{"command": "pause", "transaction": 5}', "transaction: Input should be a valid string"),
+        (b'{"command": "status", "transaction": "' + b"x" * 201 + b'"}', "transaction: String should have at most"),
+        (b'{"command": "hotwords"}', "words: Field required"),
+        (b'{"command": "hotwords", "words": ["  "]}', "words.0: String should have at least 1 character"),
+        (b'{"command": "hotwords", "words": ["' + b"x" * 101 + b'"]}', "words.0: String should have at most"),
+        (b'{"command": "hotwords", "words": [' + b",".join([b'"w"'] * 1001) + b"]}", "words: List should have at most"),
+        (b'{"command": "language"}', "language: Field required"),
         (b'{"command": "status", "pad": "' + b"x" * MAX_COMMAND_BYTES + b'"}', "over the 65536-byte limit"),
     ],
 )

@@ -147,3 +147,23 @@ def test_the_documented_acl_gives_the_daemon_what_it_needs(tmp_path: Path) -> No
         daemon.kill()
         sub.close()
         server.stop()
+
+
+def test_a_wrong_password_is_a_clear_error_retried_without_a_crash(tmp_path: Path) -> None:
+    server, ca = tls_setup(tmp_path, "127.0.0.1")
+    (tmp_path / "mqtt-password").write_text("not-the-password\n")
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, [0.0] * 16000, 16000)
+    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
+    daemon = Daemon(config)
+    try:
+        failures = daemon.wait_log("mqtt connect failed", 2, timeout_s=60)  # retried, with backoff
+        assert all("not authori" in str(f["error"]).lower() for f in failures), failures
+        assert daemon.proc.poll() is None
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        server.stop()
+    assert not any("not-the-password" in line for line in daemon.raw)

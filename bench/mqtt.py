@@ -69,7 +69,7 @@ def outbox_cost_us(folder: Path, n: int) -> list[float]:
     times = []
     for i in range(n):
         t = time.perf_counter()
-        seq = box.add("p/kitchen/utterance", payload, f"k-{i}", "kitchen")
+        seq, _ = box.add("p/kitchen/utterance", payload, f"k-{i}", "kitchen")
         box.remove(seq)
         times.append((time.perf_counter() - t) * 1e6)
     return times

@@ -145,7 +145,11 @@ class Publisher:
             message.delayed = True
         if self.outbox is not None and message.utterance_id is not None and message.seq is None:
             # On disk before it is sent: a crash from here on loses nothing.
-            message.seq = self.outbox.add(message.topic, message.payload, message.utterance_id, message.room)
+            message.seq, gone = self.outbox.add(message.topic, message.payload, message.utterance_id, message.room)
+            if gone:  # past the outbox's bounds: out of the memory queue too (the outbox logged them)
+                dropped = set(gone)
+                self.pending = deque(m for m in self.pending if m.seq not in dropped)
+                self.counters.dropped += len(dropped)
             self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
         if len(self.pending) >= self.settings.max_pending:
             lost = self.pending.popleft()

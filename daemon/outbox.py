@@ -44,13 +44,13 @@ class Outbox:
         )
         self._trim()
 
-    def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> int:
+    def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
+        """Store a message; returns its seq and the seqs the bounds pushed out (already logged)."""
         cursor = self._db.execute(
             "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
             (topic, payload, utterance_id, room, time.time()),
         )
-        self._trim()
-        return int(cursor.lastrowid or 0)
+        return int(cursor.lastrowid or 0), self._trim()
 
     def remove(self, seq: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
@@ -67,8 +67,8 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def _trim(self) -> None:
-        """Past the bounds, the oldest go: counted and logged as an error."""
+    def _trim(self) -> list[int]:
+        """Past the bounds, the oldest go: counted and logged as an error; returns their seqs."""
         old = self._db.execute(
             "SELECT seq, utterance_id FROM outbox WHERE created < ? ORDER BY seq", (time.time() - self.max_age_s,)
         ).fetchall()
@@ -84,3 +84,4 @@ class Outbox:
             self.log.error(
                 "outbox full or entry too old: utterance dropped", utterance_id=utterance_id, dropped=self.dropped
             )
+        return [seq for seq, _ in old]

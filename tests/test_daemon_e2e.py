@@ -273,3 +273,37 @@ def test_a_killed_daemon_publishes_what_it_held_after_restart(tmp_path: Path) ->
         server.stop()
     # Acknowledged means gone: a third start publishes nothing old.
     assert Outbox(tmp_path / "state" / "outbox.sqlite3").pending() == []
+
+
+def test_broker_away_longer_than_the_outbox_age_drops_the_oldest_loudly(tmp_path: Path) -> None:
+    texts = [*TEXTS, "Set a timer for ten minutes."]
+    audio = tmp_path / "room.wav"
+    speech_file(audio, texts)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    server = Mosquitto(tmp_path / "broker", port=free_port())  # away until the end
+    # Utterances come about 3 s apart, paced in real time: each is older than 2 s when the next comes.
+    extra = "outbox_max_age_s = 2.0\n"
+    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=True), extra=extra)
+    daemon = Daemon(config)
+    try:
+        stored = daemon.wait_log("utterance stored", len(texts), timeout_s=120)
+        dropped = daemon.events("outbox full or entry too old: utterance dropped")
+        assert len(dropped) >= 1
+        server.start()
+        sub = Subscriber(server.port, f"{prefix}/#", "viewer")
+        try:
+            assert sub.connected.wait(10)
+            # A subscriber that comes after the daemon reconnected would miss what it sent: wait
+            # for the daemon's own log instead of the messages.
+            published = daemon.wait_log("utterance published", len(stored) - len(dropped), timeout_s=60)
+        finally:
+            sub.close()
+        # Every utterance is accounted for: published, or dropped with an error line.
+        assert {e["utterance_id"] for e in published} | {e["utterance_id"] for e in dropped} == {
+            e["utterance_id"] for e in stored
+        }
+        assert not {e["utterance_id"] for e in published} & {e["utterance_id"] for e in dropped}
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        server.stop()

@@ -11,7 +11,7 @@ from daemon.outbox import Outbox
 
 def test_oldest_first_and_removed_on_acknowledgement(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite3")
-    seqs = [box.add("p/kitchen/utterance", json.dumps({"id": f"k-{i}"}), f"k-{i}", "kitchen") for i in range(3)]
+    seqs = [box.add("p/kitchen/utterance", json.dumps({"id": f"k-{i}"}), f"k-{i}", "kitchen")[0] for i in range(3)]
     box.remove(seqs[1])
     assert [row.utterance_id for row in box.pending()] == ["k-0", "k-2"]
 

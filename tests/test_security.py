@@ -33,6 +33,13 @@ def tls_setup(tmp_path: Path, server_name: str) -> tuple[Mosquitto, Path]:
     return server, ca
 
 
+def silent_room(tmp_path: Path) -> str:
+    """A room that hears one second of nothing: the daemon runs, but publishes no utterance."""
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, [0.0] * 16000, 16000)
+    return f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+
+
 def mqtt_extra(ca: Path, insecure: bool = False) -> str:
     return (
         f'tls = true\nca_file = "{ca}"\nusername = "roomscribe"\npassword_file = "mqtt-password"\n'
@@ -65,9 +72,7 @@ def test_tls_and_password(tmp_path: Path) -> None:
 def test_a_broker_with_another_name_is_refused_unless_told_otherwise(tmp_path: Path) -> None:
     server, ca = tls_setup(tmp_path, "broker.example")  # we connect to 127.0.0.1: not its name
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
-    silence = tmp_path / "silence.wav"
-    sf.write(silence, [0.0] * 16000, 16000)
-    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    room = silent_room(tmp_path)
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
     daemon = Daemon(config)
     try:
@@ -94,9 +99,7 @@ def test_a_broker_that_requires_a_client_certificate(tmp_path: Path) -> None:
     server = Mosquitto(tmp_path / "broker", tls=(ca, cert, key), require_client_certificate=True)
     server.start()
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
-    silence = tmp_path / "silence.wav"
-    sf.write(silence, [0.0] * 16000, 16000)
-    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    room = silent_room(tmp_path)
     without = f'tls = true\nca_file = "{ca}"\n'
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=without)
     daemon = Daemon(config)
@@ -153,9 +156,7 @@ def test_a_wrong_password_is_a_clear_error_retried_without_a_crash(tmp_path: Pat
     server, ca = tls_setup(tmp_path, "127.0.0.1")
     (tmp_path / "mqtt-password").write_text("not-the-password\n")
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
-    silence = tmp_path / "silence.wav"
-    sf.write(silence, [0.0] * 16000, 16000)
-    room = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{silence}", realtime = false }}\n'
+    room = silent_room(tmp_path)
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
     daemon = Daemon(config)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
-from pipeline.recognize import latin_script
+from models.tokenizer import latin_script
 from pipeline.text.processor import TextProcessor, TextSettings
 from tests.helpers import SENTENCES, SHARED, normalize, speak
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import unicodedata
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
 from models.memory import BatchPolicy, bytes_per_item, free_device_bytes, is_out_of_memory, release_cached_memory
-from models.tokenizer import WhisperTokenizer
+from models.tokenizer import WhisperTokenizer, latin_script
 
 # Above this no-speech probability the text is dropped whatever its log-probability: on
 # silence Whisper confidently writes "you" or "Thank you." (seen: 0.95 with logprob -0.37),
@@ -224,7 +223,7 @@ class WhisperRecognizer(Recognizer):
             out = []
             for word in words:
                 word = word.strip()
-                if not word or (not self.multilingual and not _latin(word)):
+                if not word or (not self.multilingual and not latin_script(word)):
                     continue
                 for form in {" " + word, word}:
                     tokens = tuple(self.tokenizer.encode(form))
@@ -340,11 +339,6 @@ class WhisperRecognizer(Recognizer):
             language_probability=language_probability,
             rejected=attempt.rejected,
         )
-
-
-def _latin(word: str) -> bool:
-    """Letters of the Latin script only (what an English-only Whisper can write)."""
-    return all(not c.isalpha() or c.isascii() or "LATIN" in unicodedata.name(c, "") for c in word)
 
 
 def load_recognizer(

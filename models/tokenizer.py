@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +96,8 @@ class WhisperTokenizer:
     def decode(self, ids: list[int]) -> str:
         # Every special token has an id at or above end-of-text.
         return str(self._tok.decode([i for i in ids if i < self.special.eot]))
+
+
+def latin_script(word: str) -> bool:
+    """Letters of the Latin script only: what an English-only Whisper can write."""
+    return all(not c.isalpha() or c.isascii() or "LATIN" in unicodedata.name(c, "") for c in word)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -14,14 +13,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from models.tokenizer import latin_script
 from pipeline.messages import Transcript, Utterance
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.recognizer import Recognition, Recognizer
-
-
-def latin_script(word: str) -> bool:
-    return all(not c.isalpha() or c.isascii() or "LATIN" in unicodedata.name(c, "") for c in word)
 
 
 @dataclass(frozen=True)

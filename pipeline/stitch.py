@@ -214,7 +214,7 @@ class StitchStage:
                 continue
             if item is None:
                 for room in list(self.held):
-                    await self._release(room, "end")
+                    await self._release(room)
                 await self.outbox.put(None)
                 return
             await self.accept(item)
@@ -263,8 +263,8 @@ class StitchStage:
         now = self.clock()
         for room, held in list(self.held.items()):
             if self._deadline(room, held) <= now:
-                await self._release(room, "due")
+                await self._release(room)
 
-    async def _release(self, room: str, why: str) -> None:
+    async def _release(self, room: str) -> None:
         held = self.held.pop(room)
         await self.outbox.put(held.transcript)

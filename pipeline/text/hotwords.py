@@ -32,17 +32,18 @@ FUNCTION_ZIPF = 5.5
 
 
 @lru_cache(maxsize=65536)
+def _zipf(word: str) -> float:
+    from wordfreq import zipf_frequency
+
+    return float(zipf_frequency(word, "en"))
+
+
 def _common(word: str) -> bool:
-    from wordfreq import zipf_frequency
-
-    return zipf_frequency(word, "en") >= RARE_ZIPF
+    return _zipf(word) >= RARE_ZIPF
 
 
-@lru_cache(maxsize=65536)
 def _function_word(word: str) -> bool:
-    from wordfreq import zipf_frequency
-
-    return zipf_frequency(word, "en") >= FUNCTION_ZIPF
+    return _zipf(word) >= FUNCTION_ZIPF
 
 
 def sound_key(word: str) -> str:

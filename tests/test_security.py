@@ -69,26 +69,32 @@ def test_tls_and_password(tmp_path: Path) -> None:
     assert not any(SECRET in line for line in daemon.raw)
 
 
+def run_until(config: Path, event: str, count: int = 1) -> Daemon:
+    """Start the daemon, wait for ``count`` ``event`` log lines, stop it cleanly; returns it
+    for its logs."""
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log(event, count, timeout_s=60)
+        assert daemon.proc.poll() is None  # a refused connection is retried, not a crash
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    return daemon
+
+
 def test_a_broker_with_another_name_is_refused_unless_told_otherwise(tmp_path: Path) -> None:
     server, ca = tls_setup(tmp_path, "broker.example")  # we connect to 127.0.0.1: not its name
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     room = silent_room(tmp_path)
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
-    daemon = Daemon(config)
     try:
-        failure = daemon.wait_log("mqtt connect failed", 1, timeout_s=60)[0]
+        daemon = run_until(config, "mqtt connect failed")
+        failure = daemon.events("mqtt connect failed")[0]
         assert "certificate" in str(failure["error"]).lower() or "hostname" in str(failure["error"]).lower()
         assert not daemon.events("mqtt connected")
-        assert daemon.terminate() == 0
+        write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca, insecure=True))
+        daemon = run_until(config, "mqtt connected")
     finally:
-        daemon.kill()
-    write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca, insecure=True))
-    daemon = Daemon(config)
-    try:
-        daemon.wait_log("mqtt connected", 1, timeout_s=60)
-        assert daemon.terminate() == 0
-    finally:
-        daemon.kill()
         server.stop()
     assert not any(SECRET in line for line in daemon.raw)
 
@@ -102,20 +108,12 @@ def test_a_broker_that_requires_a_client_certificate(tmp_path: Path) -> None:
     room = silent_room(tmp_path)
     without = f'tls = true\nca_file = "{ca}"\n'
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=without)
-    daemon = Daemon(config)
     try:
-        daemon.wait_log("mqtt connect failed", 1, timeout_s=60)
-        assert daemon.terminate() == 0
+        run_until(config, "mqtt connect failed")
+        with_cert = without + f'cert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
+        write_config(tmp_path / "c.toml", server.port, prefix, room, extra=with_cert)
+        run_until(config, "mqtt connected")
     finally:
-        daemon.kill()
-    with_cert = without + f'cert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
-    write_config(tmp_path / "c.toml", server.port, prefix, room, extra=with_cert)
-    daemon = Daemon(config)
-    try:
-        daemon.wait_log("mqtt connected", 1, timeout_s=60)
-        assert daemon.terminate() == 0
-    finally:
-        daemon.kill()
         server.stop()
 
 
@@ -158,13 +156,10 @@ def test_a_wrong_password_is_a_clear_error_retried_without_a_crash(tmp_path: Pat
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     room = silent_room(tmp_path)
     config = write_config(tmp_path / "c.toml", server.port, prefix, room, extra=mqtt_extra(ca))
-    daemon = Daemon(config)
     try:
-        failures = daemon.wait_log("mqtt connect failed", 2, timeout_s=60)  # retried, with backoff
-        assert all("not authori" in str(f["error"]).lower() for f in failures), failures
-        assert daemon.proc.poll() is None
-        assert daemon.terminate() == 0
+        daemon = run_until(config, "mqtt connect failed", 2)  # retried, with backoff
     finally:
-        daemon.kill()
         server.stop()
+    failures = daemon.events("mqtt connect failed")
+    assert all("not authori" in str(f["error"]).lower() for f in failures), failures
     assert not any("not-the-password" in line for line in daemon.raw)

@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
+from pipeline.recognize import RecognizeSettings, RecognizeStage
 from pipeline.stitch import StitchSettings, StitchStage
 from pipeline.text.processor import TextProcessor
+from pipeline.text.stage import TextStage
 from pipeline.vad import UtteranceAssembler, VadParams
 from tests.helpers import speak
 
@@ -69,39 +74,43 @@ SEPARATE = [
 
 
 class Pipeline:
-    """What the daemon does to one room, offline: VAD, recognizer with the previous piece as
-    prompt, text stage, stitcher."""
+    """What the daemon does to one room, offline, with the daemon's own stages: VAD, the
+    recognize stage (previous piece as prompt, joint decoding as configured), the text stage
+    and the stitcher. Pieces go to the recognizer one at a time, in order, as they would
+    arrive in a room."""
 
-    def __init__(self) -> None:
+    def __init__(self, joint_decode: bool = True) -> None:
         from models.recognizer import load_recognizer
         from models.vad import SileroVad
 
         self.vad = SileroVad()
         self.recognizer = load_recognizer("bundled:tiny.en", "cpu", "float32")
         self.text = TextProcessor()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.settings = RecognizeSettings(max_batch=1, joint_max_gap_s=2.0 if joint_decode else 0.0)
+        self.joint_decodes = 0
 
     def run(self, audio: np.ndarray) -> list[Transcript]:
         self.vad.reset()
         assembler = UtteranceAssembler(VadParams(), self.vad)
         segments = assembler.push(audio) + assembler.flush()
-        stitch = StitchStage(StitchSettings(), asyncio.Queue(), asyncio.Queue(), clock=lambda: 0.0)
-        previous = ""
+        return asyncio.run(self._stages(segments))
+
+    async def _stages(self, segments: list[Any]) -> list[Transcript]:
+        queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in range(4)]
+        recognize = RecognizeStage(self.recognizer, self.executor, queues[0], queues[1], self.settings)
+        text = TextStage(self.text, queues[1], queues[2])
+        # A clock that stands still: pieces are released by the join decision, never by time.
+        stitch = StitchStage(StitchSettings(), queues[2], queues[3], clock=lambda: 0.0)
         for n, seg in enumerate(segments):
-            result = self.recognizer.recognize([seg.audio], prompts=[previous])[0]
-            if not result.text:
-                continue
-            previous = result.text
             start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
-            # decided_at far ahead: nothing is released by time, only by the join decision.
-            u = Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9)
-            t = Transcript(u, self.text(result.text, "en"), result.text, "en", 0.9, "tiny.en", 0.0)
-            asyncio.run(stitch.accept(t))
+            await queues[0].put(Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9))
+        await queues[0].put(None)
+        await asyncio.gather(recognize.run(), text.run(), stitch.run())
+        self.joint_decodes += recognize.counters.joint
         out = []
-        while not stitch.outbox.empty():
-            item = stitch.outbox.get_nowait()
-            if item is not None:
-                out.append(item)
-        out += [h.transcript for h in stitch.held.values()]
+        while (item := queues[3].get_nowait()) is not None:
+            out.append(item)
         return out
 
 
@@ -120,11 +129,13 @@ def pair_sample(first: str, second: str, pause_s: float) -> np.ndarray:
 
 
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-joint", action="store_true", help="stitch by the texts alone (joint_decode = false)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    pipeline = Pipeline()
+    pipeline = Pipeline(joint_decode=not args.no_joint)
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     whole = split_by_vad = 0
@@ -141,7 +152,8 @@ def main() -> None:
         pause = rng.uniform(0.6, 3.0)
         out = pipeline.run(pair_sample(first, second, pause))
         joined += len(out) == 1
-        details.append({"kind": "separate", "pause_s": round(pause, 2), "texts": [t.text for t in out]})
+        parts = sum(t.parts for t in out)
+        details.append({"kind": "separate", "pause_s": round(pause, 2), "texts": [t.text for t in out], "parts": parts})
     rows.append(
         {
             "set": "split sentences (pause 0.6-1.5 s)",
@@ -159,7 +171,12 @@ def main() -> None:
             "target": "<= 5%",
         }
     )
-    write_results("stitch", rows, {"seed": args.seed, "details": details})
+    # The cost of joint decoding: second recognitions per pair of consecutive pieces.
+    pairs = sum(max(d["parts"] - 1, 0) for d in details)
+    joint_row = {"set": "joint decodes (extra recognitions)", "samples": pairs, "joint_decodes": pipeline.joint_decodes}
+    rows.append(joint_row)
+    extra = {"seed": args.seed, "joint_decode": not args.no_joint, "details": details}
+    write_results("stitch" if not args.no_joint else "stitch-textonly", rows, extra)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from daemon.config import Config, FileSourceSettings, MicSourceSettings, resolve_path
+from daemon import hermes
+from daemon.config import Config, FileSourceSettings, HermesSourceSettings, MicSourceSettings, resolve_path
 from daemon.control import Controller
+from daemon.homeassistant import discovery_messages
 from daemon.mqtt import Publisher
 from daemon.outbox import Outbox
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
-from pipeline.sources import AudioSource, FileSource, MicSource
+from pipeline.sources import AudioSource, FileSource, MicSource, PushSource
 from pipeline.stitch import StitchStage
 from pipeline.text.processor import TextProcessor
 from pipeline.text.stage import TextStage
@@ -103,11 +105,12 @@ def recognize_settings(config: Config) -> RecognizeSettings:
         prompt_max_gap_s=r.prompt_max_gap_s,
         hotwords=tuple(r.hotwords),
         idle_release_s=r.idle_release_s,
+        joint_max_gap_s=config.stitch.max_gap_ms / 1000 if config.stitch.enabled and config.stitch.joint_decode else 0,
     )
 
 
 def room_contexts(config: Config) -> dict[str, RoomContext]:
-    return {r.name: RoomContext(tuple(r.hotwords), r.prompt_previous) for r in config.rooms}
+    return {r.name: RoomContext(tuple(r.hotwords), r.prompt_previous, r.stitch) for r in config.rooms}
 
 
 def silero_factory() -> Callable[[np.ndarray], float]:
@@ -116,10 +119,22 @@ def silero_factory() -> Callable[[np.ndarray], float]:
     return SileroVad()
 
 
-def build_source(settings: FileSourceSettings | MicSourceSettings, config_path: Path) -> AudioSource:
+def build_source(
+    settings: FileSourceSettings | MicSourceSettings | HermesSourceSettings, config_path: Path, room: str
+) -> AudioSource:
     if isinstance(settings, FileSourceSettings):
         return FileSource(resolve_path(settings.path, config_path), settings.realtime, settings.loop)
+    if isinstance(settings, HermesSourceSettings):
+        return PushSource(f"hermes {hermes.audio_frame_topic(settings.site_id or room)}")
     return MicSource(settings.device)
+
+
+def site_id(config: Config, room: str) -> str:
+    """The Hermes siteId of a room: its Hermes source's, else the room's name."""
+    for r in config.rooms:
+        if r.name == room and isinstance(r.source, HermesSourceSettings) and r.source.site_id:
+            return r.source.site_id
+    return room
 
 
 class App:
@@ -149,7 +164,7 @@ class App:
         self.rooms = [
             Room(
                 name=r.name,
-                source=build_source(r.source, config_path),
+                source=build_source(r.source, config_path, r.name),
                 vad_params=config.vad.params(),
                 speech_prob_factory=silero_factory,
                 vad_executor=self.vad_executor,
@@ -177,8 +192,47 @@ class App:
         self.recognizer: Recognizer | None = None
         self.recognize: RecognizeStage | None = None
         self.control = Controller(self)
-        self.publisher.on_command = self.control.on_message
+        self.publisher.subscribe(self.publisher.topic("set"), self.control.on_message)
+        self.publisher.subscribe(self.publisher.topic("+", "set"), self.control.on_message)
+        self.bad_audio_frames = 0
+        for room in self.rooms:
+            if isinstance(room.source, PushSource):
+                topic = hermes.audio_frame_topic(site_id(config, room.name))
+                self.publisher.subscribe(topic, self._audio_frame_handler(room.name, room.source), qos=0)
+        if config.homeassistant.enabled:
+            self.publisher.on_connect.append(self.announce)
+            self.publisher.subscribe(f"{config.homeassistant.discovery_prefix}/status", self._homeassistant_status)
         self._signals = 0
+
+    def announce(self) -> None:
+        """Home Assistant discovery configs, retained (daemon/homeassistant.py)."""
+        ha = self.config.homeassistant
+        rooms = [room.name for room in self.rooms]
+        messages = discovery_messages(
+            ha.discovery_prefix, self.publisher.prefix, self.publisher.client_id, rooms, self.model_name
+        )
+        for topic, payload in messages:
+            self.publisher.submit_json(topic, payload, qos=1, retain=True, replace=True)
+        self.log.info("home assistant discovery announced", entities=len(messages))
+
+    def _homeassistant_status(self, topic: str, payload: bytes) -> None:
+        if payload.strip() == b"online":  # Home Assistant (re)started: it forgot non-retained configs
+            self.announce()
+
+    def _audio_frame_handler(self, room: str, source: PushSource) -> Callable[[str, bytes], None]:
+        def handle(topic: str, payload: bytes) -> None:
+            try:
+                samples, rate = hermes.decode_audio_frame(payload)
+            except ValueError as exc:
+                self.bad_audio_frames += 1
+                if self.bad_audio_frames == 1 or self.bad_audio_frames % 1000 == 0:
+                    self.log.warning(
+                        "audio frame ignored", room=room, topic=topic, error=str(exc), count=self.bad_audio_frames
+                    )
+                return
+            source.push(samples, rate)
+
+        return handle
 
     def hotwords(self, room: str) -> tuple[str, ...]:
         """The global hotwords and the room's, once each (for decoding and for correction);
@@ -341,6 +395,9 @@ class App:
                 room=u.room,
                 decided_at=u.decided_at,
             )
+            if self.config.hermes.enabled:
+                captured = hermes.text_captured(record, site_id(self.config, u.room))
+                self.publisher.submit_json(hermes.TEXT_CAPTURED, captured, qos=1, room=u.room)
 
     async def _drain(
         self,

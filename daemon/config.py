@@ -192,6 +192,9 @@ class StitchSettingsSection(Section):
     complete_wait_ms: int = Field(
         800, ge=0, le=10000, description="How long a piece that looks complete waits for new speech."
     )
+    joint_decode: bool = Field(
+        True, description="When the texts leave it open, recognize both pieces together to decide."
+    )
 
     @model_validator(mode="after")
     def _hold_covers_gap(self) -> StitchSettingsSection:
@@ -215,7 +218,14 @@ class MicSourceSettings(Section):
     device: str | int = Field("default", description="default, a device index, or part of its name.")
 
 
-SourceSettings = Annotated[FileSourceSettings | MicSourceSettings, Field(discriminator="type")]
+class HermesSourceSettings(Section):
+    type: Literal["hermes"]
+    site_id: str = Field(
+        "", pattern=r"^[^#+/]*$", description="Hermes siteId whose audio frames to hear; empty: the room's name."
+    )
+
+
+SourceSettings = Annotated[FileSourceSettings | MicSourceSettings | HermesSourceSettings, Field(discriminator="type")]
 
 
 class RoomSettings(Section):
@@ -230,9 +240,22 @@ class RoomSettings(Section):
     source: SourceSettings
 
 
+class HomeAssistantSettings(Section):
+    enabled: bool = Field(False, description="Announce the daemon and its rooms by MQTT discovery.")
+    discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[^#+]+$", description="Home Assistant's discovery prefix."
+    )
+
+
+class HermesSettings(Section):
+    enabled: bool = Field(False, description="Also publish each utterance as hermes/asr/textCaptured.")
+
+
 class Config(Section):
     daemon: DaemonSettings = DaemonSettings()
     mqtt: MqttSettings = MqttSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    hermes: HermesSettings = HermesSettings()
     recognizer: RecognizerSettings = RecognizerSettings()
     vad: VadSettings = VadSettings()
     text: TextSettingsSection = TextSettingsSection()

@@ -109,8 +109,11 @@ class Publisher:
         self._done = asyncio.Event()
         self._password = read_password(settings, config_path)
         self._tls = tls_context(settings, config_path)
-        # Called with (topic, payload) for each command on <prefix>/set and <prefix>/<room>/set.
-        self.on_command: Callable[[str, bytes], None] | None = None
+        # Topic filter -> (QoS, handler called with (topic, payload)): commands on <prefix>/set,
+        # Home Assistant's birth message, Hermes audio frames. Subscribed on every connect.
+        self.handlers: dict[str, tuple[int, Callable[[str, bytes], None]]] = {}
+        # Called after every (re)connect, before anything queued is sent (discovery messages).
+        self.on_connect: list[Callable[[], None]] = []
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
 
     def restore(self) -> int:
@@ -131,6 +134,9 @@ class Publisher:
                 )
             )
         return len(stored)
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
+        self.handlers[topic_filter] = (qos, handler)
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -211,10 +217,11 @@ class Publisher:
                     attempt = 0
                     self.counters.connects += 1
                     await client.publish(self.status_topic, "online", qos=1, retain=True)
-                    if self.on_command is not None:
-                        await client.subscribe(self.topic("set"), qos=1)
-                        await client.subscribe(self.topic("+", "set"), qos=1)
+                    for topic_filter, (qos, _) in self.handlers.items():
+                        await client.subscribe(topic_filter, qos=qos)
                     self.connected.set()
+                    for announce in self.on_connect:
+                        announce()
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
                     await self._session(client)
                     self._done.set()
@@ -264,14 +271,15 @@ class Publisher:
         # Iterating the message stream raises MqttError as soon as the connection drops,
         # even while nothing is being published; that ends the session's task group.
         async for message in client.messages:
-            if self.on_command is None:
-                continue
             raw = message.payload
             payload = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
-            try:
-                self.on_command(str(message.topic), bytes(payload))
-            except Exception:  # a command must never take the connection (or the daemon) down
-                self.log.exception("command handler failed", topic=str(message.topic))
+            for topic_filter, (_, handler) in self.handlers.items():
+                if not message.topic.matches(topic_filter):
+                    continue
+                try:
+                    handler(str(message.topic), bytes(payload))
+                except Exception:  # a message must never take the connection (or the daemon) down
+                    self.log.exception("message handler failed", topic=str(message.topic))
 
     async def _send_all(self, client: aiomqtt.Client) -> None:
         while True:

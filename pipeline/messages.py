@@ -74,6 +74,12 @@ class Transcript:
     recognize_ms: float
     parts: int = 1
     raw_parts: tuple[str, ...] = ()  # the recognizer's text of each joined piece
+    # The previous piece of the room and this one recognized as one stretch of audio, when
+    # the stitcher could not tell from the texts alone (pipeline/recognize.py): the id of
+    # that previous piece, the recognizer's text and, after the text stage, the written text.
+    joint_with: str = ""
+    joint_raw: str = ""
+    joint_text: str = ""
 
 
 def iso_utc(epoch_s: float) -> str:

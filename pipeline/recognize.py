@@ -4,6 +4,7 @@ model off the event loop, on the single model thread."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -11,13 +12,19 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import structlog
 
 from models.tokenizer import latin_script
-from pipeline.messages import Transcript, Utterance
+from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
+from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.recognizer import Recognition, Recognizer
+
+# Whisper sees 30 s at once; the joint audio is the two pieces with this much silence between.
+JOINT_MAX_S = 30.0
+JOINT_PAUSE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,16 @@ class RecognizeSettings:
     prompt_max_gap_s: float = 60.0
     hotwords: tuple[str, ...] = ()
     idle_release_s: float = 30.0
+    # Joint decoding for the stitcher (see _joint_candidates): pieces of a room at most this
+    # far apart; 0 turns it off.
+    joint_max_gap_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class RoomContext:
     hotwords: tuple[str, ...] = ()
     prompt_previous: bool | None = None  # None: the stage's setting
+    stitch: bool = True  # the stitcher joins this room's pieces (joint decoding is for it)
 
 
 @dataclass
@@ -45,6 +56,7 @@ class RecognizeCounters:
     releases: int = 0
     partials: int = 0
     partials_skipped: int = 0
+    joint: int = 0
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
@@ -81,6 +93,7 @@ class RecognizeStage:
         self._waiting: list[Utterance] = []
         self._ended = False
         self._previous: dict[str, tuple[str, float]] = {}  # room -> (text, end wall time)
+        self._last_piece: dict[str, tuple[Utterance, str]] = {}  # room -> (piece, its text)
         self._released = True
 
     async def run(self) -> None:
@@ -196,6 +209,7 @@ class RecognizeStage:
         elapsed_ms = (time.monotonic() - started) * 1000
         self.counters.batches += 1
         self.counters.batch_sizes.append(len(batch))
+        transcripts: list[Transcript] = []
         for utt, result in zip(batch, results, strict=True):
             if utt.partial:
                 self.counters.partials += 1
@@ -216,7 +230,7 @@ class RecognizeStage:
                 temperature=result.temperature,
                 text=result.text,
             )
-            await self.outbox.put(
+            transcripts.append(
                 Transcript(
                     utterance=utt,
                     text=result.text,
@@ -227,3 +241,57 @@ class RecognizeStage:
                     recognize_ms=elapsed_ms,
                 )
             )
+        for t in await self._with_joint(transcripts, language):
+            await self.outbox.put(t)
+
+    def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance]]:
+        """Pieces to recognize once more together with the room's previous piece.
+
+        Whether two pieces are one sentence is often plain from their texts ("turn on the |
+        kitchen lights"); where the stitcher's score is undecided, the recognizer hearing both
+        as one stretch settles it: it writes one sentence, or puts a full stop between them
+        (pipeline/stitch.py, JOINT_BONUS). Only those undecided pairs cost a second decode."""
+        chosen: list[tuple[int, Utterance]] = []
+        for i, t in enumerate(transcripts):
+            u = t.utterance
+            previous = self._last_piece.get(u.room)
+            self._last_piece[u.room] = (u, t.raw_text)
+            if previous is None or self.settings.joint_max_gap_s <= 0:
+                continue
+            if not self.rooms.get(u.room, RoomContext()).stitch:
+                continue
+            first, first_text = previous
+            gap_s = u.start_wall - first.end_wall
+            if not 0 <= gap_s <= self.settings.joint_max_gap_s:
+                continue
+            if first.duration_s + JOINT_PAUSE_S + u.duration_s > JOINT_MAX_S:
+                continue
+            score = join_score(first_text, t.raw_text, gap_s, t.language)
+            if JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE:
+                chosen.append((i, first))
+        return chosen
+
+    async def _with_joint(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
+        chosen = self._joint_candidates(transcripts)
+        if not chosen:
+            return transcripts
+        pause = np.zeros(round(JOINT_PAUSE_S * SAMPLE_RATE), np.float32)
+        audios = [np.concatenate([first.audio, pause, transcripts[i].utterance.audio]) for i, first in chosen]
+        rooms = [transcripts[i].utterance.room for i, _ in chosen]
+        hotwords: list[Sequence[str]] = [self.hotwords(room) for room in rooms]
+        prompts = [", ".join(words) for words in hotwords]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
+            )
+        except Exception:
+            # The pieces still go out, judged by their texts alone.
+            self.log.exception("joint recognition failed", size=len(audios))
+            return transcripts
+        out = list(transcripts)
+        for (i, first), result in zip(chosen, results, strict=True):
+            self.counters.joint += 1
+            out[i] = dataclasses.replace(out[i], joint_with=first.id, joint_raw=result.text)
+            self.log.info("pieces recognized together", utterance_id=out[i].utterance.id, text=result.text)
+        return out

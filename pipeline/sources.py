@@ -218,3 +218,46 @@ class MicSource:
                 stream.close()
         finally:
             pa.terminate()
+
+
+class PushSource:
+    """Audio that arrives from elsewhere (Hermes audio frames over MQTT): whoever receives it
+    calls ``push`` on the event loop; ``chunks`` yields it as 16 kHz mono.
+
+    Real time like a microphone: ``push`` never waits; when the room is behind, the oldest
+    chunk goes and is counted (``dropped``)."""
+
+    realtime = True
+
+    def __init__(self, description: str, max_chunks: int = 512) -> None:
+        from pipeline.queues import DropOldestQueue
+
+        self.description = description
+        self._inbox: DropOldestQueue[np.ndarray] = DropOldestQueue(max_chunks)
+        self._resampler: Any = None
+        self._rate = SAMPLE_RATE
+        self.chunks_in = 0
+
+    @property
+    def dropped(self) -> int:
+        return self._inbox.dropped
+
+    def push(self, samples: np.ndarray, rate: int) -> None:
+        """Mono float32 samples at ``rate``; resampled with a streaming resampler that is
+        started again when the sender changes its rate."""
+        if rate != self._rate:
+            self._rate = rate
+            self._resampler = (
+                None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            )
+        out = samples if self._resampler is None else self._resampler.resample_chunk(samples)
+        self.chunks_in += 1
+        if len(out):
+            self._inbox.put_dropping_oldest(out)
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+        while not stop.is_set():
+            try:
+                yield await asyncio.wait_for(self._inbox.get(), timeout=0.5)
+            except TimeoutError:
+                continue

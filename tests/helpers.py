@@ -180,6 +180,10 @@ class Mosquitto:
             f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
+            # Saved after every change, so a broker killed with SIGKILL comes back with its
+            # persistent sessions (by default it saves every 30 minutes and at a clean exit).
+            "autosave_on_changes true\n"
+            "autosave_interval 1\n"
             "log_type error\n"
             "log_type warning\n"
             f"log_dest file {workdir}/mosquitto.log\n"
@@ -193,6 +197,13 @@ class Mosquitto:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients, no final save."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
 

@@ -8,6 +8,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 import numpy as np
 
@@ -160,3 +161,65 @@ def test_a_partial_does_not_become_the_rooms_prompt() -> None:
     recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1), on_partial=lambda u, r: None)
     prompts = [p[0] for _, p in recognizer.calls]
     assert prompts[-1] == "text 1"
+
+
+class ScriptedRecognizer(RecordingRecognizer):
+    """Each marker has a text; audio longer than one piece is a joint decode."""
+
+    TEXTS: ClassVar[dict[int, str]] = {
+        1: "Play some quiet music.",
+        2: "Why I read?",
+        3: "Turn off the lights.",
+        4: "and lock the door.",
+    }
+    JOINT = "Play some quiet music while I read."
+
+    def recognize(
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
+    ) -> list[Recognition]:
+        super().recognize(audios, language, prompts, hotwords)
+        texts = [self.JOINT if len(a) > 1600 else self.TEXTS[int(a[0])] for a in audios]
+        return [Recognition(t, "en", -0.1, 0.01, 0.9, 3, False) for t in texts]
+
+
+def test_undecided_pairs_are_recognized_together_once() -> None:
+    """Only a pair whose texts leave the join open, close enough, in a room that stitches,
+    costs a joint decode: the two pieces' audio with a short pause between."""
+    items = [
+        utterance(1, start=0.0),
+        utterance(2, start=1.8),  # 0.8 s after piece 1; "music. | Why I read?" is undecided
+        utterance(3, start=10.0),  # 7.2 s later: past the gap
+        utterance(4, start=11.2),  # "lights. | and lock the door." joins by its text alone
+        utterance(1, room="office", start=0.0),
+        utterance(2, room="office", start=1.8),  # a room that does not stitch
+    ]
+    recognizer = ScriptedRecognizer()
+    settings = RecognizeSettings(max_batch=16, joint_max_gap_s=2.0)
+    rooms = {"office": RoomContext(stitch=False)}
+
+    async def scenario() -> list[Transcript]:
+        inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        for item in [*items, None]:
+            inbox.put_nowait(item)
+        with ThreadPoolExecutor(1) as executor:
+            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms)
+            await asyncio.wait_for(stage.run(), timeout=10)
+            assert stage.counters.joint == 1
+        out = []
+        while (t := outbox.get_nowait()) is not None:
+            out.append(t)
+        return out
+
+    out = asyncio.run(scenario())
+    assert sorted(t.utterance.id for t in out) == sorted(u.id for u in items)  # nothing lost
+    joint = [t for t in out if t.joint_with]
+    assert [(t.utterance.id, t.joint_with, t.joint_raw) for t in joint] == [
+        ("kitchen-2", "kitchen-1", ScriptedRecognizer.JOINT)
+    ]
+    # One batch for the six pieces, then one joint decode with both pieces' audio in it.
+    assert [len(texts) for texts, _ in recognizer.calls] == [6, 1]

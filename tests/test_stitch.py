@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
 
 from pipeline.messages import Transcript, Utterance, utterance_record
-from pipeline.stitch import JOIN_SCORE, StitchSettings, StitchStage, join_score, join_texts
+from pipeline.stitch import (
+    JOIN_SCORE,
+    JOINT_BONUS,
+    StitchSettings,
+    StitchStage,
+    ends_sentence_inside,
+    join_score,
+    join_texts,
+)
+from tests.helpers import speak
 
 
 @pytest.mark.parametrize(
@@ -184,3 +194,67 @@ def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
 
     out = asyncio.run(go())
     assert [t.text for t in out] == ["Done.", "Held"]
+
+
+@pytest.mark.parametrize(
+    ("text", "inside"),
+    [
+        ("Can you remind me to call my sister tomorrow?", False),
+        ("Please turn on the kitchen lights.", False),
+        ("It costs 3.5 euros.", False),  # a decimal point is no sentence end
+        ("The meeting starts at noon. Please bring your laptop.", True),
+        ("Is it late? Yes.", True),
+        ("Could you open the... garage door please?", True),
+        ("把客厅的灯打开。", False),
+        ("今天天气很好。我们去公园吧。", True),
+    ],
+)
+def test_sentence_end_inside(text: str, inside: bool) -> None:
+    assert ends_sentence_inside(text) is inside
+
+
+def with_joint(t: Transcript, previous: Transcript, joint: str) -> Transcript:
+    return dataclasses.replace(t, joint_with=previous.utterance.id, joint_raw=joint, joint_text=joint)
+
+
+def test_joint_decode_settles_an_undecided_pair() -> None:
+    """The texts "Play some quiet music. | Why I read?" read as two sentences; heard as one
+    stretch, the recognizer wrote one: joined, with the joint words, the pieces' raw texts kept."""
+    first, second = piece("Play some quiet music.", 1.0, 2.5, n=1), piece("Why I read?", 3.3, 4.2, n=2)
+    score = join_score(first.text, second.text, 0.8, "en")
+    assert JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE  # undecided by the texts alone
+    cases = [
+        (with_joint(second, first, "Play some quiet music while I read."), ["Play some quiet music while I read."]),
+        (with_joint(second, first, "Play some quiet music. Why I read?"), [first.text, second.text]),
+        (second, [first.text, second.text]),  # no joint decode: the texts decide
+        # A joint decode made with another piece than the one held does not count.
+        (dataclasses.replace(second, joint_with="kitchen-x-000099", joint_text="Play some quiet music while I read."),
+         [first.text, second.text]),
+    ]  # fmt: skip
+    for item, texts in cases:
+        s = stage(Clock())
+
+        async def go(s: StitchStage = s, item: Transcript = item) -> list[Transcript]:
+            await s.accept(first)
+            await s.accept(item)
+            for room in list(s.held):  # what run() does at the end of input
+                await s._release(room)
+            return drain(s)
+
+        out = asyncio.run(go())
+        assert [t.text for t in out] == texts
+        if len(out) == 1:
+            assert out[0].parts == 2 and out[0].raw_parts == (first.raw_text, second.raw_text)
+
+
+def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recognizer) -> None:  # type: ignore[no-untyped-def]
+    """The premise of joint decoding, on real speech: the two pieces of a paused sentence,
+    heard as one stretch, come out as one sentence; two sentences keep their full stop."""
+    pause = np.zeros(int(0.3 * 16000), np.float32)
+    split = [speak("Can you remind me to call"), speak("my sister tomorrow")]
+    separate = [speak("The meeting starts at noon."), speak("Please bring your laptop.")]
+    one, two = recognizer.recognize(
+        [np.concatenate([split[0], pause, split[1]]), np.concatenate([separate[0], pause, separate[1]])]
+    )
+    assert "sister" in one.text and not ends_sentence_inside(one.text)
+    assert "laptop" in two.text and ends_sentence_inside(two.text)

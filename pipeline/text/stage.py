@@ -51,14 +51,18 @@ class TextStage:
                 self.log.info("dictionary reloaded", entries=len(self.processor.dictionary.entries))
         except DictionaryError as exc:
             self.log.error("dictionary not reloaded; keeping the previous entries", error=str(exc))
-        try:
-            text = self.processor(t.raw_text, t.language, self.hotwords(t.utterance.room))
-        except Exception:
-            self.failures += 1
-            self.log.exception("text rules failed; publishing the recognizer's text", utterance=t.utterance.id)
-            text = t.raw_text
+        text = self._rules(t, t.raw_text)
         if not text.strip():
             self.emptied += 1
             self.log.info("nothing left after filler removal", utterance=t.utterance.id, raw_text=t.raw_text)
             return None
-        return dataclasses.replace(t, text=text)
+        joint_text = self._rules(t, t.joint_raw) if t.joint_raw else ""
+        return dataclasses.replace(t, text=text, joint_text=joint_text)
+
+    def _rules(self, t: Transcript, raw: str) -> str:
+        try:
+            return self.processor(raw, t.language, self.hotwords(t.utterance.room))
+        except Exception:
+            self.failures += 1
+            self.log.exception("text rules failed; publishing the recognizer's text", utterance=t.utterance.id)
+            return raw

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit bench clean install
 
 setup: system-deps $(STAMP)
 
@@ -38,6 +38,11 @@ test: lint typecheck
 bench: setup
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/daemon_e2e.py
+
+# As root: the service under /opt/roomscribe with its own venv, /etc/roomscribe, the unit
+# (and its GPU drop-in when there is a GPU), then enabled and started (docs/install.md).
+install: system-deps
+	scripts/install-service.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

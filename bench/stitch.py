@@ -1,15 +1,17 @@
 """The stitcher on generated speech: split sentences delivered whole, separate ones kept apart.
 
-    python bench/stitch.py [--seed N]
+    python bench/stitch.py [--seeds 7 11] [--no-joint]
 
 espeak-ng speaks 40 sentences with a pause of 0.6-1.5 s inside each (an SSML break, so the
 sentence keeps its intonation; where people pause: after an article or preposition, before
 a conjunction, between phrases) and 40 pairs of
 separate sentences with 0.6-3 s between them. Each sample goes through what the daemon does
 to a room: Silero VAD with the default settings, the recognizer with the previous piece as
-prompt, the text stage, and the stitcher with the default settings. Targets: 90% or more of
-the split sentences arrive as one utterance; 5% or fewer of the pairs arrive joined. Prints
-a table and writes bench/results/stitch-<device>-<date>.json.
+prompt, joint decoding as configured, the text stage, and the stitcher with the default
+settings. Pauses are drawn once per seed (default: 7 and 11, so 80 sentences and 80 pairs).
+Targets: 90% or more of the split sentences arrive as one utterance; 5% or fewer of the pairs
+arrive joined. ``--no-joint`` measures the texts alone. Prints a table and writes
+bench/results/stitch-<device>-<date>.json (stitch-textonly-... with --no-joint).
 """
 
 from __future__ import annotations
@@ -128,54 +130,56 @@ def pair_sample(first: str, second: str, pause_s: float) -> np.ndarray:
     return np.concatenate([lead, speak(first), gap, speak(second), lead, lead, lead])
 
 
-def main() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-joint", action="store_true", help="stitch by the texts alone (joint_decode = false)")
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-    pipeline = Pipeline(joint_decode=not args.no_joint)
-    rows: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
-    whole = split_by_vad = 0
+def run_seed(pipeline: Pipeline, seed: int, details: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """One draw of pauses: (split sentences delivered whole, cut by the VAD, pairs joined)."""
+    rng = random.Random(seed)
+    whole = split_by_vad = joined = 0
     for first, second in SPLIT:
         pause = rng.uniform(0.6, 1.5)
         out = pipeline.run(split_sample(first, second, pause))
         pieces = sum(t.parts for t in out)
         split_by_vad += pieces > 1
         whole += len(out) == 1
-        details.append({"kind": "split", "pause_s": round(pause, 2), "texts": [t.text for t in out], "parts": pieces})
-    joined = 0
+        texts = [t.text for t in out]
+        details.append({"seed": seed, "kind": "split", "pause_s": round(pause, 2), "texts": texts, "parts": pieces})
     for i, first in enumerate(SEPARATE):
         second = SEPARATE[(i + 1) % len(SEPARATE)]
         pause = rng.uniform(0.6, 3.0)
         out = pipeline.run(pair_sample(first, second, pause))
         joined += len(out) == 1
         parts = sum(t.parts for t in out)
-        details.append({"kind": "separate", "pause_s": round(pause, 2), "texts": [t.text for t in out], "parts": parts})
-    rows.append(
-        {
-            "set": "split sentences (pause 0.6-1.5 s)",
-            "samples": len(SPLIT),
-            "cut_by_vad": split_by_vad,
-            "delivered_whole_pct": round(100 * whole / len(SPLIT), 1),
-            "target": ">= 90%",
-        }
-    )
-    rows.append(
-        {
-            "set": "separate sentences (pause 0.6-3 s)",
-            "samples": len(SEPARATE),
-            "wrongly_joined_pct": round(100 * joined / len(SEPARATE), 1),
-            "target": "<= 5%",
-        }
-    )
+        texts = [t.text for t in out]
+        details.append({"seed": seed, "kind": "separate", "pause_s": round(pause, 2), "texts": texts, "parts": parts})
+    return whole, split_by_vad, joined
+
+
+def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11], help="one draw of pauses per seed")
+    parser.add_argument("--no-joint", action="store_true", help="stitch by the texts alone (joint_decode = false)")
+    args = parser.parse_args()
+    pipeline = Pipeline(joint_decode=not args.no_joint)
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    totals = [0, 0, 0]
+    for seed in args.seeds:
+        whole, cut, joined = run_seed(pipeline, seed, details)
+        totals = [totals[0] + whole, totals[1] + cut, totals[2] + joined]
+        rows.append({"set": f"split sentences, seed {seed}", "samples": len(SPLIT), "cut_by_vad": cut,
+                     "delivered_whole_pct": round(100 * whole / len(SPLIT), 1), "target": ">= 90%"})  # fmt: skip
+        rows.append({"set": f"separate sentences, seed {seed}", "samples": len(SEPARATE),
+                     "wrongly_joined_pct": round(100 * joined / len(SEPARATE), 1), "target": "<= 5%"})  # fmt: skip
+    n = len(args.seeds)
+    rows.append({"set": "split sentences (pause 0.6-1.5 s), all", "samples": n * len(SPLIT), "cut_by_vad": totals[1],
+                 "delivered_whole_pct": round(100 * totals[0] / (n * len(SPLIT)), 1), "target": ">= 90%"})  # fmt: skip
+    rows.append({"set": "separate sentences (pause 0.6-3 s), all", "samples": n * len(SEPARATE),
+                 "wrongly_joined_pct": round(100 * totals[2] / (n * len(SEPARATE)), 1), "target": "<= 5%"})  # fmt: skip
     # The cost of joint decoding: second recognitions per pair of consecutive pieces.
     pairs = sum(max(d["parts"] - 1, 0) for d in details)
     joint_row = {"set": "joint decodes (extra recognitions)", "samples": pairs, "joint_decodes": pipeline.joint_decodes}
     rows.append(joint_row)
-    extra = {"seed": args.seed, "joint_decode": not args.no_joint, "details": details}
+    extra = {"seeds": args.seeds, "joint_decode": not args.no_joint, "details": details}
     write_results("stitch" if not args.no_joint else "stitch-textonly", rows, extra)
 
 

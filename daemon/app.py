@@ -11,6 +11,7 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -24,17 +25,30 @@ import numpy as np
 import structlog
 
 from daemon import hermes
-from daemon.config import Config, FileSourceSettings, HermesSourceSettings, MicSourceSettings, resolve_path
+from daemon.config import (
+    Config,
+    ConfigError,
+    FileSourceSettings,
+    HermesSourceSettings,
+    MicSourceSettings,
+    changed_keys,
+    load_config,
+    resolve_path,
+)
 from daemon.control import Controller
 from daemon.homeassistant import discovery_messages
 from daemon.mqtt import Publisher
+from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
+from daemon.stats import gpu_memory, percentiles, process_usage, serve_metrics
+from pipeline.health import Progress
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
 from pipeline.sources import AudioSource, FileSource, MicSource, PushSource
 from pipeline.stitch import StitchStage
+from pipeline.text.dictionary import DictionaryError
 from pipeline.text.processor import TextProcessor
 from pipeline.text.stage import TextStage
 
@@ -44,6 +58,10 @@ if TYPE_CHECKING:
 # Utterances waiting for the recognizer. When full, rooms wait (backpressure), and a
 # real-time room's capture then drops its oldest frames and counts them.
 UTTERANCE_QUEUE_SIZE = 64
+# READY=1 waits this long at most for the first broker attempt and the rooms' first audio.
+STARTUP_WAIT_S = 10.0
+# How often the service task looks at progress, updates STATUS= and the stats snapshot.
+SERVICE_TICK_S = 5.0
 TRANSCRIPT_QUEUE_SIZE = 64
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -144,6 +162,11 @@ class App:
         self.log = structlog.get_logger()
         self.stop = asyncio.Event()
         self.rooms_idle = asyncio.Event()
+        self.notifier = Notifier()
+        self.progress = Progress()
+        self.started_at = time.monotonic()
+        self.last_snapshot: dict[str, Any] = {}
+        self.stalled: dict[str, float] = {}
         # One thread owns the recognizer (its threading contract); another runs the VADs so
         # that a long model call never delays voice detection.
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -173,6 +196,7 @@ class App:
                 language=r.language,
                 partial_interval_ms=r.partial_interval_ms if r.partials else 0,
                 on_state=self.publish_state,
+                progress=self.progress,
             )
             for r in config.rooms
             if r.enabled
@@ -203,6 +227,7 @@ class App:
             self.publisher.on_connect.append(self.announce)
             self.publisher.subscribe(f"{config.homeassistant.discovery_prefix}/status", self._homeassistant_status)
         self._signals = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     def announce(self) -> None:
         """Home Assistant discovery configs, retained (daemon/homeassistant.py)."""
@@ -291,6 +316,125 @@ class App:
     def model_name(self) -> str:
         return self.recognizer.name if self.recognizer else self.config.recognizer.model
 
+    def status_line(self) -> str:
+        """systemd's STATUS=: what `systemctl status` shows."""
+        utterances = self.recognize.counters.utterances if self.recognize else 0
+        queued = self.utterances.qsize() + self.recognized.qsize() + self.texts.qsize() + self.transcripts.qsize()
+        broker = "connected" if self.publisher.connected.is_set() else "broker unreachable"
+        stalled = f", STALLED: {', '.join(self.stalled)}" if self.stalled else ""
+        rooms = f"{len(self.rooms)} room" + ("s" if len(self.rooms) != 1 else "")
+        return f"{rooms}, {utterances} utterances, queue {queued}, MQTT {broker}{stalled}"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The stats payload (docs/mqtt.md, schema stats)."""
+        rec = self.recognize
+        counters = rec.counters if rec else None
+        batch_sizes = list(counters.batch_sizes) if counters else []
+        rooms = {
+            room.name: {
+                "state": room.counters.state,
+                "utterances": room.counters.utterances,
+                "dropped_frames": room.counters.dropped_frames,
+            }
+            for room in self.rooms
+        }
+        return {
+            "time": iso_utc(time.time()),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "utterances": counters.utterances if counters else 0,
+            "audio_seconds": round(counters.audio_seconds, 1) if counters else 0.0,
+            "dropped_frames": sum(r["dropped_frames"] for r in rooms.values()),
+            "published": self.publisher.counters.published,
+            "dropped": self.publisher.counters.dropped,
+            "outbox": len(self.publisher.outbox) if self.publisher.outbox is not None else 0,
+            "mqtt_connected": int(self.publisher.connected.is_set()),
+            "queues": self.status()["queues"],
+            "recognize_ms": percentiles(rec.latencies if rec else []),
+            "batch_size": {
+                "mean": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
+                "max": max(batch_sizes, default=None),
+            },
+            "stalled": sorted(self.stalled),
+            "rooms": rooms,
+            **process_usage(),
+            "gpu": gpu_memory(),
+        }
+
+    async def _service(self) -> None:
+        """READY=1 once the model is loaded, the broker tried and capture started; then the
+        watchdog (only while nothing is stalled), STATUS= and the stats."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STARTUP_WAIT_S):
+                await self.publisher.attempted.wait()
+                await asyncio.gather(*(room.started.wait() for room in self.rooms))
+        waiting = [room.name for room in self.rooms if not room.started.is_set()]
+        if waiting:
+            self.log.warning("rooms still waiting for audio at startup", rooms=waiting)
+        self.notifier.ready(self.status_line())
+        self.log.info("ready", notify=self.notifier.enabled, mqtt_connected=self.publisher.connected.is_set())
+        watchdog = watchdog_interval_s()
+        deadline = self.config.daemon.stall_timeout_s
+        stats_every = self.config.daemon.stats_interval_s
+        tick = min(watchdog or SERVICE_TICK_S, SERVICE_TICK_S)
+        stop_metrics = None
+        if self.config.daemon.metrics_port:
+            stop_metrics = serve_metrics(self.config.daemon.metrics_port, lambda: self.last_snapshot)
+        next_stats = time.monotonic() + stats_every
+        last_status = ""
+        try:
+            self.last_snapshot = self.snapshot()
+            while True:
+                stalled = self.progress.stuck(deadline)
+                if stalled and not self.stalled:
+                    self.log.error(
+                        "pipeline stalled: watchdog pings stopped",
+                        stalled={k: round(v, 1) for k, v in stalled.items()},
+                        deadline_s=deadline,
+                    )
+                elif self.stalled and not stalled:
+                    self.log.warning("pipeline moving again: watchdog pings resumed")
+                self.stalled = stalled
+                if watchdog is not None and not stalled:
+                    self.notifier.watchdog()
+                if (line := self.status_line()) != last_status:
+                    self.notifier.status(line)
+                    last_status = line
+                self.last_snapshot = self.snapshot()
+                if stats_every and time.monotonic() >= next_stats:
+                    next_stats += stats_every
+                    self.publisher.submit_json(self.publisher.topic("stats"), self.last_snapshot, qos=0)
+                await asyncio.sleep(tick)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
+
+    async def reload_config(self) -> dict[str, Any]:
+        """The ``reload`` command and SIGHUP: the dictionary and the hotwords now; any other
+        change is reported and waits for a restart. Raises ConfigError/DictionaryError and
+        leaves everything as it was."""
+        config = load_config(self.config_path)
+        entries = self.text.reload_dictionary()["entries"]
+        self.global_hotwords = tuple(config.recognizer.hotwords)
+        self.room_hotwords = {r.name: tuple(r.hotwords) for r in config.rooms}
+        pending = changed_keys(self.config, config)
+        if pending:
+            self.log.warning("config changes need a restart", keys=pending)
+        self.log.info("config reloaded", dictionary_entries=entries, hotwords=list(self.global_hotwords))
+        return {"dictionary_entries": entries, "hotwords": list(self.global_hotwords), "needs_restart": pending}
+
+    def _on_hangup(self) -> None:
+        async def reload() -> None:
+            self.notifier.reloading()
+            try:
+                await self.reload_config()
+            except (ConfigError, DictionaryError) as exc:
+                self.log.error("reload failed; keeping the running config", error=str(exc))
+            self.notifier.ready(self.status_line())
+
+        task = asyncio.get_running_loop().create_task(reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
             self.log.info("shutdown requested", reason=reason)
@@ -307,6 +451,7 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -333,6 +478,7 @@ class App:
             room_contexts(self.config),
             on_partial=self._publish_partial,
             hotwords_for=self.hotwords,
+            progress=self.progress,
         )
 
         try:
@@ -344,7 +490,10 @@ class App:
                 publish_task = group.create_task(self._publish_stage(), name="publish")
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in self.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
+                service = group.create_task(self._service(), name="service")
                 await self.stop.wait()
+                self.notifier.stopping()
+                service.cancel()
                 await self._drain(room_tasks, [recognize_task, text_task, stitch_task, publish_task], mqtt_task)
         finally:
             self.model_executor.shutdown(wait=False, cancel_futures=True)
@@ -394,6 +543,15 @@ class App:
                 utterance_id=u.id,
                 room=u.room,
                 decided_at=u.decided_at,
+                # The one line per utterance that says everything (besides the text).
+                summary={
+                    "language": item.language,
+                    "duration_s": record["duration_s"],
+                    "recognize_ms": record["latency_ms"]["recognize"],
+                    "parts": item.parts,
+                    "chars": len(item.text),
+                    "confidence": item.confidence,
+                },
             )
             if self.config.hermes.enabled:
                 captured = hermes.text_captured(record, site_id(self.config, u.room))

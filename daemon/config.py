@@ -8,6 +8,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -43,6 +44,11 @@ class DaemonSettings(Section):
     state_dir: str = Field(
         "", description="Where the outbox lives; empty: $STATE_DIRECTORY (systemd), else ./state by the config."
     )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="A model or VAD call running longer stops the systemd watchdog pings."
+    )
+    stats_interval_s: float = Field(60.0, ge=0, le=86400, description="Publish <prefix>/stats this often; 0: never.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus text on 127.0.0.1:<port>/metrics; 0: off.")
 
     def state_path(self, config_path: Path) -> Path:
         if self.state_dir:
@@ -378,6 +384,30 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     if problems:
         raise ConfigError(path, problems)
     return config
+
+
+# What a reload (SIGHUP, the reload command) applies at once; the rest waits for a restart.
+LIVE_KEYS = re.compile(r"^(recognizer\.hotwords|rooms\.\d+\.hotwords)(\.|$)")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}.{i}"))
+        return out
+    return {prefix: value}
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ, except those a reload applies (LIVE_KEYS)."""
+    a, b = _flatten(old.model_dump()), _flatten(new.model_dump())
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not LIVE_KEYS.match(k))
 
 
 def load_config(path: Path) -> Config:

@@ -21,7 +21,7 @@ from daemon.commands import (
     parse,
     response,
 )
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError
 from pipeline.text.dictionary import DictionaryError
 
 if TYPE_CHECKING:
@@ -91,11 +91,7 @@ class Controller:
             await app.release_model_memory()
             return None
         if isinstance(command, Reload):
-            entries = app.text.reload_dictionary()["entries"]
-            config = load_config(app.config_path)
-            app.global_hotwords = tuple(config.recognizer.hotwords)
-            app.room_hotwords = {r.name: tuple(r.hotwords) for r in config.rooms}
-            return {"dictionary_entries": entries, "hotwords": list(app.global_hotwords)}
+            return await app.reload_config()
         if isinstance(command, Status):
             return {"version": __version__, **app.status()}
         raise CommandError("not handled", command.command, command.transaction)  # unreachable: parse knows all

@@ -41,6 +41,7 @@ class Outgoing:
     queued_at: float = field(default_factory=time.monotonic)
     seq: int | None = None  # its row in the durable outbox
     delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
+    summary: dict[str, Any] | None = None  # more fields for the "utterance published" log line
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Publisher:
         self.pending: deque[Outgoing] = deque()
         self.counters = PublisherCounters()
         self.connected = asyncio.Event()
+        self.attempted = asyncio.Event()  # the first connection was tried (and made, or not)
         self._wake = asyncio.Event()
         self._closing = False
         self._closing_event = asyncio.Event()
@@ -220,6 +222,7 @@ class Publisher:
                     for topic_filter, (qos, _) in self.handlers.items():
                         await client.subscribe(topic_filter, qos=qos)
                     self.connected.set()
+                    self.attempted.set()
                     for announce in self.on_connect:
                         announce()
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
@@ -233,6 +236,7 @@ class Publisher:
                 for waiting in self.pending:
                     waiting.delayed = True
                 self.counters.connect_failures += 1
+                self.attempted.set()
                 delay = backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
                 attempt += 1
                 self.log.warning(
@@ -303,6 +307,7 @@ class Publisher:
                         end_to_ack_ms=round((now - (item.decided_at or now)) * 1000, 1),
                         delayed=item.delayed,
                         queued_ms=round((now - item.queued_at) * 1000, 1),
+                        **(item.summary or {}),
                     )
             if self._closing:
                 await client.publish(self.status_topic, "stopped", qos=1, retain=True)

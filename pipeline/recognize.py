@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 
 from models.tokenizer import latin_script
+from pipeline.health import Progress
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
 from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score
 
@@ -51,6 +52,7 @@ class RoomContext:
 class RecognizeCounters:
     batches: int = 0
     utterances: int = 0
+    audio_seconds: float = 0.0
     empty: int = 0
     failed: int = 0
     releases: int = 0
@@ -79,6 +81,7 @@ class RecognizeStage:
         rooms: dict[str, RoomContext] | None = None,
         on_partial: Callable[[Utterance, Recognition], None] | None = None,
         hotwords_for: Callable[[str], Sequence[str]] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.executor = executor
@@ -89,6 +92,8 @@ class RecognizeStage:
         self.on_partial = on_partial
         self.hotwords_for = hotwords_for  # overrides settings and rooms (hotwords set at run time)
         self.counters = RecognizeCounters()
+        self.progress = progress or Progress()  # the model calls, for the watchdog
+        self.latencies: deque[float] = deque(maxlen=1000)  # ms per model call, the latest ones
         self.log = structlog.get_logger()
         self._waiting: list[Utterance] = []
         self._ended = False
@@ -178,7 +183,10 @@ class RecognizeStage:
         prompts = [self._prompt(u) for u in batch]
         hotwords: list[Sequence[str]] = [self.hotwords(u.room) for u in batch]
         self._released = False
-        return await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language, prompts, hotwords)
+        with self.progress.busy("recognize"):
+            return await loop.run_in_executor(
+                self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
+            )
 
     def hotwords(self, room: str) -> tuple[str, ...]:
         """The global hotwords and the room's, once each; for an English-only model only
@@ -207,6 +215,7 @@ class RecognizeStage:
             self.log.exception("recognition failed", room=batch[0].room, utterance_id=batch[0].id)
             return
         elapsed_ms = (time.monotonic() - started) * 1000
+        self.latencies.append(elapsed_ms)
         self.counters.batches += 1
         self.counters.batch_sizes.append(len(batch))
         transcripts: list[Transcript] = []
@@ -217,6 +226,7 @@ class RecognizeStage:
                     self.on_partial(utt, result)
                 continue
             self.counters.utterances += 1
+            self.counters.audio_seconds += utt.duration_s
             log = self.log.bind(room=utt.room, utterance_id=utt.id)
             if not result.text:
                 self.counters.empty += 1
@@ -247,10 +257,10 @@ class RecognizeStage:
     def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance]]:
         """Pieces to recognize once more together with the room's previous piece.
 
-        Whether two pieces are one sentence is often plain from their texts ("turn on the |
-        kitchen lights"); where the stitcher's score is undecided, the recognizer hearing both
-        as one stretch settles it: it writes one sentence, or puts a full stop between them
-        (pipeline/stitch.py, JOINT_BONUS). Only those undecided pairs cost a second decode."""
+        The texts of two pieces say a lot ("turn on the | kitchen lights") but tiny models
+        punctuate fragments as sentences; the recognizer hearing both pieces as one stretch
+        is a second opinion: one sentence, or a full stop between them (pipeline/stitch.py,
+        JOINT_BONUS). Pairs whose texts cannot reach a join even with it cost nothing."""
         chosen: list[tuple[int, Utterance]] = []
         for i, t in enumerate(transcripts):
             u = t.utterance
@@ -267,7 +277,7 @@ class RecognizeStage:
             if first.duration_s + JOINT_PAUSE_S + u.duration_s > JOINT_MAX_S:
                 continue
             score = join_score(first_text, t.raw_text, gap_s, t.language)
-            if JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE:
+            if score >= JOIN_SCORE - JOINT_BONUS:
                 chosen.append((i, first))
         return chosen
 
@@ -282,9 +292,10 @@ class RecognizeStage:
         prompts = [", ".join(words) for words in hotwords]
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(
-                self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
-            )
+            with self.progress.busy("recognize"):
+                results = await loop.run_in_executor(
+                    self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
+                )
         except Exception:
             # The pieces still go out, judged by their texts alone.
             self.log.exception("joint recognition failed", size=len(audios))

@@ -12,6 +12,7 @@ import numpy as np
 import structlog
 
 from pipeline.framing import Framer
+from pipeline.health import Progress
 from pipeline.messages import PARTIAL_PRIORITY, SAMPLE_RATE, EndOfStream, Frame, Utterance
 from pipeline.queues import DropOldestQueue
 from pipeline.sources import AudioFileError, AudioSource, CaptureError
@@ -55,6 +56,7 @@ class Room:
         priority: int = 0,
         partial_interval_ms: int = 0,
         on_state: Callable[[Room], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -74,6 +76,9 @@ class Room:
         self.paused = False
         self.on_state = on_state  # called when the state changes (listening, speaking, paused, idle)
         self.counters = RoomCounters()
+        self.progress = progress or Progress()  # the VAD calls, for the watchdog
+        # Set at the first chunk, or when the source fails or ends: the room is up either way.
+        self.started = asyncio.Event()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
         self._frames: asyncio.Queue[Frame | EndOfStream]
@@ -103,6 +108,7 @@ class Room:
         reason = "end_of_stream"
         try:
             async for chunk in self.source.chunks(stop):
+                self.started.set()  # the device is open and delivering
                 for offset, samples in framer.push(chunk):
                     await self._put(self._frame(offset, samples, wall0))
             for offset, samples in framer.flush():
@@ -114,6 +120,7 @@ class Room:
             self.counters.errors += 1
             self.counters.last_error = str(exc)
             self.log.error("room source failed", error=str(exc))
+        self.started.set()
         await self._frames.put(EndOfStream(self.name, reason))
 
     def _frame(self, offset: int, samples: np.ndarray, wall0: float) -> Frame:
@@ -139,7 +146,8 @@ class Room:
             # Paused: the VAD hears silence, so speech in progress ends as usual and stream
             # offsets (and so wall times) stay right; the audio itself is not used.
             samples = np.zeros_like(item.samples) if self.paused else item.samples
-            segments = await loop.run_in_executor(self.vad_executor, assembler.push, samples)
+            with self.progress.busy(f"vad:{self.name}"):
+                segments = await loop.run_in_executor(self.vad_executor, assembler.push, samples)
             await self._emit(segments, wall0)
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)

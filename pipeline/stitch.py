@@ -33,11 +33,14 @@ import structlog
 from pipeline.messages import Transcript
 
 JOIN_SCORE = 1.5
-# What the recognizer hearing both pieces as one stretch adds when it wrote them as one
-# sentence (no sentence end inside); the recognize stage asks for that joint decode only
-# when the score from the texts lies within this of JOIN_SCORE. bench/stitch.py measured it:
-# split sentences delivered whole 77.5% -> 92.5% on its set, separate ones joined 0 -> 5%.
+# The recognizer hearing both pieces as one stretch of audio (pipeline/recognize.py) is a
+# second opinion: one sentence there adds JOINT_BONUS, a sentence end inside subtracts
+# JOINT_PENALTY. It is asked for every pair within max_gap_ms that scores at least
+# JOIN_SCORE - JOINT_BONUS from the texts, and ignored when it lost words (JOINT_MIN_WORDS of
+# the pieces' words at least). Measured in bench/stitch.py (docs/architecture.md).
 JOINT_BONUS = 1.0
+JOINT_PENALTY = 0.5
+JOINT_MIN_WORDS = 0.75
 
 EN_DANGLING = set(
     "the a an and or but so to of in on at for with from by into onto about than as that which who whose "
@@ -53,6 +56,8 @@ EN_CONTINUATION = set(
 # A piece that starts with one of these and is not a question continues a sentence ("... the
 # meeting | was moved to Thursday").
 EN_AUXILIARY = set("is are was were has have had will would can could should does did".split())
+# "... | Where are my keys?": a question of its own, not "... where the keys are".
+EN_QUESTION = set("where when which who whom whose".split())
 # Words safe to write in lower case when they no longer start a sentence (never names).
 EN_LOWER_OK = EN_DANGLING | EN_CONTINUATION | set("it there here we they he she you".split())
 ZH_DANGLING = tuple(
@@ -104,7 +109,7 @@ def join_score(first: str, second: str, gap_s: float, language: str) -> float:
         word = _first_word(second)
         if word[:1].islower():
             score += 2.0
-        elif word.lower() in EN_CONTINUATION:
+        elif word.lower() in EN_CONTINUATION and not (word.lower() in EN_QUESTION and second.endswith("?")):
             score += 1.5
         elif word[:1].isdigit():
             score += 1.5  # "... set it to | 21 degrees": sentences seldom open with digits
@@ -122,6 +127,21 @@ def ends_sentence_inside(text: str) -> bool:
     ellipsis; not a decimal point) before the last word: the recognizer heard two sentences."""
     body = text.strip().rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
     return bool(re.search(r"(?:[.?!…]\s|[。？！]|\.\.\.)", body))
+
+
+def _words(text: str) -> int:
+    return len(re.findall(r"\w+", text))
+
+
+def joint_opinion(first_text: str, second: Transcript) -> bool | None:
+    """What the joint decode says: one sentence (True), two (False), or nothing usable (None:
+    there was none, or it dropped words that the pieces have)."""
+    joint = second.joint_text
+    if not joint:
+        return None
+    if _words(joint) < JOINT_MIN_WORDS * (_words(first_text) + _words(second.text)):
+        return None
+    return not ends_sentence_inside(joint)
 
 
 def looks_complete(text: str, language: str) -> bool:
@@ -244,12 +264,13 @@ class StitchStage:
             first = held.transcript
             gap_s = item.utterance.start_wall - first.utterance.end_wall
             score = join_score(first.text, item.text, gap_s, first.language)
-            joint = item.joint_with == held.last_id and item.joint_text and not ends_sentence_inside(item.joint_text)
-            if joint:
-                score += JOINT_BONUS
+            # The joint decode covers the held piece only while it is a single one.
+            joint = joint_opinion(first.text, item) if item.joint_with == held.last_id and first.parts == 1 else None
+            if joint is not None:
+                score += JOINT_BONUS if joint else -JOINT_PENALTY
             if gap_s * 1000 <= self.settings.max_gap_ms and score >= JOIN_SCORE:
                 joined = join(first, item)
-                if joint and first.parts == 1:
+                if joint:
                     # Heard as one sentence: the joint decode's words, with context both ways.
                     joined = dataclasses.replace(joined, text=item.joint_text, raw_text=item.joint_raw)
                 self.joined += 1

@@ -278,7 +278,7 @@ class Subscriber:
 class Daemon:
     """``roomscribe run`` as a subprocess; its JSON log lines are parsed as they come."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         import json
         import sys
         import threading
@@ -292,6 +292,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
 
         def read() -> None:
@@ -430,3 +431,55 @@ def make_client_certificate(folder: Path) -> tuple[Path, Path]:
     for args in (request, [*sign, "-days", "2"]):
         subprocess.run(["openssl", *args], check=True, capture_output=True)
     return cert, key
+
+
+class NotifyListener:
+    """A systemd stand-in for sd_notify: a datagram socket the daemon's ``$NOTIFY_SOCKET``
+    names (``@name`` for an abstract socket); records every message with its arrival time."""
+
+    def __init__(self, address: str) -> None:
+        import threading
+
+        self.address = address
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._cond = threading.Condition()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self._open = True
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while self._open:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            with self._cond:
+                self.messages.append((time.time(), fields))
+                self._cond.notify_all()
+
+    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
+        with self._cond:
+            return [(t, m) for t, m in self.messages if key in m]
+
+    def wait_for(self, key: str, count: int = 1, timeout_s: float = 60.0) -> list[tuple[float, dict[str, str]]]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                found = [(t, m) for t, m in self.messages if key in m]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(found)} of {count} {key} messages after {timeout_s} s")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join(timeout=2)
+        self.sock.close()

@@ -12,6 +12,7 @@ from pipeline.messages import Transcript, Utterance, utterance_record
 from pipeline.stitch import (
     JOIN_SCORE,
     JOINT_BONUS,
+    JOINT_PENALTY,
     StitchSettings,
     StitchStage,
     ends_sentence_inside,
@@ -222,11 +223,13 @@ def test_joint_decode_settles_an_undecided_pair() -> None:
     stretch, the recognizer wrote one: joined, with the joint words, the pieces' raw texts kept."""
     first, second = piece("Play some quiet music.", 1.0, 2.5, n=1), piece("Why I read?", 3.3, 4.2, n=2)
     score = join_score(first.text, second.text, 0.8, "en")
-    assert JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE  # undecided by the texts alone
+    assert JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE  # no join from the texts alone
     cases = [
         (with_joint(second, first, "Play some quiet music while I read."), ["Play some quiet music while I read."]),
         (with_joint(second, first, "Play some quiet music. Why I read?"), [first.text, second.text]),
         (second, [first.text, second.text]),  # no joint decode: the texts decide
+        # A joint decode that lost a piece's words is no opinion.
+        (with_joint(second, first, "Play some music."), [first.text, second.text]),
         # A joint decode made with another piece than the one held does not count.
         (dataclasses.replace(second, joint_with="kitchen-x-000099", joint_text="Play some quiet music while I read."),
          [first.text, second.text]),
@@ -258,3 +261,20 @@ def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recogniz
     )
     assert "sister" in one.text and not ends_sentence_inside(one.text)
     assert "laptop" in two.text and ends_sentence_inside(two.text)
+
+
+def test_joint_decode_that_hears_two_sentences_vetoes_a_weak_join() -> None:
+    """The texts "We are out of milk. | For maybe it is sleeping." score a join from the
+    "For"; the recognizer hearing both writes two sentences, and they stay two."""
+    first, second = piece("We are out of milk.", 1.0, 2.5, n=1), piece("For maybe it is sleeping.", 3.7, 4.9, n=2)
+    assert JOIN_SCORE <= join_score(first.text, second.text, 1.2, "en") < JOIN_SCORE + JOINT_PENALTY
+    s = stage(Clock())
+
+    async def go() -> list[Transcript]:
+        await s.accept(first)
+        await s.accept(with_joint(second, first, "We are out of milk. For maybe sleeping."))
+        for room in list(s.held):
+            await s._release(room)
+        return drain(s)
+
+    assert [t.text for t in asyncio.run(go())] == [first.text, second.text]

@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from daemon import hermes
+from daemon.commands import CommandError
 from daemon.config import (
     Config,
     ConfigError,
@@ -40,7 +41,9 @@ from daemon.homeassistant import discovery_messages
 from daemon.mqtt import Publisher
 from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
+from daemon.outputs import output_path, render, write_atomically
 from daemon.stats import gpu_memory, percentiles, process_usage, serve_metrics
+from pipeline.batch import BatchJob, FileResult, expand_paths
 from pipeline.health import Progress
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
@@ -147,6 +150,19 @@ def build_source(
     return MicSource(settings.device)
 
 
+def resolve_batch_path(allowed_dir: str, path_text: str) -> tuple[Path, Path]:
+    """(the allowed folder, the requested path), both with symbolic links resolved, so that
+    neither ".." nor a link leads outside; CommandError when it does or nothing is there."""
+    allowed = Path(allowed_dir).resolve()
+    path = Path(path_text)
+    path = (path if path.is_absolute() else allowed / path).resolve()
+    if not path.is_relative_to(allowed):
+        raise CommandError(f"{path_text!r} is outside batch.allowed_dir ({allowed})", "transcribe")
+    if not path.exists():
+        raise CommandError(f"{path_text!r}: no such file or folder", "transcribe")
+    return allowed, path
+
+
 def site_id(config: Config, room: str) -> str:
     """The Hermes siteId of a room: its Hermes source's, else the room's name."""
     for r in config.rooms:
@@ -228,6 +244,8 @@ class App:
             self.publisher.subscribe(f"{config.homeassistant.discovery_prefix}/status", self._homeassistant_status)
         self._signals = 0
         self._background: set[asyncio.Task[None]] = set()
+        self.jobs: dict[str, BatchJob] = {}
+        self._job_count = 0
 
     def announce(self) -> None:
         """Home Assistant discovery configs, retained (daemon/homeassistant.py)."""
@@ -306,6 +324,7 @@ class App:
                 "rooms": {name: list(words) for name, words in self.room_hotwords.items()},
             },
             "commands": {"handled": self.control.handled, "refused": self.control.rejected},
+            "jobs": len(self.jobs),
         }
 
     @property
@@ -407,6 +426,54 @@ class App:
         finally:
             if stop_metrics is not None:
                 stop_metrics()
+
+    async def run_batch(self, path_text: str, recursive: bool) -> dict[str, Any]:
+        """The ``transcribe`` command: a file or folder below ``batch.allowed_dir`` through the
+        shared recognizer behind the live rooms; returns when every file is done."""
+        b = self.config.batch
+        if not b.allowed_dir:
+            raise CommandError("batch jobs are off: set batch.allowed_dir", "transcribe")
+        allowed, path = resolve_batch_path(b.allowed_dir, path_text)
+        out_dir = (
+            Path(b.output_dir) if b.output_dir else self.config.daemon.state_path(self.config_path) / "transcripts"
+        )
+        files = [p for p, _ in expand_paths([path], recursive)]
+        outputs: list[str] = []
+        failed: dict[str, str] = {}
+
+        def file_done(result: FileResult) -> None:
+            if result.error is not None:
+                failed[str(result.path)] = result.error
+                return
+            for fmt in b.formats:
+                target = output_path(result.path, allowed, out_dir, fmt)
+                write_atomically(target, render(result, fmt))
+                outputs.append(str(target))
+
+        self._job_count += 1
+        job_id = f"job{self._job_count}"
+        job = BatchJob(
+            job_id,
+            files,
+            self.utterances,
+            self.config.vad.params(),
+            silero_factory,
+            self.vad_executor,
+            file_done,
+            files_in_flight=b.files_in_flight,
+            max_segments_in_flight=self.config.recognizer.max_batch,
+        )
+        self.jobs[job_id] = job
+        self.log.info("batch job started", job=job_id, files=len(files), path=str(path))
+        started = time.monotonic()
+        try:
+            await job.feed()
+            await job.finished.wait()
+        finally:
+            del self.jobs[job_id]
+        wall_s = round(time.monotonic() - started, 2)
+        self.log.info("batch job done", job=job_id, files=len(files), failed=len(failed), wall_s=wall_s)
+        return {"job": job_id, "files": len(files), "outputs": outputs, "failed": failed, "wall_s": wall_s}
 
     async def reload_config(self) -> dict[str, Any]:
         """The ``reload`` command and SIGHUP: the dictionary and the hotwords now; any other
@@ -534,6 +601,11 @@ class App:
 
     async def _publish_stage(self) -> None:
         while (item := await self.transcripts.get()) is not None:
+            if item.utterance.source is not None:  # a batch job's segment: to its job, not to MQTT
+                for job in self.jobs.values():
+                    if job.owns(item):
+                        job.deliver(item)
+                continue
             u = item.utterance
             record = utterance_record(item, published_at=time.monotonic())
             self.publisher.submit_json(

@@ -135,11 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="use this config's broker and recognizer instead")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("transcribe", help="transcribe audio files and folders")
+    p = sub.add_parser("transcribe", help="transcribe audio and video files and folders")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument("--format", choices=("jsonl", "txt"), default="txt")
+    p.add_argument("--out", type=Path, help="write outputs here (mirroring folders); default: beside each input")
+    p.add_argument(
+        "--format",
+        default="txt",
+        help="txt, srt, vtt, json or jsonl, or several joined by commas; jsonl without --out streams to stdout",
+    )
     p.add_argument("--language", help="language code for multilingual models")
+    p.add_argument("--jobs", type=int, help="files decoded at once (default: by CPU count); 1: the plain serial loop")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--force", action="store_true", help="redo files whose outputs already exist")
     p.add_argument("--verbose", action="store_true", help="log progress on stderr")
     with_config(p)
     p.set_defaults(func=cmd_transcribe)

@@ -64,11 +64,20 @@ class Status(_Command):
     command: Literal["status"]
 
 
+class Transcribe(_Command):
+    """Queue a file or folder (within batch.allowed_dir) for batch transcription; answered
+    when the job is done, with its outputs and failures."""
+
+    command: Literal["transcribe"]
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    recursive: bool = False
+
+
 AnyCommand = Annotated[
-    Pause | Resume | Hotwords | Language | ClearCache | Reload | Status, Field(discriminator="command")
+    Pause | Resume | Hotwords | Language | ClearCache | Reload | Status | Transcribe, Field(discriminator="command")
 ]
 _ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
-KNOWN = ("pause", "resume", "hotwords", "language", "clear_cache", "reload", "status")
+KNOWN = ("pause", "resume", "hotwords", "language", "clear_cache", "reload", "status", "transcribe")
 
 
 class CommandError(ValueError):

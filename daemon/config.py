@@ -246,6 +246,15 @@ class RoomSettings(Section):
     source: SourceSettings
 
 
+class BatchSettings(Section):
+    allowed_dir: str = Field("", description="The transcribe command reads only below this folder; empty: refused.")
+    output_dir: str = Field("", description="Where job outputs go; empty: <state_dir>/transcripts.")
+    formats: list[Literal["txt", "srt", "vtt", "json", "jsonl"]] = Field(
+        ["json", "srt"], min_length=1, description="Files written per input."
+    )
+    files_in_flight: int = Field(2, ge=1, le=16, description="Files decoded and segmented at once per job.")
+
+
 class HomeAssistantSettings(Section):
     enabled: bool = Field(False, description="Announce the daemon and its rooms by MQTT discovery.")
     discovery_prefix: str = Field(
@@ -262,6 +271,7 @@ class Config(Section):
     mqtt: MqttSettings = MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     hermes: HermesSettings = HermesSettings()
+    batch: BatchSettings = BatchSettings()
     recognizer: RecognizerSettings = RecognizerSettings()
     vad: VadSettings = VadSettings()
     text: TextSettingsSection = TextSettingsSection()

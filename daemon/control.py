@@ -18,6 +18,7 @@ from daemon.commands import (
     Reload,
     Resume,
     Status,
+    Transcribe,
     parse,
     response,
 )
@@ -92,6 +93,15 @@ class Controller:
             return None
         if isinstance(command, Reload):
             return await app.reload_config()
+        if isinstance(command, Transcribe):
+            if room is not None:
+                raise CommandError(
+                    "transcribe goes to <prefix>/set, not to a room", command.command, command.transaction
+                )
+            try:
+                return await app.run_batch(command.path, command.recursive)
+            except CommandError as exc:
+                raise CommandError(str(exc), command.command, command.transaction) from None
         if isinstance(command, Status):
             return {"version": __version__, **app.status()}
         raise CommandError("not handled", command.command, command.transaction)  # unreachable: parse knows all

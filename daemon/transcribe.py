@@ -1,15 +1,25 @@
-"""``roomscribe transcribe``: files and folders through the same stages as the daemon."""
+"""``roomscribe transcribe``: files and folders through the daemon's own stages.
+
+An async job queue (pipeline/batch.py): several files are decoded and segmented while the
+recognizer works, their segments share its batches, and each file's outputs are written the
+moment its last segment is recognized. ``--jobs 1`` is the plain serial loop for comparison:
+one file at a time, one segment per recognizer call.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
+import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from daemon.app import (
     EXIT_CONFIG_ERROR,
@@ -22,161 +32,187 @@ from daemon.app import (
 )
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import setup_logging
+from daemon.outputs import FORMATS, output_path, render, write_atomically
+from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
 from pipeline.messages import Transcript, Utterance
 from pipeline.recognize import RecognizeStage
-from pipeline.room import Room
-from pipeline.sources import AudioFileError, FileSource, open_audio
+from pipeline.sources import AudioFileError
 from pipeline.text.processor import TextProcessor
 from pipeline.text.stage import TextStage
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus", ".caf", ".w64"}
-# Files decoded and segmented at once; enough to keep the recognizer's batches full.
-FILES_IN_FLIGHT = 2
+EXIT_INTERRUPTED = 130
 
 
-def expand_paths(paths: list[Path], recursive: bool) -> list[Path]:
-    """Files as given; folders expanded to the audio files they hold, sorted."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            out.extend(sorted(p for p in found if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
-        else:
-            out.append(path)
-    return out
+def default_jobs() -> int:
+    """Files in flight by default: enough to keep the recognizer fed while files decode."""
+    return min(8, max(2, os.cpu_count() or 2))
 
 
-def record(t: Transcript) -> dict[str, Any]:
-    u = t.utterance
-    return {
-        "file": u.source,
-        "id": u.id,
-        "text": t.text,
-        "raw_text": t.raw_text,
-        "language": t.language,
-        "start": round(u.start_s, 3),
-        "end": round(u.end_s, 3),
-        "duration_s": round(u.end_s - u.start_s, 3),
-        "confidence": t.confidence,
-        "latency_ms": {"recognize": round(t.recognize_ms)},
-        "model": t.model,
-    }
+@dataclass
+class Plan:
+    files: list[tuple[Path, Path]]  # (file, root for output paths)
+    formats: list[str]
+    out_dir: Path | None
+    force: bool
+
+    def outputs(self, path: Path, root: Path) -> list[Path]:
+        if self.streaming:
+            return []
+        return [output_path(path, root, self.out_dir, fmt) for fmt in self.formats]
+
+    @property
+    def streaming(self) -> bool:
+        """jsonl without --out: segments go to stdout, nothing is written (nor skipped)."""
+        return self.formats == ["jsonl"] and self.out_dir is None
+
+    def todo(self) -> tuple[list[tuple[Path, Path]], list[Path]]:
+        """Files still to do, and those whose outputs all exist (skipped unless --force)."""
+        todo, done = [], []
+        for path, root in self.files:
+            outputs = self.outputs(path, root)
+            if outputs and not self.force and all(p.exists() for p in outputs):
+                done.append(path)
+            else:
+                todo.append((path, root))
+        return todo, done
 
 
-class BatchJob:
-    def __init__(
-        self, config: Config, files: list[Path], fmt: str, language: str | None, config_path: Path | None = None
-    ) -> None:
+class Runner:
+    def __init__(self, config: Config, config_path: Path, plan: Plan, jobs: int, language: str | None) -> None:
         self.config = config
-        self.config_path = config_path or Path.cwd() / "config.toml"
-        self.files = files
-        self.fmt = fmt
+        self.config_path = config_path
+        self.plan = plan
+        self.jobs = jobs
         self.language = language
         self.failures: dict[Path, str] = {}
-        self.texts: dict[str, list[str]] = {}
+        self.done: list[Path] = []
+        self.audio_done_s = 0.0
+        self.console = Console(stderr=True)
+        self.roots: dict[Path, Path] = {}
 
-    def readable_files(self) -> list[tuple[int, Path]]:
-        """Files that open as audio; the others are recorded as failures with their reason."""
-        readable = []
-        for index, path in enumerate(self.files):
-            try:
-                open_audio(path).close()
-            except AudioFileError as exc:
-                self.failures[path] = str(exc).removeprefix(f"{path}: ")
-                continue
-            readable.append((index, path))
-        return readable
+    def file_done(self, result: FileResult) -> None:
+        if result.error is not None:
+            self.failures[result.path] = result.error
+        elif self.plan.streaming:
+            sys.stdout.write(render(result, "jsonl"))
+            sys.stdout.flush()
+        else:
+            for fmt, target in zip(
+                self.plan.formats, self.plan.outputs(result.path, self.roots[result.path]), strict=True
+            ):
+                write_atomically(target, render(result, fmt))
+        self.done.append(result.path)
+        self.audio_done_s += result.audio_s
 
-    async def run(self) -> None:
-        files = self.readable_files()
-        if not files:
-            return  # nothing to load the model for
+    async def run(self, files: list[tuple[Path, Path]]) -> None:
+        self.roots = dict(files)
+        paths = [p for p, _ in files]
+        total_s = 0.0
+        for path in paths:
+            with contextlib.suppress(AudioFileError):  # a bad file is reported when its turn comes
+                total_s += open_source(path)[1] or 0.0
         loop = asyncio.get_running_loop()
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
         utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
         recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
-        transcripts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
-        text = TextStage(TextProcessor(self.config.text.settings(self.config_path)), recognized, transcripts)
+        texts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
+        text = TextStage(TextProcessor(self.config.text.settings(self.config_path)), recognized, texts)
+        job = BatchJob(
+            "batch",
+            paths,
+            utterances,
+            self.config.vad.params(),
+            silero_factory,
+            vad_executor,
+            self.file_done,
+            files_in_flight=self.jobs,
+            language=self.language,
+        )
+        progress = Progress(
+            TextColumn("[bold]transcribing"),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            TextColumn("{task.fields[hours]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+            transient=False,
+        )
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
-            settings = replace(recognize_settings(self.config), idle_release_s=0.0)
+            settings = replace(recognize_settings(self.config), idle_release_s=0.0, joint_max_gap_s=0.0)
+            if self.jobs == 1:
+                settings = replace(settings, max_batch=1)  # the plain serial loop
             stage = RecognizeStage(recognizer, model_executor, utterances, recognized, settings)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(stage.run(), name="recognize")
-                group.create_task(text.run(), name="text")
-                group.create_task(self._write(transcripts), name="write")
-                await self._feed(files, vad_executor, utterances)
-                await utterances.put(None)
+            started = time.monotonic()
+            with progress:
+                task = progress.add_task("files", total=total_s or None, files="", hours="", speed="")
+
+                def refresh() -> None:
+                    elapsed = time.monotonic() - started
+                    speed = f"{self.audio_done_s / elapsed:.1f}x real time" if elapsed > 0 and self.audio_done_s else ""
+                    hours = f"{self.audio_done_s / 3600:.2f}/{total_s / 3600:.2f} h audio"
+                    progress.update(task, completed=self.audio_done_s, files=f"{len(self.done)}/{len(paths)} files",
+                                    hours=hours, speed=speed)  # fmt: skip
+
+                async def collect() -> None:
+                    while (t := await texts.get()) is not None:
+                        job.deliver(t)
+                        refresh()
+
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(stage.run(), name="recognize")
+                    group.create_task(text.run(), name="text")
+                    collector = group.create_task(collect(), name="collect")
+                    await job.feed()
+                    refresh()
+                    await utterances.put(None)
+                    await collector
+                refresh()
         finally:
             model_executor.shutdown(wait=False, cancel_futures=True)
             vad_executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _feed(
-        self, files: list[tuple[int, Path]], vad_executor: ThreadPoolExecutor, out: asyncio.Queue[Utterance | None]
-    ) -> None:
-        slots = asyncio.Semaphore(FILES_IN_FLIGHT)
-        never = asyncio.Event()
-
-        async def one(index: int, path: Path) -> None:
-            async with slots:
-                room = Room(
-                    name=f"file{index}",
-                    source=FileSource(path, realtime=False),
-                    vad_params=self.config.vad.params(),
-                    speech_prob_factory=silero_factory,
-                    vad_executor=vad_executor,
-                    out=out,
-                    id_prefix=f"{path.stem}",
-                    language=self.language,
-                    source_label=str(path),
-                    priority=1,
-                )
-                await room.run(never)
-                if room.counters.last_error:
-                    self.failures[path] = room.counters.last_error.removeprefix(f"{path}: ")
-
-        async with asyncio.TaskGroup() as group:
-            for index, path in files:
-                group.create_task(one(index, path), name=f"file:{path}")
-
-    async def _write(self, transcripts: asyncio.Queue[Transcript | None]) -> None:
-        while (t := await transcripts.get()) is not None:
-            if self.fmt == "jsonl":
-                print(json.dumps(record(t), ensure_ascii=False), flush=True)
-            else:
-                self.texts.setdefault(str(t.utterance.source), []).append(t.text)
-
 
 def transcribe_main(args: argparse.Namespace) -> int:
-    setup_logging("info" if args.verbose else "warning", "auto")
+    # Every problem with a file is listed at the end; log lines only with --verbose.
+    setup_logging("info" if args.verbose else "critical", "auto")
     try:
         config = load_config(args.config) if args.config else Config()
     except ConfigError as exc:
         exc.report()
         return EXIT_CONFIG_ERROR
-    files = expand_paths(args.paths, args.recursive)
-    job = BatchJob(config, files, args.format, args.language, args.config)
+    formats = list(dict.fromkeys(f.strip() for f in args.format.split(",")))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        print(f"roomscribe: unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.jobs is not None and args.jobs < 1:
+        print("roomscribe: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    plan = Plan(expand_paths(args.paths, args.recursive), formats, args.out, args.force)
+    todo, skipped = plan.todo()
+    runner = Runner(config, args.config or Path.cwd() / "config.toml", plan, args.jobs or default_jobs(), args.language)
+    console = runner.console
+    if skipped:
+        console.print(f"roomscribe: {len(skipped)} file(s) already done (outputs exist; --force redoes them)")
+    code = 0
     try:
-        asyncio.run(job.run())
+        if todo:
+            asyncio.run(runner.run(todo))
     except StartupError as exc:
         print(f"roomscribe: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE
     except KeyboardInterrupt:
-        print("roomscribe: interrupted", file=sys.stderr)
-        return 130
-    if args.format == "txt":
-        several = len(files) > 1
-        for path in files:
-            lines = job.texts.get(str(path))
-            if lines is None:
-                continue
-            if several:
-                print(f"# {path}")
-            print("\n".join(lines))
-    for path, reason in job.failures.items():
-        print(f"roomscribe: {path}: {reason}", file=sys.stderr)
-    if job.failures:
-        print(f"roomscribe: {len(job.failures)} of {len(files)} file(s) failed", file=sys.stderr)
-        return EXIT_RUNTIME_ERROR
-    return 0
+        left = len(todo) - len(runner.done)
+        print(f"roomscribe: interrupted; {len(runner.done)} file(s) done and kept, {left} left: run again to resume",
+              file=sys.stderr)  # fmt: skip
+        code = EXIT_INTERRUPTED
+    for path, reason in runner.failures.items():
+        print(f"roomscribe: failed: {path}: {reason}", file=sys.stderr)
+    if runner.failures:
+        print(f"roomscribe: {len(runner.failures)} of {len(plan.files)} file(s) failed", file=sys.stderr)
+        code = code or EXIT_RUNTIME_ERROR
+    return code

@@ -80,6 +80,7 @@ class Transcript:
     joint_with: str = ""
     joint_raw: str = ""
     joint_text: str = ""
+    error: str | None = None  # batch work: recognition failed; the segment has no text
 
 
 def iso_utc(epoch_s: float) -> str:

@@ -18,13 +18,15 @@ import structlog
 from models.tokenizer import latin_script
 from pipeline.health import Progress
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
-from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score
+from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score, without_strong_final
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.recognizer import Recognition, Recognizer
 
 # Whisper sees 30 s at once; the joint audio is the two pieces with this much silence between.
 JOINT_MAX_S = 30.0
+# Previous texts kept for prompts: live rooms and the files of batch jobs (one "room" each).
+MAX_ROOMS_REMEMBERED = 1024
 JOINT_PAUSE_S = 0.3
 
 
@@ -212,7 +214,13 @@ class RecognizeStage:
                     await self._recognize([utt], language)
                 return
             self.counters.failed += 1
-            self.log.exception("recognition failed", room=batch[0].room, utterance_id=batch[0].id)
+            utt = batch[0]
+            self.log.exception("recognition failed", room=utt.room, utterance_id=utt.id)
+            if utt.source is not None and not utt.partial:  # the batch job must hear of it
+                name = getattr(self.recognizer, "name", "?")
+                await self.outbox.put(
+                    Transcript(utt, "", "", language or "", 0.0, name, 0.0, error="recognition failed")
+                )
             return
         elapsed_ms = (time.monotonic() - started) * 1000
         self.latencies.append(elapsed_ms)
@@ -231,8 +239,15 @@ class RecognizeStage:
             if not result.text:
                 self.counters.empty += 1
                 log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
-                continue
-            self._previous[utt.room] = (result.text, utt.end_wall)
+                if utt.source is None:
+                    continue
+                # Batch work: an empty transcript still goes on, so the job can tell when a
+                # file's every segment is done (pipeline/batch.py); nothing publishes it.
+            if result.text:
+                self._previous.pop(utt.room, None)
+                self._previous[utt.room] = (result.text, utt.end_wall)
+                if len(self._previous) > MAX_ROOMS_REMEMBERED:  # batch files come and go: forget the oldest
+                    del self._previous[next(iter(self._previous))]
             log.info(
                 "utterance recognized",
                 recognize_ms=round(elapsed_ms),
@@ -264,6 +279,8 @@ class RecognizeStage:
         chosen: list[tuple[int, Utterance]] = []
         for i, t in enumerate(transcripts):
             u = t.utterance
+            if u.source is not None:  # batch work is never stitched
+                continue
             previous = self._last_piece.get(u.room)
             self._last_piece[u.room] = (u, t.raw_text)
             if previous is None or self.settings.joint_max_gap_s <= 0:
@@ -276,7 +293,8 @@ class RecognizeStage:
                 continue
             if first.duration_s + JOINT_PAUSE_S + u.duration_s > JOINT_MAX_S:
                 continue
-            score = join_score(first_text, t.raw_text, gap_s, t.language)
+            # As the stitcher will score it if the joint decode hears one sentence.
+            score = join_score(without_strong_final(first_text), t.raw_text, gap_s, t.language)
             if score >= JOIN_SCORE - JOINT_BONUS:
                 chosen.append((i, first))
         return chosen

@@ -124,9 +124,19 @@ def join_score(first: str, second: str, gap_s: float, language: str) -> float:
 
 def ends_sentence_inside(text: str) -> bool:
     """A sentence end (a full stop, question or exclamation mark, Latin or Chinese, or an
-    ellipsis; not a decimal point) before the last word: the recognizer heard two sentences."""
+    ellipsis; not a decimal point) before the last word: the recognizer heard two sentences.
+    An ellipsis before a lower-case word is a pause inside one ("open the... garage door")."""
     body = text.strip().rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
+    body = re.sub(r"(?:\.\.\.|…)\s*(?=[a-z])", " ", body)
     return bool(re.search(r"(?:[.?!…]\s|[。？！]|\.\.\.)", body))
+
+
+def without_strong_final(text: str) -> str:
+    """The piece with a final ? or ! read as a plain full stop: tiny models put them on
+    fragments ("Can you remind me to call?" + "my sister tomorrow"); the joint decode says
+    whether the mark belonged there."""
+    text = text.rstrip()
+    return text[:-1] + ("。" if text.endswith(("？", "！")) else ".") if text.endswith(FINAL_STRONG) else text
 
 
 def _words(text: str) -> int:
@@ -256,7 +266,7 @@ class StitchStage:
         room = item.utterance.room
         if not item.raw_parts:
             item = dataclasses.replace(item, raw_parts=(item.raw_text,))
-        if not self.enabled(room):
+        if not self.enabled(room) or item.utterance.source is not None:  # batch work: segments as cut
             await self.outbox.put(item)
             return
         held = self.held.pop(room, None)
@@ -266,6 +276,8 @@ class StitchStage:
             score = join_score(first.text, item.text, gap_s, first.language)
             # The joint decode covers the held piece only while it is a single one.
             joint = joint_opinion(first.text, item) if item.joint_with == held.last_id and first.parts == 1 else None
+            if joint:  # heard as one sentence: a ? or ! on the first piece was misplaced
+                score = join_score(without_strong_final(first.text), item.text, gap_s, first.language)
             if joint is not None:
                 score += JOINT_BONUS if joint else -JOINT_PENALTY
             if gap_s * 1000 <= self.settings.max_gap_ms and score >= JOIN_SCORE:

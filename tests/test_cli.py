@@ -61,11 +61,12 @@ def test_transcribe_jsonl_with_bad_files(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_transcribe_txt_all_good(folder: Path) -> None:
-    result = roomscribe("transcribe", str(folder / "a_good.flac"))
+def test_transcribe_txt_all_good(folder: Path, tmp_path: Path) -> None:
+    result = roomscribe("transcribe", str(folder / "a_good.flac"), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    lines = (tmp_path / "a_good.txt").read_text().strip().splitlines()
     assert wer(TEXTS, lines) <= 0.15
+    assert result.stdout == ""
 
 
 def test_transcribe_only_bad_files(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def test_shipped_config_is_valid_and_documents_every_key() -> None:
     config = load_config(REPO / "config.toml")
     assert [r.name for r in config.rooms] == ["demo"]
     text = (REPO / "config.toml").read_text()
-    for section in ("daemon", "mqtt", "homeassistant", "hermes", "recognizer", "vad", "text", "stitch"):
+    for section in ("daemon", "mqtt", "homeassistant", "hermes", "batch", "recognizer", "vad", "text", "stitch"):
         for key in type(getattr(config, section)).model_fields:
             assert f"\n{key} = " in text, f"config.toml does not document {section}.{key}"
 

@@ -205,7 +205,8 @@ def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
         ("It costs 3.5 euros.", False),  # a decimal point is no sentence end
         ("The meeting starts at noon. Please bring your laptop.", True),
         ("Is it late? Yes.", True),
-        ("Could you open the... garage door please?", True),
+        ("Could you open the... garage door please?", False),  # a pause, not a sentence end
+        ("I think so... Yes, let us go.", True),
         ("把客厅的灯打开。", False),
         ("今天天气很好。我们去公园吧。", True),
     ],
@@ -278,3 +279,24 @@ def test_joint_decode_that_hears_two_sentences_vetoes_a_weak_join() -> None:
         return drain(s)
 
     assert [t.text for t in asyncio.run(go())] == [first.text, second.text]
+
+
+def test_joint_decode_overrules_a_question_mark_on_a_fragment() -> None:
+    """tiny.en heard "Can you remind me to call?" + "My sister tomorrow."; both together, one
+    question. The fragment's ? counts as a full stop then, and the pieces join."""
+    first, second = piece("Can you remind me to call?", 1.0, 2.5, n=1), piece("My sister tomorrow.", 3.4, 4.3, n=2)
+    joint = "Can you remind me to call my sister tomorrow?"
+    cases = [(second, 2), (with_joint(second, first, joint), 1)]
+    for item, count in cases:
+        s = stage(Clock())
+
+        async def go(s: StitchStage = s, item: Transcript = item) -> list[Transcript]:
+            await s.accept(first)
+            await s.accept(item)
+            for room in list(s.held):
+                await s._release(room)
+            return drain(s)
+
+        out = asyncio.run(go())
+        assert len(out) == count
+    assert out[0].text == joint

@@ -51,7 +51,9 @@ class TextStage:
                 self.log.info("dictionary reloaded", entries=len(self.processor.dictionary.entries))
         except DictionaryError as exc:
             self.log.error("dictionary not reloaded; keeping the previous entries", error=str(exc))
-        text = self._rules(t, t.raw_text)
+        text = self._rules(t, t.raw_text) if t.raw_text else ""
+        if not text.strip() and t.utterance.source is not None:
+            return dataclasses.replace(t, text="")  # batch work: the job counts every segment
         if not text.strip():
             self.emptied += 1
             self.log.info("nothing left after filler removal", utterance=t.utterance.id, raw_text=t.raw_text)

@@ -1,0 +1,191 @@
+"""Batch transcription: files through the same recognize and text stages as live rooms.
+
+Each file becomes a short-lived room (a file source read as fast as the pipeline takes it,
+the VAD) whose utterances carry ``priority = 1`` (live rooms go first) and the file as
+``source``; several files are decoded and segmented at once, so segments of different files
+share the recognizer's batches. Batch transcripts come back even when empty (the recognize
+and text stages pass them on), so a job knows when each file is complete: it has as many
+transcripts as its room cut segments. Then ``on_file_done`` gets the file's segments in
+order. A file that cannot be read is done at once with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from pipeline.messages import FRAME_MS, Transcript, Utterance
+from pipeline.room import Room
+from pipeline.sources import AudioFileError, AudioSource, FfmpegSource, FileSource, ffmpeg_path, open_audio
+from pipeline.vad import VadParams
+
+# What libsndfile reads; anything else goes through ffmpeg when it is installed.
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64"}
+NATIVE_SUFFIXES = {".wav", ".flac", ".aiff", ".aif", ".au", ".caf", ".w64"}
+CONTAINER_SUFFIXES = {".mp4", ".m4a", ".mkv", ".webm", ".mov", ".aac", ".wma", ".avi", ".amr", ".3gp"}
+MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
+
+
+@dataclass
+class FileResult:
+    path: Path
+    segments: list[Transcript] = field(default_factory=list)
+    audio_s: float = 0.0
+    error: str | None = None
+
+
+def expand_paths(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
+    """(file, root) for every input: files as given (root: their folder), folders expanded
+    to the media files they hold, sorted (root: the folder given); outputs under --out
+    mirror each file's place below its root."""
+    out: list[tuple[Path, Path]] = []
+    for path in paths:
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            out.extend((p, path) for p in sorted(found) if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+        else:
+            out.append((path, path.parent))
+    return out
+
+
+def open_source(path: Path) -> tuple[AudioSource, float | None]:
+    """A source for the file and its length in seconds when known up front; AudioFileError
+    with the reason for a file that cannot be used."""
+    if path.suffix.lower() in CONTAINER_SUFFIXES:
+        if not path.is_file():
+            raise AudioFileError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise AudioFileError(f"{path}: empty file (0 bytes)")
+        if ffmpeg_path() is None:
+            raise AudioFileError(f"{path}: {path.suffix} needs ffmpeg, which is not installed (apt install ffmpeg)")
+        return FfmpegSource(path), None
+    try:
+        with open_audio(path) as handle:
+            return FileSource(path, realtime=False), handle.frames / handle.samplerate
+    except AudioFileError:
+        # MP3, Ogg and Opus depend on how libsndfile was built, and other suffixes are
+        # unknown to it: ffmpeg may read those. WAV, FLAC and friends it always reads.
+        maybe = path.suffix.lower() not in NATIVE_SUFFIXES and path.is_file() and path.stat().st_size > 0
+        if maybe and ffmpeg_path() is not None:
+            return FfmpegSource(path), None
+        raise
+
+
+class BatchJob:
+    def __init__(
+        self,
+        job_id: str,
+        files: list[Path],
+        out: asyncio.Queue[Utterance | None],
+        vad_params: VadParams,
+        speech_prob_factory: Callable[[], Callable[[np.ndarray], float]],
+        vad_executor: Executor,
+        on_file_done: Callable[[FileResult], None],
+        files_in_flight: int = 2,
+        language: str | None = None,
+        max_segments_in_flight: int | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.files = files
+        self.out = out
+        self.vad_params = vad_params
+        self.speech_prob_factory = speech_prob_factory
+        self.vad_executor = vad_executor
+        self.on_file_done = on_file_done
+        self.files_in_flight = max(1, files_in_flight)
+        self.language = language
+        self.results: dict[int, FileResult] = {}
+        self._expected: dict[int, int] = {}  # index -> segments cut, once its room finished
+        self._done: set[int] = set()
+        self.finished = asyncio.Event()
+        # Sharing a queue with live rooms: at most this many of the job's segments in it at
+        # once, so a big job never fills the queue that live rooms' VAD tasks wait on.
+        self._slots = asyncio.Semaphore(max_segments_in_flight) if max_segments_in_flight else None
+        self._local: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
+        self.log = structlog.get_logger().bind(job=job_id)
+        if not files:
+            self.finished.set()
+
+    def room_name(self, index: int) -> str:
+        return f"{self.job_id}-{index}"
+
+    def owns(self, t: Transcript) -> bool:
+        return t.utterance.source is not None and t.utterance.room.startswith(f"{self.job_id}-")
+
+    def deliver(self, t: Transcript) -> None:
+        """A transcript of one of this job's segments (empty when nothing was said)."""
+        index = int(t.utterance.room.rsplit("-", 1)[1])
+        result = self.results[index]
+        result.segments.append(t)
+        if self._slots is not None:
+            self._slots.release()
+        if t.error is not None and result.error is None:
+            result.error = f"{t.error} for the segment at {t.utterance.start_s:.1f} s"
+        self._maybe_done(index)
+
+    async def feed(self) -> None:
+        """Decode and segment every file, ``files_in_flight`` at a time."""
+        slots = asyncio.Semaphore(self.files_in_flight)
+        never = asyncio.Event()
+
+        async def one(index: int, path: Path) -> None:
+            result = self.results[index] = FileResult(path)
+            try:
+                source, _ = open_source(path)
+            except AudioFileError as exc:
+                result.error = str(exc).removeprefix(f"{path}: ")
+                self._expected[index] = 0
+                self._maybe_done(index)
+                return
+            async with slots:
+                room = Room(
+                    name=self.room_name(index),
+                    source=source,
+                    vad_params=self.vad_params,
+                    speech_prob_factory=self.speech_prob_factory,
+                    vad_executor=self.vad_executor,
+                    out=self.out if self._slots is None else self._local,
+                    id_prefix=f"{path.stem}",
+                    language=self.language,
+                    source_label=str(path),
+                    priority=1,
+                )
+                await room.run(never)
+            result.audio_s = room.counters.frames * FRAME_MS / 1000
+            if room.counters.last_error:
+                result.error = room.counters.last_error.removeprefix(f"{path}: ")
+            self._expected[index] = room.counters.utterances
+            self._maybe_done(index)
+
+        async def forward() -> None:
+            assert self._slots is not None
+            while (item := await self._local.get()) is not None:
+                await self._slots.acquire()
+                await self.out.put(item)
+
+        async with asyncio.TaskGroup() as group:
+            forwarder = group.create_task(forward(), name=f"{self.job_id}:forward") if self._slots else None
+            files = [group.create_task(one(index, path), name=f"file:{path}") for index, path in enumerate(self.files)]
+            await asyncio.gather(*files)
+            if forwarder is not None:
+                await self._local.put(None)
+
+    def _maybe_done(self, index: int) -> None:
+        expected = self._expected.get(index)
+        result = self.results[index]
+        if expected is None or len(result.segments) < expected or index in self._done:
+            return
+        self._done.add(index)
+        result.segments.sort(key=lambda t: t.utterance.start_s)
+        try:
+            self.on_file_done(result)
+        except Exception:  # a failing writer loses that file's output, never the job
+            self.log.exception("writing a file's transcript failed", file=str(result.path))
+        if len(self._done) == len(self.files):
+            self.finished.set()

@@ -1,0 +1,241 @@
+"""Batch transcription as a user runs it: formats with timestamps, resume, interrupt, bad
+and truncated files, containers through ffmpeg, the serial loop."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers import (
+    REPO,
+    Daemon,
+    Mosquitto,
+    Spoken,
+    Subscriber,
+    check_schema,
+    speech_with_pauses,
+    wer,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["Please turn on the kitchen lights.", "Set a timer for ten minutes.", "Open the garage door please."]
+# The VAD's pre-roll and hangover move a segment's bounds a little around the speech.
+TOLERANCE_S = 0.45
+
+
+def roomscribe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "transcribe", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Spoken]]:
+    root = tmp_path_factory.mktemp("speech")
+    audio, spoken = speech_with_pauses(TEXTS, pauses=[1.2, 2.5, 1.5])
+    sf.write(root / "talk.flac", audio, 16000)
+    return root / "talk.flac", spoken
+
+
+def clock(text: str) -> float:
+    h, m, s = text.replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def test_srt_vtt_json_timestamps_match_the_speech(speech: tuple[Path, list[Spoken]], tmp_path: Path) -> None:
+    path, spoken = speech
+    result = roomscribe(str(path), "--out", str(tmp_path), "--format", "srt,vtt,json,txt")
+    assert result.returncode == 0, result.stderr
+    srt = (tmp_path / "talk.srt").read_text()
+    blocks = [b.splitlines() for b in srt.strip().split("\n\n")]
+    assert [b[0] for b in blocks] == ["1", "2", "3"]
+    for block, said in zip(blocks, spoken, strict=True):
+        start, end = (clock(t) for t in block[1].split(" --> "))
+        assert abs(start - said.start_s) <= TOLERANCE_S and abs(end - said.end_s) <= TOLERANCE_S, (block, said)
+        assert wer([said.text], [" ".join(block[2:])]) <= 0.2
+    vtt = (tmp_path / "talk.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n")
+    cues = re.findall(r"^(\d\d:\d\d:\d\d\.\d{3}) --> (\d\d:\d\d:\d\d\.\d{3})$", vtt, re.M)
+    assert [(clock(a), clock(b)) for a, b in cues] == [
+        (clock(b[1].split(" --> ")[0]), clock(b[1].split(" --> ")[1])) for b in blocks
+    ]
+    document = json.loads((tmp_path / "talk.json").read_text())
+    assert [round(s["start"], 3) for s in document["segments"]] == [clock(b[1].split(" --> ")[0]) for b in blocks]
+    assert document["audio_s"] == pytest.approx(spoken[-1].end_s + 1.5, abs=0.6)
+    # Text with ITN applied: "ten minutes" is written as digits.
+    assert "10 minutes" in (tmp_path / "talk.txt").read_text()
+
+
+def test_resume_skips_finished_files_and_force_redoes_them(speech: tuple[Path, list[Spoken]], tmp_path: Path) -> None:
+    path, _ = speech
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    shutil.copy(path, inputs / "one.flac")
+    shutil.copy(path, inputs / "sub" / "two.flac")
+    out = tmp_path / "out"
+    first = roomscribe(str(inputs), "--recursive", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt"))
+    assert made == ["one.txt", "sub/two.txt"]  # the folder structure is mirrored
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.txt")}
+    again = roomscribe(str(inputs), "--recursive", "--out", str(out))
+    assert again.returncode == 0 and "2 file(s) already done" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.txt")} == stamps
+    forced = roomscribe(str(inputs), "--recursive", "--out", str(out), "--force")
+    assert forced.returncode == 0
+    assert all(p.stat().st_mtime_ns > stamps[p] for p in out.rglob("*.txt"))
+
+
+def test_interrupt_keeps_finished_outputs_and_a_rerun_finishes(
+    speech: tuple[Path, list[Spoken]], tmp_path: Path
+) -> None:
+    path, _ = speech
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for n in range(6):
+        shutil.copy(path, inputs / f"clip{n}.flac")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "transcribe", str(inputs), "--out", str(out), "--jobs", "1"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.txt")):  # wait for the first finished file, then Ctrl-C
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run again to resume" in err
+    kept = sorted(p.name for p in out.glob("*.txt"))
+    assert 1 <= len(kept) < 6
+    assert not list(out.glob(".*partial"))  # nothing half-written
+    assert all(wer(TEXTS, (out / k).read_text().splitlines()) <= 0.15 for k in kept)
+    rerun = roomscribe(str(inputs), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(kept)} file(s) already done" in rerun.stderr
+    assert len(list(out.glob("*.txt"))) == 6
+
+
+def test_bad_and_truncated_files_are_listed_and_the_rest_complete(
+    speech: tuple[Path, list[Spoken]], tmp_path: Path
+) -> None:
+    path, _ = speech
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(path, inputs / "good.flac")
+    data = path.read_bytes()
+    (inputs / "truncated.flac").write_bytes(data[: len(data) // 2])
+    (inputs / "empty.wav").write_bytes(b"")
+    (inputs / "text.mp3").write_text("not audio at all\n")
+    sf.write(inputs / "silence.wav", np.zeros(16000 * 3, np.float32), 16000)
+    out = tmp_path / "out"
+    result = roomscribe(str(inputs), str(inputs / "missing.wav"), "--out", str(out), "--format", "txt,json")
+    assert result.returncode == 1
+    failed = dict(re.findall(r"^roomscribe: failed: (\S+): (.+)$", result.stderr, re.M))
+    assert {Path(p).name for p in failed} == {"empty.wav", "text.mp3", "missing.wav", "truncated.flac"}, result.stderr
+    assert "empty file" in failed[str(inputs / "empty.wav")]
+    assert "file not found" in failed[str(inputs / "missing.wav")]
+    assert "4 of 6 file(s) failed" in result.stderr
+    assert wer(TEXTS, (out / "good.txt").read_text().splitlines()) <= 0.15
+    # Silence is a good file with nothing said: empty outputs, not a failure.
+    assert (out / "silence.txt").read_text() == ""
+    assert json.loads((out / "silence.json").read_text())["segments"] == []
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_video_containers_go_through_ffmpeg(speech: tuple[Path, list[Spoken]], tmp_path: Path) -> None:
+    path, _ = speech
+    video = tmp_path / "talk.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-c:a", "libopus", "-ar", "48000", str(video)], check=True
+    )
+    result = roomscribe(str(video), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert wer(TEXTS, [r["text"] for r in records]) <= 0.15
+
+
+def test_serial_loop_gives_the_same_text(speech: tuple[Path, list[Spoken]], tmp_path: Path) -> None:
+    path, _ = speech
+    serial = roomscribe(str(path), "--format", "jsonl", "--jobs", "1")
+    queued = roomscribe(str(path), "--format", "jsonl")
+    assert serial.returncode == queued.returncode == 0
+    assert [json.loads(x)["text"] for x in serial.stdout.splitlines()] == [
+        json.loads(x)["text"] for x in queued.stdout.splitlines()
+    ]
+
+
+def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
+    speech: tuple[Path, list[Spoken]], tmp_path: Path, broker: Mosquitto
+) -> None:
+    path, _ = speech
+    allowed = tmp_path / "recordings"
+    (allowed / "monday").mkdir(parents=True)
+    for name in ("a.flac", "b.flac"):
+        shutil.copy(path, allowed / "monday" / name)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shutil.copy(path, secret / "private.flac")
+    (allowed / "escape").symlink_to(secret)  # a link out of the allowed folder
+    out = tmp_path / "transcripts"
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    live = tmp_path / "live.wav"
+    live_audio, live_spoken = speech_with_pauses(["What is the weather like today?", "Close the curtains please."])
+    sf.write(live, live_audio, 16000)
+    rooms = f'[[rooms]]\nname = "kitchen"\nsource = {{ type = "file", path = "{live}", realtime = true }}\n'
+    extra = f'[batch]\nallowed_dir = "{allowed}"\noutput_dir = "{out}"\nformats = ["txt", "srt"]\n'
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, rooms, extra=extra)
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("mqtt connected", timeout_s=120)
+        commands = [
+            {"command": "transcribe", "path": "monday", "transaction": "ok"},
+            {"command": "transcribe", "path": str(secret / "private.flac"), "transaction": "outside"},
+            {"command": "transcribe", "path": "../secret", "transaction": "dotdot"},
+            {"command": "transcribe", "path": "escape/private.flac", "transaction": "link"},
+            {"command": "transcribe", "path": "tuesday", "transaction": "missing"},
+        ]
+        for command in commands:
+            sub.client.publish(f"{prefix}/set", json.dumps(command).encode(), qos=1)
+        answers = {}
+        for payload in sub.wait_for("/response", len(commands), timeout_s=240):
+            answer = json.loads(payload)
+            check_schema("response", answer)
+            answers[answer["transaction"]] = answer
+        for refused in ("outside", "dotdot", "link"):
+            assert answers[refused]["status"] == "error" and "outside batch.allowed_dir" in answers[refused]["error"]
+        assert answers["missing"]["status"] == "error" and "no such file" in answers["missing"]["error"]
+        done = answers["ok"]
+        assert done["status"] == "ok", done
+        assert done["result"]["files"] == 2 and done["result"]["failed"] == {}
+        assert sorted(Path(p).relative_to(out).as_posix() for p in done["result"]["outputs"]) == [
+            "monday/a.srt", "monday/a.txt", "monday/b.srt", "monday/b.txt"
+        ]  # fmt: skip
+        assert wer(TEXTS, (out / "monday" / "a.txt").read_text().splitlines()) <= 0.15
+        assert not (out / "secret").exists() and not list(out.rglob("private*"))
+        # The live room went on meanwhile, and no batch segment went out as a room utterance.
+        published = [json.loads(p) for p in sub.wait_for("/kitchen/utterance", len(live_spoken), timeout_s=60)]
+        assert wer([s.text for s in live_spoken], [r["text"] for r in published]) <= 0.15
+        assert all(t.split("/")[-1] != "utterance" or "/kitchen/" in t for t, _, _ in sub.messages)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()

@@ -43,7 +43,7 @@ from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
 from daemon.outputs import output_path, render, write_atomically
 from daemon.stats import gpu_memory, percentiles, process_usage, serve_metrics
-from pipeline.batch import BatchJob, FileResult, expand_paths
+from pipeline.batch import CHUNK_S, BatchJob, FileResult, expand_paths
 from pipeline.health import Progress
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
@@ -302,6 +302,8 @@ class App:
             "dtype": r.dtype if r else None,
             "queues": {
                 "utterances": self.utterances.qsize(),
+                # Taken from the queue, waiting for a batch (priorities apply to all of them).
+                "recognize_waiting": self.recognize.waiting if self.recognize else 0,
                 "recognized": self.recognized.qsize(),
                 "text": self.texts.qsize(),
                 "publish": self.transcripts.qsize(),
@@ -339,6 +341,7 @@ class App:
         """systemd's STATUS=: what `systemctl status` shows."""
         utterances = self.recognize.counters.utterances if self.recognize else 0
         queued = self.utterances.qsize() + self.recognized.qsize() + self.texts.qsize() + self.transcripts.qsize()
+        queued += self.recognize.waiting if self.recognize else 0
         broker = "connected" if self.publisher.connected.is_set() else "broker unreachable"
         stalled = f", STALLED: {', '.join(self.stalled)}" if self.stalled else ""
         rooms = f"{len(self.rooms)} room" + ("s" if len(self.rooms) != 1 else "")
@@ -404,7 +407,7 @@ class App:
             self.last_snapshot = self.snapshot()
             while True:
                 stalled = self.progress.stuck(deadline)
-                if stalled and not self.stalled:
+                if set(stalled) - set(self.stalled):  # something newly stalled
                     self.log.error(
                         "pipeline stalled: watchdog pings stopped",
                         stalled={k: round(v, 1) for k, v in stalled.items()},
@@ -462,6 +465,7 @@ class App:
             file_done,
             files_in_flight=b.files_in_flight,
             max_segments_in_flight=self.config.recognizer.max_batch,
+            chunk_s=CHUNK_S,
         )
         self.jobs[job_id] = job
         self.log.info("batch job started", job=job_id, files=len(files), path=str(path))

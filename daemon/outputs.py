@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,44 @@ FORMATS = ("txt", "jsonl", "srt", "vtt", "json")
 SUBTITLE_LINE_CHARS = 42  # the usual subtitle line length
 
 
-def segment_record(t: Transcript) -> dict[str, Any]:
-    u = t.utterance
+@dataclass(frozen=True)
+class Cue:
+    """One timed piece of a file's transcript: a VAD segment, or a timed segment of a chunk."""
+
+    id: str
+    start_s: float  # from the file's start
+    end_s: float
+    text: str
+    raw_text: str
+    transcript: Transcript
+
+
+def cues(result: FileResult) -> list[Cue]:
+    out = []
+    for t in result.segments:
+        u = t.utterance
+        if t.segments:
+            for k, seg in enumerate(t.segments, 1):
+                if seg.text.strip():
+                    out.append(
+                        Cue(f"{u.id}.{k}", u.start_s + seg.start_s, u.start_s + seg.end_s, seg.text, seg.raw_text, t)
+                    )
+        elif t.text.strip():
+            out.append(Cue(u.id, u.start_s, u.end_s, t.text, t.raw_text, t))
+    return sorted(out, key=lambda c: c.start_s)
+
+
+def segment_record(c: Cue) -> dict[str, Any]:
+    t = c.transcript
     return {
-        "file": u.source,
-        "id": u.id,
-        "text": t.text,
-        "raw_text": t.raw_text,
+        "file": t.utterance.source,
+        "id": c.id,
+        "text": c.text,
+        "raw_text": c.raw_text,
         "language": t.language,
-        "start": round(u.start_s, 3),
-        "end": round(u.end_s, 3),
-        "duration_s": round(u.end_s - u.start_s, 3),
+        "start": round(c.start_s, 3),
+        "end": round(c.end_s, 3),
+        "duration_s": round(c.end_s - c.start_s, 3),
         "confidence": t.confidence,
         "model": t.model,
     }
@@ -47,36 +75,30 @@ def _lines(text: str) -> str:
     return "\n".join(textwrap.wrap(text, SUBTITLE_LINE_CHARS)) or text
 
 
-def spoken(result: FileResult) -> list[Transcript]:
-    return [t for t in result.segments if t.text.strip()]
-
-
 def render(result: FileResult, fmt: str) -> str:
-    segments = spoken(result)
+    timed = cues(result)
     if fmt == "txt":
-        return "".join(f"{t.text}\n" for t in segments)
+        return "".join(f"{c.text}\n" for c in timed)
     if fmt == "jsonl":
-        return "".join(json.dumps(segment_record(t), ensure_ascii=False) + "\n" for t in segments)
+        return "".join(json.dumps(segment_record(c), ensure_ascii=False) + "\n" for c in timed)
     if fmt == "srt":
         blocks = [
-            f"{n}\n{_clock(t.utterance.start_s, ',')} --> {_clock(t.utterance.end_s, ',')}\n{_lines(t.text)}\n"
-            for n, t in enumerate(segments, 1)
+            f"{n}\n{_clock(c.start_s, ',')} --> {_clock(c.end_s, ',')}\n{_lines(c.text)}\n"
+            for n, c in enumerate(timed, 1)
         ]
         return "\n".join(blocks)
     if fmt == "vtt":
-        blocks = [
-            f"{_clock(t.utterance.start_s, '.')} --> {_clock(t.utterance.end_s, '.')}\n{_lines(t.text)}\n"
-            for t in segments
-        ]
+        blocks = [f"{_clock(c.start_s, '.')} --> {_clock(c.end_s, '.')}\n{_lines(c.text)}\n" for c in timed]
         return "WEBVTT\n\n" + "\n".join(blocks)
     if fmt == "json":
+        first = timed[0].transcript if timed else None
         document = {
             "file": str(result.path),
             "audio_s": round(result.audio_s, 3),
-            "language": segments[0].language if segments else None,
-            "model": segments[0].model if segments else None,
-            "text": " ".join(t.text for t in segments),
-            "segments": [segment_record(t) for t in segments],
+            "language": first.language if first else None,
+            "model": first.model if first else None,
+            "text": " ".join(c.text for c in timed),
+            "segments": [segment_record(c) for c in timed],
         }
         return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
     raise ValueError(f"unknown format {fmt!r}")

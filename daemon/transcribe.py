@@ -33,7 +33,7 @@ from daemon.app import (
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import setup_logging
 from daemon.outputs import FORMATS, output_path, render, write_atomically
-from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
+from pipeline.batch import CHUNK_S, BatchJob, FileResult, expand_paths, open_source
 from pipeline.messages import Transcript, Utterance
 from pipeline.recognize import RecognizeStage
 from pipeline.sources import AudioFileError
@@ -128,6 +128,9 @@ class Runner:
             self.file_done,
             files_in_flight=self.jobs,
             language=self.language,
+            # The serial loop recognizes each VAD segment on its own; the queue merges a
+            # file's segments into chunks recognized with timestamps.
+            chunk_s=0.0 if self.jobs == 1 else CHUNK_S,
         )
         progress = Progress(
             TextColumn("[bold]transcribing"),

@@ -64,6 +64,64 @@ def loop_length(tokens: list[int]) -> int:
     return 0
 
 
+# Timestamp tokens step 0.02 s; the first may be at most 1 s in (OpenAI's max_initial_timestamp).
+TIMESTAMP_STEP_S = 0.02
+MAX_INITIAL_TIMESTAMP = 50
+
+
+def apply_timestamp_rules(logits: Tensor, seqs: list[list[int]], step: int, begin: int, eot: int) -> None:
+    """Whisper's timestamp grammar, in place (OpenAI's ApplyTimestampRules): text comes in
+    segments opened and closed by timestamp tokens, which never go back in time; the first
+    token is a timestamp within the first second; where the timestamps together are likelier
+    than any single text token, a timestamp it is."""
+    inf = float("-inf")
+    for row, seq in enumerate(seqs):
+        if step == 0 or not seq:
+            logits[row, :begin] = inf
+            logits[row, begin + MAX_INITIAL_TIMESTAMP + 1 :] = inf
+            continue
+        last = seq[-1] >= begin
+        penultimate = len(seq) < 2 or seq[-2] >= begin
+        if last:
+            if penultimate:  # a segment was just closed and the next opened: text now
+                logits[row, begin:] = inf
+            else:  # text then a timestamp closes a segment: another timestamp or the end
+                logits[row, :eot] = inf
+        stamps = [t for t in seq if t >= begin]
+        if stamps:
+            floor = stamps[-1] if (last and not penultimate) else stamps[-1] + 1
+            logits[row, begin:floor] = inf
+    logprobs = logits.float().log_softmax(-1)
+    stamp_mass = logprobs[:, begin:].logsumexp(-1)
+    best_text = logprobs[:, :begin].max(-1).values
+    force = (stamp_mass > best_text).nonzero().flatten().tolist()
+    for row in force:
+        logits[row, :begin] = inf
+
+
+def split_segments(tokens: list[int], begin: int) -> list[tuple[float, float, list[int]]]:
+    """(start s, end s, text tokens) per segment of a timestamped decode. Text after the last
+    timestamp (the budget ran out) is a segment whose end is unknown: it ends where it
+    starts, and the caller extends it to the end of the audio."""
+    segments: list[tuple[float, float, list[int]]] = []
+    start: float | None = None
+    text: list[int] = []
+    for token in tokens:
+        if token >= begin:
+            t = (token - begin) * TIMESTAMP_STEP_S
+            if start is not None and text:
+                segments.append((start, t, text))
+                text = []
+                start = None
+            else:
+                start = t
+        elif token < begin:
+            text.append(token)
+    if text:
+        segments.append((start or 0.0, start or 0.0, text))
+    return segments
+
+
 def suppress_mask(tokenizer: WhisperTokenizer, extra: list[int], device: torch.device) -> Tensor:
     """Boolean mask of tokens never to emit: every special token but end-of-text, plus ``extra``."""
     mask = torch.zeros(tokenizer.n_vocab, dtype=torch.bool)
@@ -140,11 +198,14 @@ def decode(
     generator: torch.Generator | None = None,
     hotwords: list[list[HotwordTokens]] | None = None,
     hotword_weight: float = 0.0,
+    timestamp_begin: int | None = None,
 ) -> list[Decoded]:
     """Decode a batch whose encoder output (cross-attention keys/values) is ``memory_kv``.
 
     ``temperature`` 0 is greedy (``beam_size`` 1) or beam search; above 0 each item draws one
-    sample. Returns the best hypothesis per item.
+    sample. ``timestamp_begin`` (the first timestamp token) asks for timestamps: the prefix
+    must not hold <|notimestamps|>, and the timestamp grammar applies. Returns the best
+    hypothesis per item.
     """
     eot, sot = tokenizer.special.eot, tokenizer.special.sot
     batch = len(prefixes)
@@ -188,10 +249,15 @@ def decode(
         # chosen too, or every beam would hold the same hypothesis.
         scores.view(batch, beams)[:, 1:] = float("-inf")
 
+    if timestamp_begin is not None:
+        suppress = suppress.clone()
+        suppress[timestamp_begin:] = False
     for step in range(max(budgets)):
         step_logits = step_logits.float().masked_fill(suppress, float("-inf"))
         if step == 0:
             step_logits[:, suppress_at_begin] = float("-inf")
+        if timestamp_begin is not None:
+            apply_timestamp_rules(step_logits, seqs, step, timestamp_begin, eot)
         if hotwords and hotword_weight > 0 and any(hotwords):
             # Shallow biasing towards the room's hotwords (as token sequences); the prompt
             # biases too, this helps where the prompt alone is not enough.

@@ -20,6 +20,7 @@ from models.decoding import (
     decode,
     detect_language,
     select_memory,
+    split_segments,
     suppress_mask,
     token_budget,
 )
@@ -64,6 +65,8 @@ class Recognition:
     temperature: float = 0.0
     language_probability: float | None = None
     rejected: str | None = None  # why the text was dropped: no_speech | hallucination
+    # With timestamps: (start s, end s, text) per segment, in the audio's own time.
+    segments: tuple[tuple[float, float, str], ...] = ()
 
 
 class Recognizer(ABC):
@@ -86,12 +89,15 @@ class Recognizer(ABC):
         language: str | None = None,
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
     ) -> list[Recognition]:
         """Recognize a batch of utterances; returns one result per input, in order.
 
         ``language`` None means the model's own (detected per utterance when multilingual);
         ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context;
-        ``hotwords`` gives each utterance words whose tokens decoding is biased towards.
+        ``hotwords`` gives each utterance words whose tokens decoding is biased towards;
+        ``timestamps`` asks for segments with times (``Recognition.segments``), for long
+        stretches of audio such as batch chunks.
         """
 
     def release_memory(self) -> None:  # noqa: B027 -- optional for backends without a cache
@@ -167,14 +173,19 @@ class WhisperRecognizer(Recognizer):
     def multilingual(self) -> bool:
         return self.model.dims.multilingual
 
-    def _task_tokens(self, language: str) -> list[int]:
+    def _task_tokens(self, language: str, timestamps: bool = False) -> list[int]:
         special = self.tokenizer.special
+        tail = [] if timestamps else [special.no_timestamps]
         if not self.multilingual:
-            return [special.sot, special.no_timestamps]
+            return [special.sot, *tail]
         lang_token = self.tokenizer.language_token(language)
         if lang_token is None:
             raise ValueError(f"language {language!r} is not known to {self.name}")
-        return [special.sot, lang_token, special.transcribe, special.no_timestamps]
+        return [special.sot, lang_token, special.transcribe, *tail]
+
+    @property
+    def _timestamp_begin(self) -> int:
+        return self.tokenizer.special.no_timestamps + 1
 
     def _prompt_tokens(self, prompt: str | None) -> list[int]:
         if not prompt or not prompt.strip() or self.options.max_prompt_tokens <= 0:
@@ -196,6 +207,7 @@ class WhisperRecognizer(Recognizer):
         language: str | None = None,
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
     ) -> list[Recognition]:
         self._check_thread()
         all_prompts = prompts or [""] * len(audios)
@@ -207,6 +219,7 @@ class WhisperRecognizer(Recognizer):
                 language,
                 [all_prompts[i] for i in indices],
                 [self._hotword_tokens(tuple(all_hotwords[i])) for i in indices],
+                timestamps,
             )
 
         return self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
@@ -240,7 +253,12 @@ class WhisperRecognizer(Recognizer):
 
     @torch.inference_mode()
     def _recognize_batch(
-        self, audios: list[np.ndarray], language: str | None, prompts: list[str], hotwords: list[list[HotwordTokens]]
+        self,
+        audios: list[np.ndarray],
+        language: str | None,
+        prompts: list[str],
+        hotwords: list[list[HotwordTokens]],
+        timestamps: bool = False,
     ) -> list[Recognition]:
         if not audios:
             return []
@@ -260,12 +278,19 @@ class WhisperRecognizer(Recognizer):
         else:
             languages = list(detect_language(self.model, self.tokenizer, memory_kv, self._languages))
         prefixes = [
-            self._prompt_tokens(prompt) + self._task_tokens(lang)
+            self._prompt_tokens(prompt) + self._task_tokens(lang, timestamps)
             for prompt, (lang, _) in zip(prompts, languages, strict=True)
         ]
-        budgets = [token_budget(len(a) / SAMPLE_RATE) for a in audios]
-        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets, hotwords)
-        return [self._result(attempt, lang, prob) for attempt, (lang, prob) in zip(attempts, languages, strict=True)]
+        # Timestamps take tokens too: about two per segment, a segment every few seconds.
+        budgets = [
+            token_budget(len(a) / SAMPLE_RATE) + (int(len(a) / SAMPLE_RATE) if timestamps else 0) for a in audios
+        ]
+        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets, hotwords, timestamps)
+        durations = [len(a) / SAMPLE_RATE for a in audios]
+        return [
+            self._result(attempt, lang, prob, timestamps, duration)
+            for attempt, (lang, prob), duration in zip(attempts, languages, durations, strict=True)
+        ]
 
     def _decode_with_fallback(
         self,
@@ -273,6 +298,7 @@ class WhisperRecognizer(Recognizer):
         prefixes: list[list[int]],
         budgets: list[int],
         hotwords: list[list[HotwordTokens]],
+        timestamps: bool = False,
     ) -> list[_Attempt]:
         o = self.options
         attempts = [_Attempt() for _ in prefixes]
@@ -293,6 +319,7 @@ class WhisperRecognizer(Recognizer):
                 generator=self._generator,
                 hotwords=[hotwords[i] for i in pending],
                 hotword_weight=o.hotword_weight,
+                timestamp_begin=self._timestamp_begin if timestamps else None,
             )
             still = []
             for i, item in zip(pending, decoded, strict=True):
@@ -323,10 +350,24 @@ class WhisperRecognizer(Recognizer):
                 attempt.final, attempt.rejected = attempt.last, "hallucination"
         return attempts
 
-    def _result(self, attempt: _Attempt, language: str, language_probability: float | None) -> Recognition:
+    def _result(
+        self,
+        attempt: _Attempt,
+        language: str,
+        language_probability: float | None,
+        timestamps: bool = False,
+        duration_s: float = 0.0,
+    ) -> Recognition:
         item = attempt.final
         assert item is not None
         text = "" if attempt.rejected else self.tokenizer.decode(item.tokens).strip()
+        segments: list[tuple[float, float, str]] = []
+        if timestamps and text:
+            for start, end, ids in split_segments(item.tokens, self._timestamp_begin):
+                words = self.tokenizer.decode(ids).strip()
+                if words:  # an open segment (no closing timestamp) runs to the end of the audio
+                    segments.append((start, min(end if end > start else duration_s, duration_s), words))
+            text = " ".join(words for _, _, words in segments) or text
         return Recognition(
             text=text,
             language=language,
@@ -338,6 +379,7 @@ class WhisperRecognizer(Recognizer):
             temperature=item.temperature,
             language_probability=language_probability,
             rejected=attempt.rejected,
+            segments=tuple(segments),
         )
 
 

@@ -12,15 +12,17 @@ order. A file that cannot be read is done at once with its reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import structlog
 
-from pipeline.messages import FRAME_MS, Transcript, Utterance
+from pipeline.messages import FRAME_MS, SAMPLE_RATE, Transcript, Utterance
 from pipeline.room import Room
 from pipeline.sources import AudioFileError, AudioSource, FfmpegSource, FileSource, ffmpeg_path, open_audio
 from pipeline.vad import VadParams
@@ -30,6 +32,8 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff",
 NATIVE_SUFFIXES = {".wav", ".flac", ".aiff", ".aif", ".au", ".caf", ".w64"}
 CONTAINER_SUFFIXES = {".mp4", ".m4a", ".mkv", ".webm", ".mov", ".aac", ".wma", ".avi", ".amr", ".3gp"}
 MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
+# Chunks span at most this much of a file's timeline: Whisper's 30 s window, less a margin.
+CHUNK_S = 28.0
 
 
 @dataclass
@@ -77,6 +81,35 @@ def open_source(path: Path) -> tuple[AudioSource, float | None]:
         raise
 
 
+@dataclass(frozen=True)
+class _FileEnd:
+    index: int
+
+
+def chunk(pieces: list[Utterance]) -> Utterance:
+    """Consecutive segments of one file as one stretch of its timeline: the silence between
+    them is silence again (zeros), so a time in the chunk is its start plus that time."""
+    first, last = pieces[0], pieces[-1]
+    audio: list[np.ndarray] = []
+    position = first.start_s
+    for piece in pieces:
+        gap = round((piece.start_s - position) * SAMPLE_RATE)
+        if gap > 0:
+            audio.append(np.zeros(gap, np.float32))
+        audio.append(piece.audio)
+        position = piece.start_s + len(piece.audio) / SAMPLE_RATE
+    speech = tuple((round(p.start_s - first.start_s, 3), round(p.end_s - first.start_s, 3)) for p in pieces)
+    return dataclasses.replace(
+        first,
+        audio=np.concatenate(audio),
+        end_s=last.end_s,
+        end_wall=last.end_wall,
+        reason=last.reason,
+        timestamps=True,
+        speech=speech,
+    )
+
+
 class BatchJob:
     def __init__(
         self,
@@ -90,6 +123,7 @@ class BatchJob:
         files_in_flight: int = 2,
         language: str | None = None,
         max_segments_in_flight: int | None = None,
+        chunk_s: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.files = files
@@ -107,7 +141,12 @@ class BatchJob:
         # Sharing a queue with live rooms: at most this many of the job's segments in it at
         # once, so a big job never fills the queue that live rooms' VAD tasks wait on.
         self._slots = asyncio.Semaphore(max_segments_in_flight) if max_segments_in_flight else None
-        self._local: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
+        self._local: asyncio.Queue[Utterance | _FileEnd | None] = asyncio.Queue(64)
+        # 0: each VAD segment is recognized on its own (the serial loop, live-room style).
+        # Otherwise consecutive segments of a file are merged into chunks spanning at most
+        # this many seconds and recognized with timestamps: one encoder pass per chunk
+        # instead of one per segment (the encoder always sees 30 s).
+        self.chunk_s = chunk_s
         self.log = structlog.get_logger().bind(job=job_id)
         if not files:
             self.finished.set()
@@ -130,7 +169,8 @@ class BatchJob:
         self._maybe_done(index)
 
     async def feed(self) -> None:
-        """Decode and segment every file, ``files_in_flight`` at a time."""
+        """Decode and segment every file, ``files_in_flight`` at a time; pass the segments
+        on (merged into chunks when ``chunk_s``), at most ``max_segments_in_flight`` at once."""
         slots = asyncio.Semaphore(self.files_in_flight)
         never = asyncio.Event()
 
@@ -150,7 +190,7 @@ class BatchJob:
                     vad_params=self.vad_params,
                     speech_prob_factory=self.speech_prob_factory,
                     vad_executor=self.vad_executor,
-                    out=self.out if self._slots is None else self._local,
+                    out=cast("asyncio.Queue[Utterance | None]", self._local),  # it puts utterances only
                     id_prefix=f"{path.stem}",
                     language=self.language,
                     source_label=str(path),
@@ -160,21 +200,43 @@ class BatchJob:
             result.audio_s = room.counters.frames * FRAME_MS / 1000
             if room.counters.last_error:
                 result.error = room.counters.last_error.removeprefix(f"{path}: ")
-            self._expected[index] = room.counters.utterances
-            self._maybe_done(index)
-
-        async def forward() -> None:
-            assert self._slots is not None
-            while (item := await self._local.get()) is not None:
-                await self._slots.acquire()
-                await self.out.put(item)
+            await self._local.put(_FileEnd(index))  # after all of its segments
 
         async with asyncio.TaskGroup() as group:
-            forwarder = group.create_task(forward(), name=f"{self.job_id}:forward") if self._slots else None
+            merger = group.create_task(self._merge(), name=f"{self.job_id}:merge")
             files = [group.create_task(one(index, path), name=f"file:{path}") for index, path in enumerate(self.files)]
             await asyncio.gather(*files)
-            if forwarder is not None:
-                await self._local.put(None)
+            await self._local.put(None)
+            await merger
+
+    async def _merge(self) -> None:
+        """Segments -> chunks of at most ``chunk_s`` of a file's timeline (or as they are)."""
+        pending: dict[int, list[Utterance]] = {}
+        sent: dict[int, int] = {}
+
+        async def send(index: int, pieces: list[Utterance]) -> None:
+            if not pieces:
+                return
+            item = pieces[0] if not self.chunk_s else chunk(pieces)
+            sent[index] = sent.get(index, 0) + 1
+            if self._slots is not None:
+                await self._slots.acquire()
+            await self.out.put(item)
+
+        while (item := await self._local.get()) is not None:
+            if isinstance(item, _FileEnd):
+                await send(item.index, pending.pop(item.index, []))
+                self._expected[item.index] = sent.pop(item.index, 0)
+                self._maybe_done(item.index)
+                continue
+            index = int(item.room.rsplit("-", 1)[1])
+            held = pending.setdefault(index, [])
+            if held and (not self.chunk_s or item.end_s - held[0].start_s > self.chunk_s):
+                await send(index, held)
+                held = pending[index] = []
+            held.append(item)
+            if not self.chunk_s:
+                await send(index, pending.pop(index))
 
     def _maybe_done(self, index: int) -> None:
         expected = self._expected.get(index)

@@ -50,6 +50,10 @@ class Utterance:
     language: str | None = None
     source: str | None = None  # the file it came from, for batch transcription
     priority: int = 0  # 0: a live room; 1: batch work; 2: a partial (see PARTIAL_PRIORITY)
+    # A batch chunk (several VAD segments of a file): recognize with timestamps, and the
+    # VAD's speech spans in it (seconds from its start) to place them on.
+    timestamps: bool = False
+    speech: tuple[tuple[float, float], ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -59,6 +63,16 @@ class Utterance:
     @property
     def duration_s(self) -> float:
         return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class TimedText:
+    """A timed segment of a chunk's transcript (seconds from the chunk's start)."""
+
+    start_s: float
+    end_s: float
+    raw_text: str
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,7 @@ class Transcript:
     joint_raw: str = ""
     joint_text: str = ""
     error: str | None = None  # batch work: recognition failed; the segment has no text
+    segments: tuple[TimedText, ...] = ()  # a chunk recognized with timestamps
 
 
 def iso_utc(epoch_s: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ import structlog
 
 from models.tokenizer import latin_script
 from pipeline.health import Progress
-from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
+from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
 from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score, without_strong_final
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
@@ -64,6 +65,33 @@ class RecognizeCounters:
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
+# Whisper's own segment times are coarse (tiny models often say whole seconds); a bound
+# within this of a VAD speech bound is moved onto it.
+SNAP_S = 2.0
+
+
+def _nearest(value: float, candidates: list[float]) -> float:
+    best = min(candidates, key=lambda c: abs(c - value), default=value)
+    return best if abs(best - value) <= SNAP_S else value
+
+
+def timed_segments(
+    segments: Sequence[tuple[float, float, str]], speech: Sequence[tuple[float, float]], duration_s: float
+) -> tuple[TimedText, ...]:
+    """The recognizer's timed segments of a chunk, their bounds placed on the VAD's speech
+    bounds where one is near (starts on starts, ends on ends), kept in order."""
+    starts = [s for s, _ in speech]
+    ends = [e for _, e in speech]
+    out: list[TimedText] = []
+    floor = 0.0
+    for start, end, text in segments:
+        s = max(floor, min(_nearest(start, starts), duration_s))
+        e = min(max(_nearest(end, ends), s), duration_s)
+        out.append(TimedText(round(s, 3), round(e, 3), text))
+        floor = e
+    return tuple(out)
+
+
 class RecognizeStage:
     """Takes utterances from ``inbox`` and puts transcripts into ``outbox``.
 
@@ -103,6 +131,11 @@ class RecognizeStage:
         self._last_piece: dict[str, tuple[Utterance, str]] = {}  # room -> (piece, its text)
         self._released = True
 
+    @property
+    def waiting(self) -> int:
+        """Utterances taken from the inbox that wait for a batch."""
+        return len(self._waiting)
+
     async def run(self) -> None:
         while True:
             await self._gather()
@@ -116,8 +149,9 @@ class RecognizeStage:
             self._waiting.sort(key=lambda u: (u.priority, u.decided_at))
             batch = self._waiting[: self.settings.max_batch]
             del self._waiting[: self.settings.max_batch]
-            for language in dict.fromkeys(u.language for u in batch):
-                await self._recognize([u for u in batch if u.language == language], language)
+            for language, timestamps in dict.fromkeys((u.language, u.timestamps) for u in batch):
+                group = [u for u in batch if u.language == language and u.timestamps == timestamps]
+                await self._recognize(group, language)
 
     def _drop_stale_partials(self) -> None:
         """Partials never queue up: only the newest per room is kept, and none while finished
@@ -185,10 +219,11 @@ class RecognizeStage:
         prompts = [self._prompt(u) for u in batch]
         hotwords: list[Sequence[str]] = [self.hotwords(u.room) for u in batch]
         self._released = False
+        call = self.recognizer.recognize
+        if batch[0].timestamps:  # batch chunks (the batch holds only those)
+            call = functools.partial(call, timestamps=True)
         with self.progress.busy("recognize"):
-            return await loop.run_in_executor(
-                self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
-            )
+            return await loop.run_in_executor(self.executor, call, audios, language, prompts, hotwords)
 
     def hotwords(self, room: str) -> tuple[str, ...]:
         """The global hotwords and the room's, once each; for an English-only model only
@@ -264,6 +299,7 @@ class RecognizeStage:
                     confidence=result.confidence,
                     model=self.recognizer.name,
                     recognize_ms=elapsed_ms,
+                    segments=timed_segments(result.segments, utt.speech, utt.duration_s),
                 )
             )
         for t in await self._with_joint(transcripts, language):

@@ -119,3 +119,36 @@ def test_hotwords_steer_a_rare_name(recognizer) -> None:  # type: ignore[no-unty
     assert "Kubernetes" not in plain  # tiny.en writes "Cuba, Nita."
     biased = recognizer.recognize([audio], prompts=["Kubernetes"], hotwords=[["Kubernetes"]])[0].text
     assert "Kubernetes" in biased, biased
+
+
+def test_timestamp_grammar_and_segments() -> None:
+    """Whisper's timestamp rules on hand-made logits, and segments read back from tokens."""
+    import torch
+
+    from models.decoding import apply_timestamp_rules, split_segments
+
+    begin, eot, vocab = 100, 50, 200
+    inf = float("-inf")
+    # Step 0: a timestamp within the first second (50 steps of 0.02 s).
+    logits = torch.zeros(1, vocab)
+    apply_timestamp_rules(logits, [[]], 0, begin, eot)
+    assert torch.isinf(logits[0, :begin]).all() and not torch.isinf(logits[0, begin : begin + 51]).any()
+    assert torch.isinf(logits[0, begin + 51 :]).all()
+    # After text then a timestamp (a segment closed): another timestamp (not earlier) or the end.
+    logits = torch.zeros(1, vocab)
+    logits[0, begin:] = -10.0  # unlikely timestamps: no forcing here
+    apply_timestamp_rules(logits, [[begin + 10, 7, 8, begin + 60]], 3, begin, eot)
+    assert torch.isinf(logits[0, :eot]).all() and logits[0, eot] != inf
+    assert torch.isinf(logits[0, begin : begin + 60]).all() and logits[0, begin + 60] != inf
+    # After a pair of timestamps: text (or the end), never a third timestamp.
+    logits = torch.zeros(1, vocab)
+    apply_timestamp_rules(logits, [[begin, 7, begin + 60, begin + 60]], 4, begin, eot)
+    assert torch.isinf(logits[0, begin:]).all() and logits[0, 7] != inf
+    # Timestamps likelier together than any text token: a timestamp is forced.
+    logits = torch.zeros(1, vocab)
+    logits[0, begin + 70 : begin + 90] = 3.0
+    apply_timestamp_rules(logits, [[begin, 7]], 2, begin, eot)
+    assert torch.isinf(logits[0, :begin]).all()
+
+    tokens = [begin, 7, 8, begin + 150, begin + 150, 9, begin + 300, begin + 310, 11]
+    assert split_segments(tokens, begin) == [(0.0, 3.0, [7, 8]), (3.0, 6.0, [9]), (6.2, 6.2, [11])]

@@ -223,3 +223,19 @@ def test_undecided_pairs_are_recognized_together_once() -> None:
     ]
     # One batch for the six pieces, then one joint decode with both pieces' audio in it.
     assert [len(texts) for texts, _ in recognizer.calls] == [6, 1]
+
+
+def test_timed_segments_land_on_the_speech() -> None:
+    """Whisper's whole-second segment times are moved onto the VAD's speech bounds nearby,
+    never out of order and never past the chunk."""
+    from pipeline.recognize import timed_segments
+
+    speech = [(1.2, 3.46), (4.66, 6.78), (7.98, 10.07)]
+    whisper = [(0.0, 3.0, "one"), (3.0, 7.0, "two"), (7.0, 10.0, "three"), (10.0, 30.0, "four")]
+    out = timed_segments(whisper, speech, 12.0)
+    assert [(s.start_s, s.end_s, s.raw_text) for s in out] == [
+        (1.2, 3.46, "one"),
+        (4.66, 6.78, "two"),
+        (7.98, 10.07, "three"),
+        (10.07, 12.0, "four"),  # nothing near: kept in order and within the chunk
+    ]

@@ -51,7 +51,12 @@ class TextStage:
                 self.log.info("dictionary reloaded", entries=len(self.processor.dictionary.entries))
         except DictionaryError as exc:
             self.log.error("dictionary not reloaded; keeping the previous entries", error=str(exc))
-        text = self._rules(t, t.raw_text) if t.raw_text else ""
+        if t.segments:  # a timed chunk: each segment written on its own, the text their sum
+            segments = tuple(dataclasses.replace(seg, text=self._rules(t, seg.raw_text)) for seg in t.segments)
+            t = dataclasses.replace(t, segments=segments)
+            text = " ".join(seg.text for seg in segments if seg.text.strip())
+        else:
+            text = self._rules(t, t.raw_text) if t.raw_text else ""
         if not text.strip() and t.utterance.source is not None:
             return dataclasses.replace(t, text="")  # batch work: the job counts every segment
         if not text.strip():

@@ -27,7 +27,14 @@ from models.decoding import (
 from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
-from models.memory import BatchPolicy, bytes_per_item, free_device_bytes, is_out_of_memory, release_cached_memory
+from models.memory import (
+    BatchPolicy,
+    bytes_per_item,
+    free_device_bytes,
+    is_out_of_memory,
+    release_cached_memory,
+    trim_heap,
+)
 from models.tokenizer import WhisperTokenizer, latin_script
 
 # Above this no-speech probability the text is dropped whatever its log-probability: on
@@ -222,7 +229,10 @@ class WhisperRecognizer(Recognizer):
                 timestamps,
             )
 
-        return self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
+        results = self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
+        if self.device == "cpu":
+            trim_heap()
+        return results
 
     def release_memory(self) -> None:
         """Release cached device memory (after an out-of-memory error, when idle, on command)."""

@@ -72,7 +72,8 @@ class Recognition:
     temperature: float = 0.0
     language_probability: float | None = None
     rejected: str | None = None  # why the text was dropped: no_speech | hallucination
-    # With timestamps: (start s, end s, text) per segment, in the audio's own time.
+    # With timestamps: (start s, end s, text) per segment, in the audio's own time; a
+    # segment the model never closed has end == start (its end is unknown).
     segments: tuple[tuple[float, float, str], ...] = ()
 
 
@@ -375,8 +376,8 @@ class WhisperRecognizer(Recognizer):
         if timestamps and text:
             for start, end, ids in split_segments(item.tokens, self._timestamp_begin):
                 words = self.tokenizer.decode(ids).strip()
-                if words:  # an open segment (no closing timestamp) runs to the end of the audio
-                    segments.append((start, min(end if end > start else duration_s, duration_s), words))
+                if words:  # an open segment (no closing timestamp) keeps end == start: unknown
+                    segments.append((start, min(end, duration_s), words))
             text = " ".join(words for _, _, words in segments) or text
         return Recognition(
             text=text,

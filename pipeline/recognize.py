@@ -62,6 +62,7 @@ class RecognizeCounters:
     partials: int = 0
     partials_skipped: int = 0
     joint: int = 0
+    gaps_filled: int = 0  # speech spans of batch chunks recognized again on their own
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
@@ -79,17 +80,44 @@ def timed_segments(
     segments: Sequence[tuple[float, float, str]], speech: Sequence[tuple[float, float]], duration_s: float
 ) -> tuple[TimedText, ...]:
     """The recognizer's timed segments of a chunk, their bounds placed on the VAD's speech
-    bounds where one is near (starts on starts, ends on ends), kept in order."""
+    bounds where one is near (starts on starts, ends on ends), kept in order. A segment the
+    model never closed ends with the speech it starts in."""
     starts = [s for s, _ in speech]
     ends = [e for _, e in speech]
     out: list[TimedText] = []
     floor = 0.0
     for start, end, text in segments:
         s = max(floor, min(_nearest(start, starts), duration_s))
+        if end <= start:  # open: to the end of the speech span it starts in
+            end = next((e for b, e in speech if e >= s and b <= s + SNAP_S), duration_s)
         e = min(max(_nearest(end, ends), s), duration_s)
         out.append(TimedText(round(s, 3), round(e, 3), text))
         floor = e
     return tuple(out)
+
+
+# Speech runs at 2-3 words a second; a segment with far fewer words than the speech it
+# claims to span skipped some of it (tiny models end a timestamped decode early).
+MIN_WORDS_PER_S = 1.0
+
+
+def settle(
+    segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]
+) -> tuple[tuple[TimedText, ...], list[tuple[float, float]]]:
+    """The chunk's segments, and the speech spans they do not account for: spans no segment
+    overlaps, and spans after the first of a segment whose words are too few for the speech
+    it spans (that segment is cut back to its first span)."""
+    covered: set[int] = set()
+    out = []
+    for seg in segments:
+        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
+        talk = sum(speech[k][1] - speech[k][0] for k in spans)
+        if len(spans) > 1 and len(seg.raw_text.split()) < MIN_WORDS_PER_S * talk:
+            spans = spans[:1]
+            seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
+        covered.update(spans)
+        out.append(seg)
+    return tuple(out), [span for k, span in enumerate(speech) if k not in covered]
 
 
 class RecognizeStage:
@@ -208,6 +236,9 @@ class RecognizeStage:
         room = self.rooms.get(utt.room, RoomContext())
         parts = list(self.hotwords(utt.room))
         use_previous = self.settings.prompt_previous if room.prompt_previous is None else room.prompt_previous
+        # A batch chunk is up to 28 s of its own context; with the previous chunk's text as
+        # prompt, timestamped decoding was seen to stop after its first segment.
+        use_previous = use_previous and not utt.timestamps
         previous = self._previous.get(utt.room)
         if use_previous and previous and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s:
             return (", ".join(parts) + ". " if parts else "") + previous[0]
@@ -302,8 +333,39 @@ class RecognizeStage:
                     segments=timed_segments(result.segments, utt.speech, utt.duration_s),
                 )
             )
+        transcripts = await self._fill_gaps(transcripts, language)
         for t in await self._with_joint(transcripts, language):
             await self.outbox.put(t)
+
+    async def _fill_gaps(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
+        """Speech spans of a chunk that its timestamped decode left out are recognized on
+        their own (one more call for all of them), so a chunk never loses words."""
+        wanted: list[tuple[int, float, float]] = []
+        transcripts = list(transcripts)
+        for i, t in enumerate(transcripts):
+            if t.utterance.timestamps:
+                segments, gaps = settle(t.segments, t.utterance.speech)
+                transcripts[i] = dataclasses.replace(t, segments=segments)
+                wanted += [(i, b, e) for b, e in gaps]
+        if not wanted:
+            return transcripts
+        audios = [transcripts[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
+        loop = asyncio.get_running_loop()
+        try:
+            with self.progress.busy("recognize"):
+                results = await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language)
+        except Exception:
+            self.log.exception("recognizing a chunk's left-out speech failed", spans=len(wanted))
+            return transcripts
+        out = list(transcripts)
+        for (i, b, e), result in zip(wanted, results, strict=True):
+            self.counters.gaps_filled += 1
+            if result.text:
+                t = out[i]
+                merged = sorted((*t.segments, TimedText(b, e, result.text)), key=lambda s: s.start_s)
+                text = " ".join(s.raw_text for s in merged)
+                out[i] = dataclasses.replace(t, segments=tuple(merged), text=text, raw_text=text)
+        return out
 
     def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance]]:
         """Pieces to recognize once more together with the room's previous piece.

@@ -239,3 +239,19 @@ def test_timed_segments_land_on_the_speech() -> None:
         (7.98, 10.07, "three"),
         (10.07, 12.0, "four"),  # nothing near: kept in order and within the chunk
     ]
+
+
+def test_settle_finds_speech_a_timestamped_decode_left_out() -> None:
+    """tiny.en wrote one short sentence and a closing timestamp 21 s later, over three
+    spans of speech: the sentence stays on the first span, the other two are left out and
+    will be recognized on their own."""
+    from pipeline.messages import TimedText
+    from pipeline.recognize import settle
+
+    speech = [(0.0, 3.2), (5.7, 8.7), (10.8, 21.3)]
+    segments, gaps = settle([TimedText(0.0, 21.1, "No one who is himself honest will doubt my being so.")], speech)
+    assert [(s.start_s, s.end_s) for s in segments] == [(0.0, 3.2)]
+    assert gaps == [(5.7, 8.7), (10.8, 21.3)]
+    # Words enough for the speech they span: nothing left out.
+    dense = [TimedText(0.0, 8.7, " ".join(["word"] * 20)), TimedText(10.8, 21.3, " ".join(["word"] * 25))]
+    assert settle(dense, speech) == (tuple(dense), [])

@@ -139,6 +139,12 @@ def without_strong_final(text: str) -> str:
     return text[:-1] + ("。" if text.endswith(("？", "！")) else ".") if text.endswith(FINAL_STRONG) else text
 
 
+def moved_final(first: str, joint: str) -> bool:
+    """The first piece ends with ? or ! and the joint decode ends with the same mark."""
+    first, joint = first.rstrip(), joint.rstrip()
+    return bool(first) and first.endswith(FINAL_STRONG) and joint.endswith(first[-1])
+
+
 def _words(text: str) -> int:
     return len(re.findall(r"\w+", text))
 
@@ -276,7 +282,9 @@ class StitchStage:
             score = join_score(first.text, item.text, gap_s, first.language)
             # The joint decode covers the held piece only while it is a single one.
             joint = joint_opinion(first.text, item) if item.joint_with == held.last_id and first.parts == 1 else None
-            if joint:  # heard as one sentence: a ? or ! on the first piece was misplaced
+            if joint and moved_final(first.text, item.joint_text):
+                # Heard as one sentence with the first piece's ? or ! at its end: the mark
+                # was misplaced on the fragment ("Can you remind me to call?").
                 score = join_score(without_strong_final(first.text), item.text, gap_s, first.language)
             if joint is not None:
                 score += JOINT_BONUS if joint else -JOINT_PENALTY

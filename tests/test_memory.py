@@ -109,10 +109,10 @@ def test_recognizer_survives_a_real_oom_in_its_model_call(recognizer, monkeypatc
 
     original = recognizer._recognize_batch
 
-    def flaky(audios, language, prompts, hotwords):  # type: ignore[no-untyped-def]
+    def flaky(audios, language, prompts, hotwords, timestamps=False):  # type: ignore[no-untyped-def]
         if len(audios) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(audios, language, prompts, hotwords)
+        return original(audios, language, prompts, hotwords, timestamps)
 
     monkeypatch.setattr(recognizer, "_recognize_batch", flaky)
     monkeypatch.setattr(recognizer, "batch_policy", BatchPolicy(4, 1, lambda: 0))

@@ -286,7 +286,12 @@ def test_joint_decode_overrules_a_question_mark_on_a_fragment() -> None:
     question. The fragment's ? counts as a full stop then, and the pieces join."""
     first, second = piece("Can you remind me to call?", 1.0, 2.5, n=1), piece("My sister tomorrow.", 3.4, 4.3, n=2)
     joint = "Can you remind me to call my sister tomorrow?"
-    cases = [(second, 2), (with_joint(second, first, joint), 1)]
+    cases = [
+        (second, 2),
+        (with_joint(second, first, joint), 1),
+        # One sentence, but the ? did not move to its end: no evidence it was misplaced.
+        (with_joint(second, first, "Can you remind me to call my sister tomorrow."), 2),
+    ]
     for item, count in cases:
         s = stage(Clock())
 
@@ -299,4 +304,5 @@ def test_joint_decode_overrules_a_question_mark_on_a_fragment() -> None:
 
         out = asyncio.run(go())
         assert len(out) == count
-    assert out[0].text == joint
+        if count == 1:
+            assert out[0].text == joint

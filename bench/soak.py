@@ -118,6 +118,7 @@ def main() -> None:
         sub = Subscriber(broker.port, f"{prefix}/#", "soak-viewer")
         daemon = Daemon(config)
         samples: list[dict[str, Any]] = []
+        latest: dict[str, Any] = {}
         try:
             daemon.wait_log("ready", timeout_s=300)
             process = psutil.Process(daemon.proc.pid)
@@ -131,7 +132,7 @@ def main() -> None:
                         "threads": process.num_threads(),
                     }
                 stats = [json.loads(p) for t, p, _ in sub.messages[-50:] if t.endswith("/stats")]
-                latest = stats[-1] if stats else {}
+                latest = stats[-1] if stats else latest  # none among the last 50 messages: the previous
                 sample["audio_seconds"] = latest.get("audio_seconds", 0.0)
                 sample["utterances"] = latest.get("utterances", 0)
                 sample["gpu_allocated_bytes"] = (latest.get("gpu") or {}).get("allocated_bytes")

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
-SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox
+SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox ffmpeg
 
 .PHONY: setup system-deps demo test lint typecheck unit bench clean install
 

@@ -30,16 +30,10 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.batch import SENTENCES
 from bench.common import RESULTS, write_results
 from tests.helpers import Daemon, Mosquitto, Subscriber, speak, write_config
 
-SENTENCES = [
-    "Please turn on the kitchen lights.", "What is the weather like today?", "Open the garage door please.",
-    "Set a timer for ten minutes.", "Close the curtains in the bedroom.", "Remind me to call my sister tomorrow.",
-    "The meeting has been moved to Thursday afternoon.", "Play some quiet music while I read.",
-    "Turn the heating down a little bit.", "We need to finish the report before Friday.",
-    "The package should arrive on Monday or Tuesday.", "Switch off all the lights except the one in the hall.",
-]  # fmt: skip
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 RATE = 16000
 

@@ -300,15 +300,7 @@ class App:
             "model": r.name if r else None,
             "device": r.device if r else None,
             "dtype": r.dtype if r else None,
-            "queues": {
-                "utterances": self.utterances.qsize(),
-                # Taken from the queue, waiting for a batch (priorities apply to all of them).
-                "recognize_waiting": self.recognize.waiting if self.recognize else 0,
-                "recognized": self.recognized.qsize(),
-                "text": self.texts.qsize(),
-                "publish": self.transcripts.qsize(),
-                "mqtt_pending": len(self.publisher.pending),
-            },
+            "queues": self.queue_depths(),
             "rooms": {
                 room.name: {**dataclasses.asdict(room.counters), "paused": room.paused, "language": room.language}
                 for room in self.rooms
@@ -337,11 +329,22 @@ class App:
     def model_name(self) -> str:
         return self.recognizer.name if self.recognizer else self.config.recognizer.model
 
+    def queue_depths(self) -> dict[str, int]:
+        return {
+            "utterances": self.utterances.qsize(),
+            # Taken from the queue, waiting for a batch (priorities apply to all of them).
+            "recognize_waiting": self.recognize.waiting if self.recognize else 0,
+            "recognized": self.recognized.qsize(),
+            "text": self.texts.qsize(),
+            "publish": self.transcripts.qsize(),
+            "mqtt_pending": len(self.publisher.pending),
+        }
+
     def status_line(self) -> str:
         """systemd's STATUS=: what `systemctl status` shows."""
         utterances = self.recognize.counters.utterances if self.recognize else 0
-        queued = self.utterances.qsize() + self.recognized.qsize() + self.texts.qsize() + self.transcripts.qsize()
-        queued += self.recognize.waiting if self.recognize else 0
+        depths = self.queue_depths()
+        queued = sum(depths.values()) - depths["mqtt_pending"]  # the pipeline's own queues
         broker = "connected" if self.publisher.connected.is_set() else "broker unreachable"
         stalled = f", STALLED: {', '.join(self.stalled)}" if self.stalled else ""
         rooms = f"{len(self.rooms)} room" + ("s" if len(self.rooms) != 1 else "")
@@ -370,7 +373,7 @@ class App:
             "dropped": self.publisher.counters.dropped,
             "outbox": len(self.publisher.outbox) if self.publisher.outbox is not None else 0,
             "mqtt_connected": int(self.publisher.connected.is_set()),
-            "queues": self.status()["queues"],
+            "queues": self.queue_depths(),
             "recognize_ms": percentiles(rec.latencies if rec else []),
             "batch_size": {
                 "mean": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,

@@ -115,7 +115,7 @@ def split_segments(tokens: list[int], begin: int) -> list[tuple[float, float, li
                 start = None
             else:
                 start = t
-        elif token < begin:
+        else:
             text.append(token)
     if text:
         segments.append((start or 0.0, start or 0.0, text))

@@ -341,23 +341,22 @@ class RecognizeStage:
         """Speech spans of a chunk that its timestamped decode left out are recognized on
         their own (one more call for all of them), so a chunk never loses words."""
         wanted: list[tuple[int, float, float]] = []
-        transcripts = list(transcripts)
-        for i, t in enumerate(transcripts):
+        out = list(transcripts)
+        for i, t in enumerate(out):
             if t.utterance.timestamps:
                 segments, gaps = settle(t.segments, t.utterance.speech)
-                transcripts[i] = dataclasses.replace(t, segments=segments)
+                out[i] = dataclasses.replace(t, segments=segments)
                 wanted += [(i, b, e) for b, e in gaps]
         if not wanted:
-            return transcripts
-        audios = [transcripts[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
+            return out
+        audios = [out[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
         loop = asyncio.get_running_loop()
         try:
             with self.progress.busy("recognize"):
                 results = await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language)
         except Exception:
             self.log.exception("recognizing a chunk's left-out speech failed", spans=len(wanted))
-            return transcripts
-        out = list(transcripts)
+            return out
         for (i, b, e), result in zip(wanted, results, strict=True):
             self.counters.gaps_filled += 1
             if result.text:

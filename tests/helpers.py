@@ -10,9 +10,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -147,6 +150,26 @@ def mosquitto_binary() -> str | None:
     )
 
 
+T = TypeVar("T")
+
+
+def wait_until(
+    cond: threading.Condition, find: Callable[[], list[T]], count: int, timeout_s: float, what: str
+) -> list[T]:
+    """Wait on ``cond`` until ``find()`` returns at least ``count`` items; TimeoutError says
+    how many came of what."""
+    deadline = time.monotonic() + timeout_s
+    with cond:
+        while True:
+            found = find()
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(found)} of {count} {what} after {timeout_s} s")
+            cond.wait(remaining)
+
+
 class Mosquitto:
     """A real Mosquitto broker on a loopback port, with persistence so a restart keeps
     subscribers' sessions and their queued QoS 1 messages."""
@@ -224,7 +247,6 @@ class Subscriber:
         ca: Path | None = None,
         login: tuple[str, str] | None = None,
     ) -> None:
-        import threading
 
         import paho.mqtt.client as mqtt
 
@@ -260,16 +282,13 @@ class Subscriber:
 
     def wait_for(self, suffix: str, count: int, timeout_s: float) -> list[bytes]:
         """Wait until ``count`` messages on topics ending with ``suffix`` have arrived."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                found = [p for t, p, _ in self.messages if t.endswith(suffix)]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{len(found)} of {count} messages on *{suffix} after {timeout_s} s")
-                self._cond.wait(remaining)
+        return wait_until(
+            self._cond,
+            lambda: [p for t, p, _ in self.messages if t.endswith(suffix)],
+            count,
+            timeout_s,
+            f"messages on *{suffix}",
+        )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -282,7 +301,6 @@ class Daemon:
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         import json
         import sys
-        import threading
 
         self.logs: list[dict[str, object]] = []
         self.raw: list[str] = []
@@ -439,7 +457,6 @@ class NotifyListener:
     names (``@name`` for an abstract socket); records every message with its arrival time."""
 
     def __init__(self, address: str) -> None:
-        import threading
 
         self.address = address
         self.messages: list[tuple[float, dict[str, str]]] = []
@@ -469,16 +486,9 @@ class NotifyListener:
             return [(t, m) for t, m in self.messages if key in m]
 
     def wait_for(self, key: str, count: int = 1, timeout_s: float = 60.0) -> list[tuple[float, dict[str, str]]]:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                found = [(t, m) for t, m in self.messages if key in m]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{len(found)} of {count} {key} messages after {timeout_s} s")
-                self._cond.wait(remaining)
+        return wait_until(
+            self._cond, lambda: [(t, m) for t, m in self.messages if key in m], count, timeout_s, f"{key} messages"
+        )
 
     def close(self) -> None:
         self._open = False

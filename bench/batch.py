@@ -1,6 +1,7 @@
 """Batch transcription speed: our job queue vs our serial loop vs a serial faster-whisper loop.
 
     python bench/batch.py [--clips 50] [--jobs N]
+    python bench/batch.py --pack audio.npz --model DIR   # a GPU machine without espeak-ng
 
 50 clips of 5-60 s, each a run of recorded English clips from ../shared/data/speech/ (when
 present) and espeak-ng sentences with 0.8-2.5 s pauses between them. Three runs over the same
@@ -11,11 +12,14 @@ folder, one after the other on this machine: `roomscribe transcribe` with the de
 times include loading the model (printed for faster-whisper; about the same for ours). WER
 against the clips' texts checks that speed was not bought with accuracy. Targets: the queue at
 least 2x our serial loop on a CPU (3x on a GPU) and faster than serial faster-whisper.
+With ``--pack`` (bench/recognizer.py --write-pack) the clips are built from that file's
+utterances instead; faster-whisper is left out where it is not installed (it says so).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import subprocess
@@ -44,7 +48,12 @@ SENTENCES = [
 RATE = 16000
 
 
-def pieces() -> list[tuple[np.ndarray, str]]:
+def pieces(pack: Path | None = None) -> list[tuple[np.ndarray, str]]:
+    if pack is not None:
+        from bench.recognizer import read_pack
+
+        audios, refs = read_pack(pack)
+        return [(a, r) for a, r in zip(audios, refs, strict=True) if len(a) < 20 * RATE]
     out = [(speak(s), s) for s in SENTENCES]
     manifest = SHARED / "manifest.jsonl"
     if manifest.exists():
@@ -58,9 +67,9 @@ def pieces() -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def build(folder: Path, clips: int, seed: int = 5) -> dict[str, str]:
+def build(folder: Path, clips: int, seed: int = 5, pack: Path | None = None) -> dict[str, str]:
     rng = random.Random(seed)
-    source = pieces()
+    source = pieces(pack)
     references = {}
     for n in range(clips):
         target = rng.uniform(5, 60) * RATE
@@ -78,9 +87,11 @@ def build(folder: Path, clips: int, seed: int = 5) -> dict[str, str]:
     return references
 
 
-def ours(folder: Path, jobs: int | None) -> tuple[float, dict[str, str]]:
-    args = [sys.executable, "-m", "daemon", "transcribe", str(folder), "--format", "jsonl"]
+def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, dict[str, str], dict[str, Any]]:
+    """Wall time, texts by file, and the run's own account of where the time went."""
+    args = [sys.executable, "-m", "daemon", "transcribe", str(folder), "--format", "jsonl", "--verbose"]
     args += ["--jobs", str(jobs)] if jobs else []
+    args += ["--config", str(config)] if config else []
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=True)
     wall = time.perf_counter() - started
@@ -88,7 +99,15 @@ def ours(folder: Path, jobs: int | None) -> tuple[float, dict[str, str]]:
     for line in result.stdout.splitlines():
         record = json.loads(line)
         texts.setdefault(Path(record["file"]).name, []).append((record["start"], record["text"]))
-    return wall, {name: " ".join(t for _, t in sorted(found)) for name, found in texts.items()}
+    summary: dict[str, Any] = {}
+    for line in result.stderr.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == "transcribe done":
+                summary = {k: record[k] for k in ("load_s", "model_s", "vad_s", "model_calls", "gaps_filled")}
+                # Interpreter start and imports (torch, CUDA) come before the run's own clock.
+                summary["start_s"] = round(wall - record["wall_s"], 2)
+    return wall, {name: " ".join(t for _, t in sorted(found)) for name, found in texts.items()}, summary
 
 
 def faster_whisper(folder: Path) -> tuple[float, float, dict[str, str]]:
@@ -110,35 +129,47 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--jobs", type=int, help="files in flight for the queue run (default: roomscribe's)")
+    parser.add_argument("--pack", type=Path, help="build the clips from this audio pack (bench/recognizer.py)")
+    parser.add_argument("--model", help="recognizer.model for our runs (default: the bundled tiny.en)")
+    parser.add_argument("--device", default="auto", help="recognizer.device for our runs")
     args = parser.parse_args()
+    fw_load: float | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        references = build(folder, args.clips)
+        folder = Path(tmp) / "clips"
+        folder.mkdir()
+        config = Path(tmp) / "config.toml"
+        config.write_text(f"[recognizer]\nmodel = {json.dumps(args.model or 'bundled:tiny.en')}\n"
+                          f"device = {json.dumps(args.device)}\n")  # fmt: skip
+        references = build(folder, args.clips, pack=args.pack)
         audio_s = sum(sf.info(folder / name).duration for name in references)
         print(f"{len(references)} clips, {audio_s / 60:.1f} min of audio", flush=True)
-        runs: dict[str, tuple[float, dict[str, str]]] = {}
-        runs["roomscribe queue"] = ours(folder, args.jobs)
-        print(f"queue: {runs['roomscribe queue'][0]:.1f} s", flush=True)
-        runs["roomscribe serial (--jobs 1)"] = ours(folder, 1)
-        print(f"serial: {runs['roomscribe serial (--jobs 1)'][0]:.1f} s", flush=True)
-        fw_wall, fw_load, fw_texts = faster_whisper(folder)
-        runs["faster-whisper serial"] = (fw_wall, fw_texts)
+        runs: dict[str, tuple[float, dict[str, str], dict[str, Any]]] = {}
+        for label, jobs in (("roomscribe queue", args.jobs), ("roomscribe serial (--jobs 1)", 1)):
+            runs[label] = ours(folder, jobs, config)
+            print(f"{label}: {runs[label][0]:.1f} s {runs[label][2]}", flush=True)
+        try:
+            fw_wall, fw_load, fw_texts = faster_whisper(folder)
+            runs["faster-whisper serial"] = (fw_wall, fw_texts, {"load_s": round(fw_load, 2)})
+        except ImportError:
+            print("faster-whisper is not installed here: left out", flush=True)
     names = sorted(references)
     serial_wall = runs["roomscribe serial (--jobs 1)"][0]
-    fw = runs["faster-whisper serial"][0]
+    fw = runs["faster-whisper serial"][0] if "faster-whisper serial" in runs else None
     rows: list[dict[str, Any]] = []
-    for label, (wall, texts) in runs.items():
+    for label, (wall, texts, where) in runs.items():
         rows.append(
             {
                 "run": label,
                 "wall_s": round(wall, 1),
                 "x_real_time": round(audio_s / wall, 1),
                 "vs_our_serial": round(serial_wall / wall, 2),
-                "vs_faster_whisper": round(fw / wall, 2),
+                "vs_faster_whisper": round(fw / wall, 2) if fw else None,
                 "wer_pct": round(100 * wer([references[n] for n in names], [texts.get(n, "") for n in names]), 2),
+                **where,
             }
         )
-    extra = {"clips": len(names), "audio_s": round(audio_s, 1), "faster_whisper_load_s": round(fw_load, 2),
+    extra = {"clips": len(names), "audio_s": round(audio_s, 1), "audio": "pack" if args.pack else "espeak+clips",
+             "faster_whisper_load_s": round(fw_load, 2) if fw_load is not None else None,
              "targets": {"queue_vs_serial": ">= 2 (CPU), >= 3 (GPU)", "queue_vs_faster_whisper": "> 1"}}  # fmt: skip
     write_results("batch", rows, extra)
 

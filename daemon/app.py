@@ -43,7 +43,7 @@ from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
 from daemon.outputs import output_path, render, write_atomically
 from daemon.stats import gpu_memory, percentiles, process_usage, serve_metrics
-from pipeline.batch import CHUNK_S, BatchJob, FileResult, expand_paths
+from pipeline.batch import BatchJob, FileResult, chunk_seconds, expand_paths
 from pipeline.health import Progress
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
@@ -102,6 +102,11 @@ def load_recognizer_in_thread(config: Config) -> Recognizer:
 
     if r.threads:
         torch.set_num_threads(r.threads)
+    elif r.device.startswith("cuda") or (r.device == "auto" and torch.cuda.is_available()):
+        # With the model on a GPU, torch's CPU threads serve the VAD's small convolutions:
+        # a team of one per call. Teams of all cores (the default) spin between calls and
+        # starve the model thread, which must launch each decoding step's kernels.
+        torch.set_num_threads(1)
     options = DecodingOptions(
         beam_size=r.beam_size,
         temperatures=tuple(r.temperatures),
@@ -468,7 +473,7 @@ class App:
             file_done,
             files_in_flight=b.files_in_flight,
             max_segments_in_flight=self.config.recognizer.max_batch,
-            chunk_s=CHUNK_S,
+            chunk_s=chunk_seconds(self.recognizer.device) if self.recognizer is not None else 0.0,
         )
         self.jobs[job_id] = job
         self.log.info("batch job started", job=job_id, files=len(files), path=str(path))

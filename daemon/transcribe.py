@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -33,7 +34,7 @@ from daemon.app import (
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import setup_logging
 from daemon.outputs import FORMATS, output_path, render, write_atomically
-from pipeline.batch import CHUNK_S, BatchJob, FileResult, expand_paths, open_source
+from pipeline.batch import BatchJob, FileResult, chunk_seconds, expand_paths, open_source
 from pipeline.messages import Transcript, Utterance
 from pipeline.recognize import RecognizeStage
 from pipeline.sources import AudioFileError
@@ -46,6 +47,21 @@ EXIT_INTERRUPTED = 130
 def default_jobs() -> int:
     """Files in flight by default: enough to keep the recognizer fed while files decode."""
     return min(8, max(2, os.cpu_count() or 2))
+
+
+def vad_threads(device: str, jobs: int) -> int:
+    """Threads for the files' VAD. With the model on a CPU one is best (more would take
+    cores from the model); with it on a GPU the VAD is what the CPU does, so files in
+    flight get up to a quarter of the cores."""
+    if device.startswith("cpu") or (device == "auto" and not _cuda_available()):
+        return 1
+    return max(1, min(jobs, (os.cpu_count() or 1) // 4))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 @dataclass
@@ -89,6 +105,7 @@ class Runner:
         self.audio_done_s = 0.0
         self.console = Console(stderr=True)
         self.roots: dict[Path, Path] = {}
+        self.summary: dict[str, float | int] = {}
 
     def file_done(self, result: FileResult) -> None:
         if result.error is not None:
@@ -113,25 +130,12 @@ class Runner:
                 total_s += open_source(path)[1] or 0.0
         loop = asyncio.get_running_loop()
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        vad_executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        threads = vad_threads(self.config.recognizer.device, self.jobs)
+        vad_executor = ThreadPoolExecutor(threads, thread_name_prefix="vad")
         utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
         recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         texts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         text = TextStage(TextProcessor(self.config.text.settings(self.config_path)), recognized, texts)
-        job = BatchJob(
-            "batch",
-            paths,
-            utterances,
-            self.config.vad.params(),
-            silero_factory,
-            vad_executor,
-            self.file_done,
-            files_in_flight=self.jobs,
-            language=self.language,
-            # The serial loop recognizes each VAD segment on its own; the queue merges a
-            # file's segments into chunks recognized with timestamps.
-            chunk_s=0.0 if self.jobs == 1 else CHUNK_S,
-        )
         progress = Progress(
             TextColumn("[bold]transcribing"),
             BarColumn(),
@@ -143,8 +147,24 @@ class Runner:
             disable=not self.console.is_terminal,
             transient=False,
         )
+        run_started = time.monotonic()
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
+            load_s = time.monotonic() - run_started
+            job = BatchJob(
+                "batch",
+                paths,
+                utterances,
+                self.config.vad.params(),
+                silero_factory,
+                vad_executor,
+                self.file_done,
+                files_in_flight=self.jobs,
+                language=self.language,
+                # The serial loop recognizes each VAD segment on its own; the queue merges a
+                # file's segments into chunks recognized with timestamps where that pays (CPU).
+                chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device),
+            )
             settings = replace(recognize_settings(self.config), idle_release_s=0.0, joint_max_gap_s=0.0)
             if self.jobs == 1:
                 settings = replace(settings, max_batch=1)  # the plain serial loop
@@ -174,6 +194,16 @@ class Runner:
                     await utterances.put(None)
                     await collector
                 refresh()
+            # Where the time went (--verbose): wall = load + the rest, in which the model
+            # thread and the VAD thread worked this long.
+            counters = stage.counters
+            self.summary = {
+                "files": len(self.done), "audio_s": round(self.audio_done_s, 1),
+                "wall_s": round(time.monotonic() - run_started, 2), "load_s": round(load_s, 2),
+                "model_s": round(counters.model_seconds, 2), "vad_s": round(job.vad_seconds, 2),
+                "model_calls": counters.batches, "segments": counters.utterances, "gaps_filled": counters.gaps_filled,
+            }  # fmt: skip
+            structlog.get_logger().info("transcribe done", **self.summary)
         finally:
             model_executor.shutdown(wait=False, cancel_futures=True)
             vad_executor.shutdown(wait=False, cancel_futures=True)

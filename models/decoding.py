@@ -306,33 +306,40 @@ def decode(
             chosen_tokens = torch.tensor(chosen_token_list, device=device)
             new_scores = torch.tensor(new_score_list, device=device)
 
+        # The per-row bookkeeping below reads Python lists: one device sync per step, not one
+        # per row (on a GPU each element read of a tensor is a sync of its own).
         from_list, token_list = chosen_from.tolist(), chosen_tokens.tolist()
+        score_list: list[float] = new_scores.tolist()
         new_seqs = [seqs[src] + [tok] for src, tok in zip(from_list, token_list, strict=True)]
         if temperature > 0.0:
             for i, tok in enumerate(token_list):
                 if tok == eot and not items[i].done:
-                    items[i].finished.append((seqs[i], float(new_scores[i]), False))
+                    items[i].finished.append((seqs[i], score_list[i], False))
+        stuck: list[int] = []
         for i, item in enumerate(items):
             if item.done:
                 continue
             for b in range(beams):
                 row = i * beams + b
                 seq = new_seqs[row]
-                if not seq or seq[-1] == eot or new_scores[row] == float("-inf"):
+                if not seq or seq[-1] == eot or score_list[row] == float("-inf"):
                     continue
                 n = loop_length(seq)
                 if n:
                     # Keep one copy of the repeated n-gram; the rest is the model stuck.
-                    item.finished.append((seq[: len(seq) - n * (REPEAT_COUNT - 1)], float(new_scores[row]), True))
-                    new_scores[row] = float("-inf")
+                    item.finished.append((seq[: len(seq) - n * (REPEAT_COUNT - 1)], score_list[row], True))
+                    score_list[row] = float("-inf")
+                    stuck.append(row)
             if len(item.finished) >= beams:
                 item.done = True
             elif step + 1 >= item.budget:
                 for b in range(beams):
                     row = i * beams + b
-                    if new_scores[row] > float("-inf") and new_seqs[row][-1] != eot:
-                        item.finished.append((new_seqs[row], float(new_scores[row]), False))
+                    if score_list[row] > float("-inf") and new_seqs[row][-1] != eot:
+                        item.finished.append((new_seqs[row], score_list[row], False))
                 item.done = True
+        if stuck:
+            new_scores[stuck] = float("-inf")
         if all(item.done for item in items):
             break
         seqs, scores = new_seqs, new_scores

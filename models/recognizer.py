@@ -120,6 +120,22 @@ class _Attempt:
     last: Decoded | None = None
 
 
+def avoid_per_shape_attention_plans() -> None:
+    """Leave cuDNN out of scaled_dot_product_attention (flash, memory-efficient and math remain).
+
+    cuDNN's attention builds an execution plan for every new shape, and decoding makes new
+    shapes all the time: the key length grows by one per token, and batches differ in size
+    and prompt length. On an H100 (torch 2.11, cu130) float16 ran at 49x real time on its
+    first pass over 101 utterances and 124x once every shape had been seen, while float32,
+    which cuDNN attention does not take, ran at 140x cold and warm; in `roomscribe transcribe`
+    a sampling profile put 63% of the model thread on the attention call. Process-wide: the
+    recognizer is the only attention user in the daemon.
+    """
+    enable = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)
+    if enable is not None:
+        enable(False)
+
+
 class WhisperRecognizer(Recognizer):
     max_audio_s = 30.0
 
@@ -137,6 +153,8 @@ class WhisperRecognizer(Recognizer):
         self.dtype = dtype
         self.options = options or DecodingOptions()
         self._torch_device = torch.device(device)
+        if self._torch_device.type == "cuda":
+            avoid_per_shape_attention_plans()
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
         self.quantize = quantize
         if quantize == "int8":

@@ -36,6 +36,19 @@ MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
 CHUNK_S = 28.0
 
 
+def chunk_seconds(device: str) -> float:
+    """How a queue run cuts files for a recognizer on ``device``.
+
+    On a CPU the encoder dominates and always sees a 30 s window, so merging a file's
+    segments into chunks of up to CHUNK_S (decoded with timestamps) saves most of the work.
+    On a GPU the encoder is cheap and the decoder's token-by-token loop dominates: 28 s
+    chunks make long sequential decodes (29 min of audio on an H100: 7 calls of 3.2 s, barely
+    faster than one call per segment), while separate segments of several files share each
+    decoding step in one batch. Measured with bench/batch.py on both; see docs/architecture.md.
+    """
+    return CHUNK_S if device.startswith("cpu") else 0.0
+
+
 @dataclass
 class FileResult:
     path: Path
@@ -135,6 +148,7 @@ class BatchJob:
         self.files_in_flight = max(1, files_in_flight)
         self.language = language
         self.results: dict[int, FileResult] = {}
+        self.vad_seconds = 0.0  # all files' VAD time (where the wall time went)
         self._expected: dict[int, int] = {}  # index -> segments cut, once its room finished
         self._done: set[int] = set()
         self.finished = asyncio.Event()
@@ -198,6 +212,7 @@ class BatchJob:
                 )
                 await room.run(never)
             result.audio_s = room.counters.frames * FRAME_MS / 1000
+            self.vad_seconds += room.counters.vad_seconds
             if room.counters.last_error:
                 result.error = room.counters.last_error.removeprefix(f"{path}: ")
             await self._local.put(_FileEnd(index))  # after all of its segments

@@ -17,7 +17,8 @@ PARTIAL_PRIORITY = 2
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """500 ms of 16 kHz mono float32 audio from one room."""
+    """500 ms of 16 kHz mono float32 audio from one room (more when a file room's VAD
+    takes several queued frames at once)."""
 
     room: str
     samples: np.ndarray

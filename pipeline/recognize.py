@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -63,6 +63,7 @@ class RecognizeCounters:
     partials_skipped: int = 0
     joint: int = 0
     gaps_filled: int = 0  # speech spans of batch chunks recognized again on their own
+    model_seconds: float = 0.0  # time spent in model calls (the rest of a batch job's wall time went elsewhere)
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
 
 
@@ -245,7 +246,6 @@ class RecognizeStage:
         return ", ".join(parts)
 
     async def _call(self, batch: list[Utterance], language: str | None) -> list[Recognition]:
-        loop = asyncio.get_running_loop()
         audios = [u.audio for u in batch]
         prompts = [self._prompt(u) for u in batch]
         hotwords: list[Sequence[str]] = [self.hotwords(u.room) for u in batch]
@@ -253,8 +253,17 @@ class RecognizeStage:
         call = self.recognizer.recognize
         if batch[0].timestamps:  # batch chunks (the batch holds only those)
             call = functools.partial(call, timestamps=True)
-        with self.progress.busy("recognize"):
-            return await loop.run_in_executor(self.executor, call, audios, language, prompts, hotwords)
+        return await self._model(call, audios, language, prompts, hotwords)
+
+    async def _model(self, call: Callable[..., list[Recognition]], *args: Any) -> list[Recognition]:
+        """One model call on the model thread, watched by the watchdog and timed."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            with self.progress.busy("recognize"):
+                return await loop.run_in_executor(self.executor, call, *args)
+        finally:
+            self.counters.model_seconds += time.monotonic() - started
 
     def hotwords(self, room: str) -> tuple[str, ...]:
         """The global hotwords and the room's, once each; for an English-only model only
@@ -350,10 +359,8 @@ class RecognizeStage:
         if not wanted:
             return out
         audios = [out[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
-        loop = asyncio.get_running_loop()
         try:
-            with self.progress.busy("recognize"):
-                results = await loop.run_in_executor(self.executor, self.recognizer.recognize, audios, language)
+            results = await self._model(self.recognizer.recognize, audios, language)
         except Exception:
             self.log.exception("recognizing a chunk's left-out speech failed", spans=len(wanted))
             return out
@@ -405,12 +412,8 @@ class RecognizeStage:
         rooms = [transcripts[i].utterance.room for i, _ in chosen]
         hotwords: list[Sequence[str]] = [self.hotwords(room) for room in rooms]
         prompts = [", ".join(words) for words in hotwords]
-        loop = asyncio.get_running_loop()
         try:
-            with self.progress.busy("recognize"):
-                results = await loop.run_in_executor(
-                    self.executor, self.recognizer.recognize, audios, language, prompts, hotwords
-                )
+            results = await self._model(self.recognizer.recognize, audios, language, prompts, hotwords)
         except Exception:
             # The pieces still go out, judged by their texts alone.
             self.log.exception("joint recognition failed", size=len(audios))

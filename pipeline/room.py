@@ -33,6 +33,7 @@ class RoomCounters:
     last_error: str | None = None
     speech_started_at: float | None = None  # time.monotonic() when the current speech began
     partials_skipped: int = 0
+    vad_seconds: float = 0.0  # time in VAD calls (on the VAD thread)
 
 
 class Room:
@@ -132,8 +133,14 @@ class Room:
         speech_prob = await loop.run_in_executor(self.vad_executor, self.speech_prob_factory)
         assembler = UtteranceAssembler(self.vad_params, speech_prob)
         wall0: float | None = None
+        held: Frame | EndOfStream | None = None
         while True:
-            item = await self._frames.get()
+            item = held or await self._frames.get()
+            held = None
+            if isinstance(item, Frame) and not self.source.realtime:
+                # A file read faster than real time: take every frame already waiting, so the
+                # VAD classifies up to 10 s in one call (several times faster than 500 ms).
+                item, held = self._coalesce(item)
             if isinstance(item, EndOfStream):
                 segments = assembler.flush(item.reason)
                 await self._emit(segments, wall0 or time.time())
@@ -147,7 +154,7 @@ class Room:
             # offsets (and so wall times) stay right; the audio itself is not used.
             samples = np.zeros_like(item.samples) if self.paused else item.samples
             with self.progress.busy(f"vad:{self.name}"):
-                segments = await loop.run_in_executor(self.vad_executor, assembler.push, samples)
+                segments = await loop.run_in_executor(self.vad_executor, self._timed_push, assembler, samples)
             await self._emit(segments, wall0)
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)
@@ -161,6 +168,28 @@ class Room:
             else:
                 self._set_state("listening")
             self.counters.discarded_short = assembler.discarded
+
+    def _timed_push(self, assembler: UtteranceAssembler, samples: np.ndarray) -> list[Segment]:
+        started = time.perf_counter()
+        try:
+            return assembler.push(samples)
+        finally:
+            self.counters.vad_seconds += time.perf_counter() - started
+
+    def _coalesce(self, first: Frame) -> tuple[Frame, EndOfStream | None]:
+        """``first`` and the frames queued behind it as one frame; the end of the stream,
+        if it was queued too, comes back separately."""
+        parts = [first.samples]
+        end: EndOfStream | None = None
+        while not self._frames.empty():
+            nxt = self._frames.get_nowait()
+            if isinstance(nxt, EndOfStream):
+                end = nxt
+                break
+            parts.append(nxt.samples)
+        if len(parts) == 1:
+            return first, end
+        return Frame(first.room, np.concatenate(parts), first.offset, first.wall, first.mono), end
 
     def _set_state(self, state: str) -> None:
         if state != self.counters.state:

@@ -2,13 +2,15 @@
 
 The assembler is a pure state machine over 512-sample windows: tests drive it with made-up
 probabilities, the pipeline with Silero's. Sample offsets are counted from the start of the
-room's stream, so utterances carry exact positions.
+room's stream, so utterances carry exact positions. A model that can classify many windows
+in one call (``probs``, as SileroVad) gets each pushed block's windows at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +20,13 @@ WINDOW = 512
 # Silero's recommended hysteresis: speech ends when the probability drops this far below
 # the start threshold, so a wavering probability does not chop words.
 NEG_THRESHOLD_GAP = 0.15
+
+
+@runtime_checkable
+class BatchSpeechProb(Protocol):
+    def probs(self, windows: np.ndarray) -> np.ndarray:
+        """P(speech) for consecutive windows [n, WINDOW], in order, state carried over."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,9 +92,14 @@ class UtteranceAssembler:
         data = np.concatenate([self._leftover, np.asarray(samples, dtype=np.float32)])
         n = len(data) // WINDOW * WINDOW
         self._leftover = data[n:]
+        windows = data[:n].reshape(-1, WINDOW)
+        if isinstance(self.speech_prob, BatchSpeechProb):
+            probs = [float(p) for p in self.speech_prob.probs(windows)]
+        else:
+            probs = [self.speech_prob(w) for w in windows]
         out: list[Segment] = []
-        for i in range(0, n, WINDOW):
-            out.extend(self._window(data[i : i + WINDOW]))
+        for window, prob in zip(windows, probs, strict=True):
+            out.extend(self._window(window, prob))
         return out
 
     def flush(self, reason: str = "end_of_stream") -> list[Segment]:
@@ -122,9 +136,8 @@ class UtteranceAssembler:
         self._run = 0
         self._energy = []
 
-    def _window(self, window: np.ndarray) -> list[Segment]:
+    def _window(self, window: np.ndarray, prob: float) -> list[Segment]:
         start = self._pos
-        prob = self.speech_prob(window)
         self._append(window)
         self._pos += WINDOW
         if not self._in_speech:

@@ -151,3 +151,18 @@ def test_heap_trim_gives_freed_memory_back() -> None:
     after_trim = process.memory_info().rss
     libc.free(blocks[-1])
     assert after_trim < after_free - 50_000_000, (before_free, after_free, after_trim)
+
+
+def test_cuda_attention_leaves_out_cudnn_plans() -> None:
+    # What a recognizer on CUDA calls before loading (see its docstring for the measurement).
+    import torch
+
+    from models.recognizer import avoid_per_shape_attention_plans
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        avoid_per_shape_attention_plans()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

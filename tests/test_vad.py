@@ -136,3 +136,20 @@ def test_our_silero_matches_the_packaged_model() -> None:
         torch.set_num_threads(threads)  # importing silero_vad sets it to 1 process-wide
     assert max(expected) > 0.9  # the sample does contain speech
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_silero_probs_for_many_windows_match_one_by_one() -> None:
+    from models.vad import SileroVad
+
+    audio, _ = speech_with_pauses(["Open the garage door please.", "Set a timer for ten minutes."], pause_s=0.6)
+    windows = audio[: len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
+    one = SileroVad()
+    expected = np.array([one(w) for w in windows])
+    many = SileroVad()
+    # Uneven blocks, as a room's frames arrive: state and context carry across calls.
+    got = np.concatenate([many.probs(windows[i : i + 7]) for i in range(0, len(windows), 7)])
+    assert expected.max() > 0.9 and expected.min() < 0.1
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert many.probs(np.zeros((0, WINDOW), np.float32)).shape == (0,)
+    with pytest.raises(ValueError, match="windows"):
+        many.probs(np.zeros((3, 100), np.float32))

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
-SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox ffmpeg
+SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
 
 .PHONY: setup system-deps demo test lint typecheck unit bench clean install
 

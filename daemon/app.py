@@ -32,6 +32,7 @@ from daemon.config import (
     FileSourceSettings,
     HermesSourceSettings,
     MicSourceSettings,
+    StreamSourceSettings,
     changed_keys,
     load_config,
     resolve_path,
@@ -42,6 +43,7 @@ from daemon.mqtt import Publisher
 from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
 from daemon.outputs import output_path, render, write_atomically
+from daemon.recording import UtteranceRecorder
 from daemon.stats import gpu_memory, percentiles, process_usage, serve_metrics
 from pipeline.batch import BatchJob, FileResult, chunk_seconds, expand_paths
 from pipeline.health import Progress
@@ -49,7 +51,7 @@ from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
 from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
 from pipeline.room import Room
-from pipeline.sources import AudioSource, FileSource, MicSource, PushSource
+from pipeline.sources import AudioSource, Backoff, FileSource, MicSource, PushSource, Reconnecting, StreamSource
 from pipeline.stitch import StitchStage
 from pipeline.text.dictionary import DictionaryError
 from pipeline.text.processor import TextProcessor
@@ -146,13 +148,18 @@ def silero_factory() -> Callable[[np.ndarray], float]:
 
 
 def build_source(
-    settings: FileSourceSettings | MicSourceSettings | HermesSourceSettings, config_path: Path, room: str
+    settings: FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings,
+    config_path: Path,
+    room: str,
 ) -> AudioSource:
     if isinstance(settings, FileSourceSettings):
         return FileSource(resolve_path(settings.path, config_path), settings.realtime, settings.loop)
     if isinstance(settings, HermesSourceSettings):
         return PushSource(f"hermes {hermes.audio_frame_topic(settings.site_id or room)}")
-    return MicSource(settings.device)
+    # Live sources that can go away and come back are reopened with backoff.
+    if isinstance(settings, StreamSourceSettings):
+        return Reconnecting(StreamSource(settings.url, settings.stall_s), Backoff(max_s=settings.retry_max_s))
+    return Reconnecting(MicSource(settings.device), Backoff(max_s=settings.retry_max_s))
 
 
 def resolve_batch_path(allowed_dir: str, path_text: str) -> tuple[Path, Path]:
@@ -209,7 +216,7 @@ class App:
             Room(
                 name=r.name,
                 source=build_source(r.source, config_path, r.name),
-                vad_params=config.vad.params(),
+                vad_params=config.room_vad(r).params(),
                 speech_prob_factory=silero_factory,
                 vad_executor=self.vad_executor,
                 out=self.utterances,
@@ -223,6 +230,10 @@ class App:
             if r.enabled
         ]
         self.partials = PartialTracker()
+        self.recorder: UtteranceRecorder | None = None
+        if config.debug.record:
+            state = config.daemon.state_path(config_path)
+            self.recorder = UtteranceRecorder(config.debug.record_path(config_path, state), config.debug.record_max)
         by_name = {room.name: room for room in self.rooms}
         self.stitch = StitchStage(
             config.stitch.settings(),
@@ -291,7 +302,14 @@ class App:
         """``<prefix>/<room>/state``, retained: listening, speaking, paused. Only the latest
         state waits for the broker; older ones not yet sent are replaced."""
         s = room.counters.state
-        state = {"listening": s in ("listening", "speaking"), "speaking": s == "speaking", "paused": room.paused}
+        state: dict[str, object] = {
+            "listening": s in ("listening", "speaking"),
+            "speaking": s == "speaking",
+            "paused": room.paused,
+            "state": s,
+        }
+        if s in ("unavailable", "failed"):
+            state["error"] = room.counters.last_error
         self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True, replace=True)
 
     async def release_model_memory(self) -> None:
@@ -365,6 +383,8 @@ class App:
                 "state": room.counters.state,
                 "utterances": room.counters.utterances,
                 "dropped_frames": room.counters.dropped_frames,
+                "source_losses": room.source.losses if isinstance(room.source, Reconnecting) else 0,
+                "overflows": int(getattr(getattr(room.source, "inner", room.source), "overflows", 0)),
             }
             for room in self.rooms
         }
@@ -640,6 +660,20 @@ class App:
             if self.config.hermes.enabled:
                 captured = hermes.text_captured(record, site_id(self.config, u.room))
                 self.publisher.submit_json(hermes.TEXT_CAPTURED, captured, qos=1, room=u.room)
+            if self.recorder is not None:
+                self._record(record, u.audio)
+
+    def _record(self, record: dict[str, Any], audio: np.ndarray) -> None:
+        """Debug recording, on a thread; a full disk or a bad folder is logged, nothing more."""
+        recorder = self.recorder
+        assert recorder is not None
+
+        def done(task: asyncio.Future[Path]) -> None:
+            if (exc := task.exception()) is not None:
+                self.log.warning("debug recording failed", utterance_id=record["id"], error=str(exc))
+
+        future = asyncio.get_running_loop().run_in_executor(None, recorder.save, record, audio)
+        future.add_done_callback(done)
 
     async def _drain(
         self,

@@ -71,8 +71,12 @@ def cmd_devices(_args: argparse.Namespace) -> int:
         return EXIT_RUNTIME_ERROR
     if not devices:
         print("no capture devices found")
+        return 0
+    print(f"{'index':>5}  {'name':<32} {'host API':<10} {'channels':>8}  {'default':>7}  rates (Hz)")
     for d in devices:
-        print(f"{d['index']:>3}  {d['name']}  ({d['channels']} ch, {d['rate']} Hz)")
+        rates = ", ".join(str(r) for r in d["rates"]) or "?"
+        print(f"{d['index']:>5}  {d['name']:<32} {d['host_api']:<10} {d['channels']:>8}  {d['rate']:>7}  {rates}")
+    print('use one in a room: source = { type = "mic", device = "<index or part of the name>" }')
     return 0
 
 

@@ -12,9 +12,9 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from pipeline.stitch import StitchSettings
 from pipeline.text.dictionary import Dictionary, DictionaryError
@@ -222,6 +222,18 @@ class FileSourceSettings(Section):
 class MicSourceSettings(Section):
     type: Literal["mic"]
     device: str | int = Field("default", description="default, a device index, or part of its name.")
+    retry_max_s: float = Field(
+        10.0, ge=0.5, le=600, description="A lost device is reopened after 0.5 s, 1 s, 2 s... up to this."
+    )
+
+
+class StreamSourceSettings(Section):
+    type: Literal["stream"]
+    url: str = Field(min_length=1, description="rtsp://, http(s):// or anything ffmpeg opens; a file plays as live.")
+    stall_s: float = Field(10.0, ge=1, le=600, description="No audio for this long counts as a dropped stream.")
+    retry_max_s: float = Field(
+        10.0, ge=0.5, le=600, description="A dropped stream is reopened after 0.5 s, 1 s, 2 s... up to this."
+    )
 
 
 class HermesSourceSettings(Section):
@@ -231,7 +243,24 @@ class HermesSourceSettings(Section):
     )
 
 
-SourceSettings = Annotated[FileSourceSettings | MicSourceSettings | HermesSourceSettings, Field(discriminator="type")]
+SourceSettings = Annotated[
+    FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings, Field(discriminator="type")
+]
+SOURCE_TYPES = {
+    "file": FileSourceSettings,
+    "mic": MicSourceSettings,
+    "stream": StreamSourceSettings,
+    "hermes": HermesSourceSettings,
+}
+
+
+# Per-room changes to [vad]: the same keys and bounds, each optional; what a room leaves out
+# comes from [vad].
+_room_vad_fields: dict[str, Any] = {
+    key: (Annotated[info.annotation, *info.metadata] | None, Field(None, description=info.description))
+    for key, info in VadSettings.model_fields.items()
+}
+RoomVadSettings: type[Section] = create_model("RoomVadSettings", __base__=Section, **_room_vad_fields)
 
 
 class RoomSettings(Section):
@@ -243,6 +272,7 @@ class RoomSettings(Section):
     stitch: bool = Field(True, description="false: publish every piece as it is, never joined.")
     partials: bool = Field(False, description="Publish interim text to <prefix>/<room>/partial while speaking.")
     partial_interval_ms: int = Field(1000, ge=200, le=10000, description="How often a partial is made.")
+    vad: RoomVadSettings = Field(RoomVadSettings(), description="This room's changes to [vad].")
     source: SourceSettings
 
 
@@ -266,8 +296,18 @@ class HermesSettings(Section):
     enabled: bool = Field(False, description="Also publish each utterance as hermes/asr/textCaptured.")
 
 
+class DebugSettings(Section):
+    record: bool = Field(False, description="Keep each published utterance's audio (WAV) beside its JSON.")
+    record_dir: str = Field("", description="Where; empty: <state_dir>/recordings.")
+    record_max: int = Field(200, ge=1, le=100000, description="Keep the newest this many; older ones are deleted.")
+
+    def record_path(self, config_path: Path, state_path: Path) -> Path:
+        return resolve_path(self.record_dir, config_path) if self.record_dir else state_path / "recordings"
+
+
 class Config(Section):
     daemon: DaemonSettings = DaemonSettings()
+    debug: DebugSettings = DebugSettings()
     mqtt: MqttSettings = MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     hermes: HermesSettings = HermesSettings()
@@ -287,6 +327,21 @@ class Config(Section):
                 raise ValueError(f"room name {room.name!r} is used twice")
             seen.add(room.name)
         return rooms
+
+    @model_validator(mode="after")
+    def _room_vad(self) -> Config:
+        for i, room in enumerate(self.rooms):
+            try:
+                self.room_vad(room)
+            except ValidationError as exc:
+                problems = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+                raise ValueError(f"rooms[{i}].vad with [vad]: " + "; ".join(problems)) from None
+        return self
+
+    def room_vad(self, room: RoomSettings) -> VadSettings:
+        """[vad] with the room's own changes, checked like [vad] itself."""
+        changes = room.vad.model_dump(exclude_none=True)
+        return VadSettings.model_validate({**self.vad.model_dump(), **changes}) if changes else self.vad
 
 
 class ConfigError(Exception):
@@ -311,7 +366,7 @@ def _key(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             parts[-1] += f"[{part}]"
-        elif i > 0 and loc[i - 1] == "source" and part in ("file", "mic"):
+        elif i > 0 and loc[i - 1] == "source" and part in SOURCE_TYPES:
             continue  # pydantic adds the discriminator's tag to the location
         elif part in _UNION_MEMBERS:
             continue  # and the member type's name for each branch of a plain union
@@ -325,7 +380,7 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
     model: type[BaseModel] = Config
     node = data
     for part in loc[:-1]:
-        if isinstance(part, int) or part in ("file", "mic"):
+        if isinstance(part, int) or part in SOURCE_TYPES:
             node = node[part] if isinstance(part, int) else node
             continue
         node = node.get(part) if isinstance(node, dict) else None
@@ -336,7 +391,7 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
             model = RoomSettings
         elif part == "source":
             kind = node.get("type") if isinstance(node, dict) else None
-            model = MicSourceSettings if kind == "mic" else FileSourceSettings
+            model = cast("type[BaseModel]", SOURCE_TYPES.get(str(kind), FileSourceSettings))
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             model = field.annotation
     return list(model.model_fields)
@@ -354,6 +409,8 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
             lines[key] = f"{key}: required key is missing"
         elif key in lines:  # another branch of a union: say what either branch wants
             lines[key] += f"; or {err['msg']}"
+        elif not loc:  # a check across sections: its message names the keys
+            lines[key] = err["msg"].removeprefix("Value error, ")
         else:
             message = err["msg"].removeprefix("Value error, ")
             lines[key] = f"{key} = {err['input']!r}: {message}"

@@ -15,7 +15,7 @@ from pipeline.framing import Framer
 from pipeline.health import Progress
 from pipeline.messages import PARTIAL_PRIORITY, SAMPLE_RATE, EndOfStream, Frame, Utterance
 from pipeline.queues import DropOldestQueue
-from pipeline.sources import AudioFileError, AudioSource, CaptureError
+from pipeline.sources import AudioFileError, AudioSource, CaptureError, Reconnecting
 from pipeline.vad import Segment, UtteranceAssembler, VadParams
 
 # 20 frames = 10 s of audio may wait for the VAD before capture starts dropping frames.
@@ -29,7 +29,7 @@ class RoomCounters:
     utterances: int = 0
     discarded_short: int = 0
     errors: int = 0
-    state: str = "starting"  # starting | listening | speaking | paused | idle | failed
+    state: str = "starting"  # starting | listening | speaking | paused | unavailable | idle | failed
     last_error: str | None = None
     speech_started_at: float | None = None  # time.monotonic() when the current speech began
     partials_skipped: int = 0
@@ -82,6 +82,12 @@ class Room:
         self.started = asyncio.Event()
         self.log = structlog.get_logger().bind(room=name)
         self._count = 0
+        # Live sources that come and go: while gone the room is "unavailable".
+        self.unavailable = False
+        if isinstance(source, Reconnecting):
+            source.on_change = self._availability
+        self._framer = Framer()
+        self._wall0 = time.time()  # wall-clock time of stream offset 0 (moved on after a gap)
         self._frames: asyncio.Queue[Frame | EndOfStream]
         if source.realtime:
             self._frames = DropOldestQueue(FRAME_QUEUE_FRAMES)
@@ -101,9 +107,40 @@ class Room:
         else:
             await self._frames.put(item)
 
+    def _availability(self, available: bool, reason: str | None) -> None:
+        """From a Reconnecting source, on the event loop: the audio is gone, or back."""
+        source = self.source
+        assert isinstance(source, Reconnecting)
+        if not available:
+            self.unavailable = True
+            self.counters.errors += 1
+            self.counters.last_error = reason
+            self.started.set()  # the room is up, waiting for its device
+            self.log.warning("capture unavailable; reopening with backoff", reason=reason, losses=source.losses)
+            self._set_state("unavailable")
+            # Silence after the last audio, so that speech in progress ends as an utterance
+            # now rather than being glued to whatever comes when the device is back.
+            gap = np.zeros((self.vad_params.hangover_ms + 500) * SAMPLE_RATE // 1000, np.float32)
+            for offset, samples in self._framer.push(gap):
+                self._put_nowait(self._frame(offset, samples))
+            return
+        self.unavailable = False
+        # Stream offsets go on where they were; wall-clock times start again from now.
+        self._wall0 = time.time() - self._framer.offset / SAMPLE_RATE
+        recovered = round(source.recoveries[-1], 2) if source.recoveries else None
+        self.log.info("capture available", source=source.description, after_s=recovered)
+        self._set_state("listening")
+
+    def _put_nowait(self, frame: Frame) -> None:
+        if isinstance(self._frames, DropOldestQueue):
+            if not self._frames.put_dropping_oldest(frame):
+                self.counters.dropped_frames = self._frames.dropped
+        else:
+            self._frames.put_nowait(frame)
+
     async def _capture(self, stop: asyncio.Event) -> None:
-        framer = Framer()
-        wall0 = time.time()
+        framer = self._framer
+        self._wall0 = time.time()
         self._set_state("listening")
         self.log.info("room listening", source=self.source.description)
         reason = "end_of_stream"
@@ -111,9 +148,9 @@ class Room:
             async for chunk in self.source.chunks(stop):
                 self.started.set()  # the device is open and delivering
                 for offset, samples in framer.push(chunk):
-                    await self._put(self._frame(offset, samples, wall0))
+                    await self._put(self._frame(offset, samples))
             for offset, samples in framer.flush():
-                await self._put(self._frame(offset, samples, wall0))
+                await self._put(self._frame(offset, samples))
             if stop.is_set():
                 reason = "shutdown"
         except (AudioFileError, CaptureError, OSError) as exc:
@@ -124,9 +161,9 @@ class Room:
         self.started.set()
         await self._frames.put(EndOfStream(self.name, reason))
 
-    def _frame(self, offset: int, samples: np.ndarray, wall0: float) -> Frame:
+    def _frame(self, offset: int, samples: np.ndarray) -> Frame:
         self.counters.frames += 1
-        return Frame(self.name, samples, offset, wall0 + offset / SAMPLE_RATE, time.monotonic())
+        return Frame(self.name, samples, offset, self._wall0 + offset / SAMPLE_RATE, time.monotonic())
 
     async def _vad(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,8 +185,9 @@ class Room:
                 self._set_state("failed" if item.reason == "error" else "idle")
                 self.log.info("room idle", reason=item.reason, utterances=self.counters.utterances)
                 return
-            if wall0 is None:
-                wall0 = item.wall - item.offset / SAMPLE_RATE
+            # Each frame says where offset 0 lies in wall-clock time (a live source that was
+            # gone for a while moves it on).
+            wall0 = item.wall - item.offset / SAMPLE_RATE
             # Paused: the VAD hears silence, so speech in progress ends as usual and stream
             # offsets (and so wall times) stay right; the audio itself is not used.
             samples = np.zeros_like(item.samples) if self.paused else item.samples
@@ -158,7 +196,9 @@ class Room:
             await self._emit(segments, wall0)
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)
-            if self.paused:
+            if self.unavailable:
+                pass  # stays "unavailable" until the source is back
+            elif self.paused:
                 self._set_state("paused")
             elif assembler.in_speech:
                 if self.counters.state != "speaking":

@@ -1,12 +1,18 @@
-"""Audio sources: files and microphones, yielding 16 kHz mono float32 chunks."""
+"""Audio sources: files, microphones, network streams and pushed audio, yielding 16 kHz
+mono float32 chunks. Live sources that can fail and come back (a USB microphone unplugged,
+a camera's stream dropping) run inside ``Reconnecting``, which reopens them with backoff and
+tells the room when the audio is gone and when it is back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +31,10 @@ class AudioFileError(Exception):
 
 class CaptureError(Exception):
     """A capture device could not be opened or failed."""
+
+
+class SourceLost(CaptureError):
+    """A live source that was delivering stopped (device gone, stream ended); it may come back."""
 
 
 class AudioSource(Protocol):
@@ -115,27 +125,43 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+PROBE_RATES = (8000, 16000, 22050, 32000, 44100, 48000, 96000)
+
+
 def list_input_devices() -> list[dict[str, Any]]:
+    """Capture devices: index, name, host API, input channels, default rate and the common
+    rates the device accepts (a room opens it at its default rate and converts)."""
     import pyaudio
 
     with _quiet_stderr():
         pa = pyaudio.PyAudio()
-    try:
-        devices = []
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            if int(info["maxInputChannels"]) > 0:
+        try:
+            devices = []
+            for i in range(pa.get_device_count()):
+                info = pa.get_device_info_by_index(i)
+                channels = int(info["maxInputChannels"])
+                if channels <= 0:
+                    continue
+                rates = []
+                for rate in PROBE_RATES:
+                    with contextlib.suppress(ValueError, OSError):
+                        if pa.is_format_supported(
+                            rate, input_device=i, input_channels=min(2, channels), input_format=pyaudio.paFloat32
+                        ):
+                            rates.append(rate)
                 devices.append(
                     {
                         "index": i,
                         "name": str(info["name"]),
-                        "channels": int(info["maxInputChannels"]),
+                        "host_api": str(pa.get_host_api_info_by_index(int(info["hostApi"]))["name"]),
+                        "channels": channels,
                         "rate": int(info["defaultSampleRate"]),
+                        "rates": rates,
                     }
                 )
-        return devices
-    finally:
-        pa.terminate()
+            return devices
+        finally:
+            pa.terminate()
 
 
 def _find_device(pa: Any, device: str | int) -> int:
@@ -159,11 +185,15 @@ class MicSource:
 
     realtime = True
 
-    def __init__(self, device: str | int = "default", buffer_ms: int = 100) -> None:
+    def __init__(self, device: str | int = "default", buffer_ms: int = 100, stall_s: float = 2.0) -> None:
         self.device = device
         self.buffer_ms = buffer_ms
+        # A working device delivers a buffer every buffer_ms, silence included; nothing for
+        # this long means it is gone (an unplugged USB device need not stop the stream).
+        self.stall_s = stall_s
         self.description = f"mic {device}"
         self.overflows = 0
+        self.opened: dict[str, Any] = {}  # name, rate, channels of the device as opened
 
     async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
         import pyaudio
@@ -192,30 +222,39 @@ class MicSource:
                 return None, pyaudio.paContinue
 
             try:
-                stream = pa.open(
-                    format=pyaudio.paFloat32,
-                    channels=channels,
-                    rate=rate,
-                    input=True,
-                    input_device_index=index,
-                    frames_per_buffer=max(64, rate * self.buffer_ms // 1000),
-                    stream_callback=callback,
-                )
+                with _quiet_stderr():  # ALSA's plugins complain on open too
+                    stream = pa.open(
+                        format=pyaudio.paFloat32,
+                        channels=channels,
+                        rate=rate,
+                        input=True,
+                        input_device_index=index,
+                        frames_per_buffer=max(64, rate * self.buffer_ms // 1000),
+                        stream_callback=callback,
+                    )
             except OSError as exc:
                 raise CaptureError(f"cannot open input device {info['name']!r}: {exc}") from None
+            self.opened = {"name": str(info["name"]), "rate": rate, "channels": channels}
+            # soxr's streaming resampler (a proper low-pass), not decimation.
             resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            last = time.monotonic()
             try:
                 while not stop.is_set():
                     try:
                         block = await asyncio.wait_for(inbox.get(), timeout=0.5)
                     except TimeoutError:
                         if not stream.is_active():
-                            raise CaptureError(f"input device {info['name']!r} stopped") from None
+                            raise SourceLost(f"input device {info['name']!r} stopped") from None
+                        if time.monotonic() - last > self.stall_s:
+                            why = f"no audio for {self.stall_s:g} s"
+                            raise SourceLost(f"input device {info['name']!r}: {why}") from None
                         continue
+                    last = time.monotonic()
                     yield block if resampler is None else resampler.resample_chunk(block)
             finally:
-                stream.stop_stream()
-                stream.close()
+                with contextlib.suppress(OSError):  # a vanished device fails these too
+                    stream.stop_stream()
+                    stream.close()
         finally:
             pa.terminate()
 
@@ -311,3 +350,149 @@ class FfmpegSource:
         if code != 0 or (got == 0 and not stop.is_set()):
             reason = errors.splitlines()[-1] if errors else f"ffmpeg exited with {code}"
             raise AudioFileError(f"{self.path}: ffmpeg could not decode it ({reason})")
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced (rtsp://user:secret@camera -> rtsp://user:***@camera)."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+class StreamSource:
+    """A network stream (RTSP, HTTP, anything ffmpeg opens) or a local file played as one,
+    decoded by an ffmpeg subprocess into 16 kHz mono float32 as it arrives.
+
+    Live, like a microphone: frames are dropped, not waited for, when the pipeline is
+    behind. A file is read at its own pace (ffmpeg ``-re``). When the stream ends, stalls for
+    ``stall_s`` or ffmpeg fails, ``SourceLost`` carries ffmpeg's last error line; run inside
+    ``Reconnecting`` it is opened again.
+    """
+
+    realtime = True
+
+    def __init__(self, url: str, stall_s: float = 10.0) -> None:
+        self.url = url
+        self.stall_s = stall_s
+        self.description = f"stream {redact(url)}"
+        self.errors: list[str] = []  # ffmpeg's latest error lines (at most 5)
+
+    def _args(self, binary: str) -> list[str]:
+        args = [binary, "-nostdin", "-hide_banner", "-v", "error"]
+        timeout_us = str(int(self.stall_s * 1_000_000))
+        if "://" not in self.url or self.url.startswith("file:"):
+            args += ["-re"]
+        elif self.url.startswith(("http://", "https://")):
+            args += ["-rw_timeout", timeout_us]
+        elif self.url.startswith(("rtsp://", "rtsps://")):
+            args += ["-rtsp_transport", "tcp", "-timeout", timeout_us]
+        return [*args, "-i", self.url, "-vn", "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+
+    async def _collect_errors(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = redact(line.decode(errors="replace").strip())
+            if text:
+                self.errors = [*self.errors[-4:], text]
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+        binary = ffmpeg_path()
+        if binary is None:
+            raise CaptureError("a stream source needs ffmpeg, which is not installed (apt install ffmpeg)")
+        self.errors = []
+        proc = await asyncio.create_subprocess_exec(
+            *self._args(binary), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = asyncio.create_task(self._collect_errors(proc.stderr))
+        block = SAMPLE_RATE * CHUNK_MS // 1000 * 4  # bytes of float32
+        pending = b""
+        try:
+            while not stop.is_set():
+                try:
+                    data = await asyncio.wait_for(proc.stdout.read(block), timeout=self.stall_s)
+                except TimeoutError:
+                    raise SourceLost(f"{self.description}: no audio for {self.stall_s:g} s") from None
+                if not data:
+                    break
+                pending += data
+                usable = len(pending) - len(pending) % 4
+                if usable:
+                    yield np.frombuffer(pending[:usable], dtype="<f4").astype(np.float32)
+                    pending = pending[usable:]
+            if stop.is_set():
+                return
+            code = await proc.wait()
+            await asyncio.wait_for(errors, timeout=2)
+            why = self.errors[-1] if self.errors else f"ffmpeg exited with {code}"
+            raise SourceLost(f"{self.description}: stream ended ({why})")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            errors.cancel()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between attempts to reopen a live source: ``initial_s``, doubling up to ``max_s``."""
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        while True:
+            yield delay
+            delay = min(self.max_s, delay * 2)
+
+
+class Reconnecting:
+    """A live source that is opened again whenever it fails or ends, with backoff, until
+    ``stop``. ``on_change(available, reason)`` hears each transition (the room's state says
+    ``unavailable`` meanwhile); ``recoveries`` holds, for each return, the seconds from the
+    loss to the first audio after it (what a user waits once the device is back is at most
+    one backoff step of that)."""
+
+    realtime = True
+
+    def __init__(self, inner: AudioSource, backoff: Backoff | None = None) -> None:
+        self.inner = inner
+        self.backoff = backoff or Backoff()
+        self.description = inner.description
+        self.available = False
+        self.last_error: str | None = None
+        self.losses = 0
+        self.recoveries: list[float] = []  # seconds from each loss to the first audio after it
+        self.on_change: Callable[[bool, str | None], None] | None = None
+        self._lost_at: float | None = None
+
+    def _set(self, available: bool, reason: str | None) -> None:
+        if available == self.available and reason == self.last_error:
+            return
+        self.available = available
+        if available:
+            if self._lost_at is not None:
+                self.recoveries.append(time.monotonic() - self._lost_at)
+            self._lost_at = None
+        else:
+            self.last_error = reason
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+                self.losses += 1
+        if self.on_change is not None:
+            self.on_change(available, reason)
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+        delays = self.backoff.delays()
+        while not stop.is_set():
+            try:
+                async for chunk in self.inner.chunks(stop):
+                    if not self.available:
+                        self._set(True, None)
+                        delays = self.backoff.delays()
+                    yield chunk
+                if stop.is_set():
+                    return
+                raise SourceLost(f"{self.description}: ended")
+            except (CaptureError, AudioFileError, OSError) as exc:
+                self._set(False, str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=next(delays))

@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
-from pipeline.messages import Transcript
+from pipeline.messages import SAMPLE_RATE, Transcript
 
 JOIN_SCORE = 1.5
 # The recognizer hearing both pieces as one stretch of audio (pipeline/recognize.py) is a
@@ -192,7 +193,17 @@ def join_texts(first: str, second: str, language: str) -> str:
 
 def join(first: Transcript, second: Transcript) -> Transcript:
     a, b = first.utterance, second.utterance
-    span = dataclasses.replace(a, end_s=b.end_s, end_wall=b.end_wall, decided_at=b.decided_at, reason=b.reason)
+    # The joined utterance's audio is both pieces with the pause between them as silence
+    # (what a debug recording keeps, and what the times say).
+    pause = np.zeros(max(0, round((b.start_s - a.end_s) * SAMPLE_RATE)), np.float32)
+    span = dataclasses.replace(
+        a,
+        audio=np.concatenate([a.audio, pause, b.audio]),
+        end_s=b.end_s,
+        end_wall=b.end_wall,
+        decided_at=b.decided_at,
+        reason=b.reason,
+    )
     duration_a, duration_b = max(a.end_s - a.start_s, 1e-3), max(b.end_s - b.start_s, 1e-3)
     confidence = (first.confidence * duration_a + second.confidence * duration_b) / (duration_a + duration_b)
     return dataclasses.replace(

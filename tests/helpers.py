@@ -494,3 +494,96 @@ class NotifyListener:
         self._open = False
         self._thread.join(timeout=2)
         self.sock.close()
+
+
+class PulseServer:
+    """A PulseAudio server of the test's own (runtime folder, socket), with a null sink
+    ``room`` whose monitor a microphone room records from. Run as root as the issue's recipe
+    does; ``--daemonize=no`` keeps it our child, so it goes away with the test."""
+
+    def __init__(self, folder: Path, sink: str = "room") -> None:
+        self.folder = folder
+        self.sink = sink
+        folder.mkdir(parents=True, exist_ok=True)
+        self.socket = folder / "pulse" / "native"
+        self.env = {
+            "XDG_RUNTIME_DIR": str(folder),
+            "PULSE_RUNTIME_PATH": str(folder / "pulse"),
+            "PULSE_SERVER": f"unix:{self.socket}",
+            "HOME": str(folder),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.module: str | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return all(shutil.which(b) for b in ("pulseaudio", "pactl", "paplay"))
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
+                "--use-pid-file=no", "--log-target=stderr", "--log-level=error",
+                f"--load=module-native-protocol-unix auth-anonymous=1 socket={self.socket}",
+            ],
+            env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pactl", "info"], env={**os.environ, **self.env}, capture_output=True).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.stderr and self.proc.poll() is not None else ""
+                raise RuntimeError(f"pulseaudio did not start: {err}")
+            time.sleep(0.1)
+        self.load_sink()
+
+    def pactl(self, *args: str) -> str:
+        done = subprocess.run(["pactl", *args], env={**os.environ, **self.env}, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pactl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def load_sink(self) -> None:
+        self.module = self.pactl("load-module", "module-null-sink", f"sink_name={self.sink}")
+
+    def unload_sink(self) -> None:
+        assert self.module is not None
+        self.pactl("unload-module", self.module)
+        self.module = None
+
+    def play(self, wav: Path) -> None:
+        """Play a file into the sink (what the room's microphone hears), to its end."""
+        subprocess.run(
+            ["paplay", f"--device={self.sink}", str(wav)], env={**os.environ, **self.env}, check=True, timeout=120
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class HttpAudioServer:
+    """ffmpeg serving a WAV file over HTTP, paced in real time (``-re``), to one client at a
+    time (``-listen 1``): a network stream that the test can cut (``stop``) and bring back."""
+
+    def __init__(self, wav: Path, port: int) -> None:
+        self.wav = wav
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/room.wav"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.wav),
+             "-f", "wav", "-listen", "1", self.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

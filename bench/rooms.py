@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -109,7 +110,7 @@ source = {{ type = "file", path = "{file_audio}", realtime = true, loop = true }
                 if playing.is_set():
                     try:
                         pulse.play(mic_audio)
-                    except Exception:  # noqa: BLE001 -- the sink went away mid-play: wait for it
+                    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):  # the sink went away mid-play
                         time.sleep(0.5)
                 else:
                     time.sleep(0.2)

@@ -116,7 +116,7 @@ class Room:
             self.counters.errors += 1
             self.counters.last_error = reason
             self.started.set()  # the room is up, waiting for its device
-            self.log.warning("capture unavailable; reopening with backoff", reason=reason, losses=source.losses)
+            self.log.warning("capture unavailable", reason=reason, losses=source.losses, reopening="with backoff")
             self._set_state("unavailable")
             # Silence after the last audio, so that speech in progress ends as an utterance
             # now rather than being glued to whatever comes when the device is back.

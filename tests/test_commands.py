@@ -121,7 +121,7 @@ def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) ->
         assert state["listening"] is True and state["paused"] is False
         # The looped sentence makes the room speak and fall silent: each change is published.
         states = [json.loads(p) for p in sub.payloads("/kitchen/state")]
-        assert {"listening": True, "speaking": True, "paused": False} in states
+        assert {"listening": True, "speaking": True, "paused": False, "state": "speaking"} in states
 
         status = ask("set", b'{"command": "status", "transaction": "s1"}', "s1")
         assert status["status"] == "ok" and status["error"] is None

@@ -50,18 +50,12 @@ def default_jobs() -> int:
 
 
 def vad_threads(device: str, jobs: int) -> int:
-    """Threads for the files' VAD. With the model on a CPU one is best (more would take
-    cores from the model); with it on a GPU the VAD is what the CPU does, so files in
-    flight get up to a quarter of the cores."""
-    if device.startswith("cpu") or (device == "auto" and not _cuda_available()):
+    """Threads for the files' VAD, given the recognizer's device. With the model on a CPU
+    one is best (more would take cores from the model); with it on a GPU the VAD is what
+    the CPU does, so files in flight get up to a quarter of the cores."""
+    if device.startswith("cpu"):
         return 1
     return max(1, min(jobs, (os.cpu_count() or 1) // 4))
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 @dataclass
@@ -130,8 +124,7 @@ class Runner:
                 total_s += open_source(path)[1] or 0.0
         loop = asyncio.get_running_loop()
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        threads = vad_threads(self.config.recognizer.device, self.jobs)
-        vad_executor = ThreadPoolExecutor(threads, thread_name_prefix="vad")
+        vad_executor: ThreadPoolExecutor | None = None  # sized once the model's device is known
         utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
         recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
         texts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
@@ -151,6 +144,7 @@ class Runner:
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
             load_s = time.monotonic() - run_started
+            vad_executor = ThreadPoolExecutor(vad_threads(recognizer.device, self.jobs), thread_name_prefix="vad")
             job = BatchJob(
                 "batch",
                 paths,
@@ -206,7 +200,8 @@ class Runner:
             structlog.get_logger().info("transcribe done", **self.summary)
         finally:
             model_executor.shutdown(wait=False, cancel_futures=True)
-            vad_executor.shutdown(wait=False, cancel_futures=True)
+            if vad_executor is not None:
+                vad_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def transcribe_main(args: argparse.Namespace) -> int:

@@ -241,7 +241,7 @@ def decode(
         valid = valid.index_select(0, expand)
         next_position = next_position.index_select(0, expand)
 
-    items = [_Item(budget, []) for budget in budgets]
+    every_item = items = [_Item(budget, []) for budget in budgets]  # items: those still decoding
     seqs: list[list[int]] = [[] for _ in range(batch * beams)]
     scores = torch.zeros(batch * beams, device=device)
     if beams > 1:
@@ -347,6 +347,21 @@ def decode(
             cache = [(k.index_select(0, chosen_from), v.index_select(0, chosen_from)) for k, v in cache]
             valid = valid.index_select(0, chosen_from)
             next_position = next_position.index_select(0, chosen_from)
+        live = [i for i, item in enumerate(items) if not item.done]
+        if len(live) < len(items):
+            # Finished items leave the batch: their rows would be computed to the end of the
+            # longest item for nothing (a quarter of the row-steps for chunks of a batch job).
+            rows = [i * beams + b for i in live for b in range(beams)]
+            keep = torch.tensor(rows, device=device)
+            cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+            memory_kv = select_memory(memory_kv, keep)
+            valid, next_position = valid.index_select(0, keep), next_position.index_select(0, keep)
+            chosen_tokens, scores = chosen_tokens.index_select(0, keep), scores.index_select(0, keep)
+            seqs = [seqs[r] for r in rows]
+            items = [items[i] for i in live]
+            if hotwords:
+                hotwords = [hotwords[i] for i in live]
+            batch = len(live)
         if uniform:
             step_logits, cache = model.decoder(chosen_tokens[:, None], memory_kv, cache)
         else:
@@ -358,7 +373,7 @@ def decode(
         next_position = next_position + 1
 
     results = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(every_item):
         if not item.finished:
             item.finished.append(([], float("-inf"), False))
         # Rank by average log-probability per token (OpenAI's default length normalisation).

@@ -101,11 +101,16 @@ class Room:
 
     async def _put(self, item: Frame | EndOfStream) -> None:
         if isinstance(self._frames, DropOldestQueue) and isinstance(item, Frame):
-            if not self._frames.put_dropping_oldest(item):
-                self.counters.dropped_frames = self._frames.dropped  # the queue keeps the count
-                self.log.warning("frame dropped: VAD behind capture", dropped=self.counters.dropped_frames)
+            self._put_live(item)
         else:
             await self._frames.put(item)
+
+    def _put_live(self, frame: Frame) -> None:
+        """A real-time source's frame: never waits; the oldest goes when the VAD is behind."""
+        assert isinstance(self._frames, DropOldestQueue)
+        if not self._frames.put_dropping_oldest(frame):
+            self.counters.dropped_frames = self._frames.dropped  # the queue keeps the count
+            self.log.warning("frame dropped: VAD behind capture", dropped=self.counters.dropped_frames)
 
     def _availability(self, available: bool, reason: str | None) -> None:
         """From a Reconnecting source, on the event loop: the audio is gone, or back."""
@@ -122,7 +127,7 @@ class Room:
             # now rather than being glued to whatever comes when the device is back.
             gap = np.zeros((self.vad_params.hangover_ms + 500) * SAMPLE_RATE // 1000, np.float32)
             for offset, samples in self._framer.push(gap):
-                self._put_nowait(self._frame(offset, samples))
+                self._put_live(self._frame(offset, samples))  # Reconnecting sources are live
             return
         self.unavailable = False
         # Stream offsets go on where they were; wall-clock times start again from now.
@@ -130,13 +135,6 @@ class Room:
         recovered = round(source.recoveries[-1], 2) if source.recoveries else None
         self.log.info("capture available", source=source.description, after_s=recovered)
         self._set_state("listening")
-
-    def _put_nowait(self, frame: Frame) -> None:
-        if isinstance(self._frames, DropOldestQueue):
-            if not self._frames.put_dropping_oldest(frame):
-                self.counters.dropped_frames = self._frames.dropped
-        else:
-            self._frames.put_nowait(frame)
 
     async def _capture(self, stop: asyncio.Event) -> None:
         framer = self._framer

@@ -351,13 +351,13 @@ def decode(
         if len(live) < len(items):
             # Finished items leave the batch: their rows would be computed to the end of the
             # longest item for nothing (a quarter of the row-steps for chunks of a batch job).
-            rows = [i * beams + b for i in live for b in range(beams)]
-            keep = torch.tensor(rows, device=device)
+            keep_rows = [i * beams + b for i in live for b in range(beams)]
+            keep = torch.tensor(keep_rows, device=device)
             cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
             memory_kv = select_memory(memory_kv, keep)
             valid, next_position = valid.index_select(0, keep), next_position.index_select(0, keep)
             chosen_tokens, scores = chosen_tokens.index_select(0, keep), scores.index_select(0, keep)
-            seqs = [seqs[r] for r in rows]
+            seqs = [seqs[r] for r in keep_rows]
             items = [items[i] for i in live]
             if hotwords:
                 hotwords = [hotwords[i] for i in live]

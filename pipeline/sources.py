@@ -419,14 +419,20 @@ class StreamSource:
                     pending = pending[usable:]
             if stop.is_set():
                 return
-            code = await proc.wait()
-            await asyncio.wait_for(errors, timeout=2)
+            # ffmpeg closed its output: it is exiting. Never wait on it for long (the finally
+            # kills one that lingers), so a room cannot hang here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(errors), timeout=2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=2)
+            code = proc.returncode
             why = self.errors[-1] if self.errors else f"ffmpeg exited with {code}"
             raise SourceLost(f"{self.description}: stream ended ({why})")
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), timeout=5)
             errors.cancel()
 
 

@@ -156,10 +156,11 @@ async def _read_stream(url: str, seconds: float, stall_s: float = 5.0) -> np.nda
     source = StreamSource(url, stall_s=stall_s)
     stop = asyncio.Event()
     got: list[np.ndarray] = []
-    async for chunk in source.chunks(stop):
-        got.append(chunk)
-        if sum(len(c) for c in got) >= seconds * SAMPLE_RATE:
-            stop.set()
+    async with asyncio.timeout(60):  # a hang is a failure, not a wait for the suite's timeout
+        async for chunk in source.chunks(stop):
+            got.append(chunk)
+            if sum(len(c) for c in got) >= seconds * SAMPLE_RATE:
+                stop.set()
     return np.concatenate(got)
 
 

@@ -193,7 +193,6 @@ class MicSource:
         self.stall_s = stall_s
         self.description = f"mic {device}"
         self.overflows = 0
-        self.opened: dict[str, Any] = {}  # name, rate, channels of the device as opened
 
     async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
         import pyaudio
@@ -234,7 +233,6 @@ class MicSource:
                     )
             except OSError as exc:
                 raise CaptureError(f"cannot open input device {info['name']!r}: {exc}") from None
-            self.opened = {"name": str(info["name"]), "rate": rate, "channels": channels}
             # soxr's streaming resampler (a proper low-pass), not decimation.
             resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
             last = time.monotonic()

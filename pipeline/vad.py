@@ -59,6 +59,8 @@ class UtteranceAssembler:
     def __init__(self, params: VadParams, speech_prob: Callable[[np.ndarray], float]) -> None:
         self.p = params
         self.speech_prob = speech_prob
+        # Decided once: a model that takes many windows per call gets each block at once.
+        self._probs = speech_prob.probs if isinstance(speech_prob, BatchSpeechProb) else None
         self.neg_threshold = max(0.01, params.threshold - NEG_THRESHOLD_GAP)
         self._leftover = np.zeros(0, dtype=np.float32)
         self._buf: list[np.ndarray] = []  # audio from _buf_start up to _pos
@@ -93,8 +95,8 @@ class UtteranceAssembler:
         n = len(data) // WINDOW * WINDOW
         self._leftover = data[n:]
         windows = data[:n].reshape(-1, WINDOW)
-        if isinstance(self.speech_prob, BatchSpeechProb):
-            probs = [float(p) for p in self.speech_prob.probs(windows)]
+        if self._probs is not None:
+            probs = [float(p) for p in self._probs(windows)]
         else:
             probs = [self.speech_prob(w) for w in windows]
         out: list[Segment] = []

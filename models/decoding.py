@@ -230,12 +230,9 @@ def decode(
     next_position = torch.tensor([len(p) for p in prefixes], device=device)
 
     if beams > 1:
+        # The encoder output stays one per item: the decoder's cross-attention groups the
+        # beams of an item (consecutive rows) onto it.
         expand = torch.arange(batch, device=device).repeat_interleave(beams)
-        if batch == 1:
-            # One utterance: a broadcast view instead of copying its encoder keys/values.
-            memory_kv = [(k.expand(beams, -1, -1, -1), v.expand(beams, -1, -1, -1)) for k, v in memory_kv]
-        else:
-            memory_kv = select_memory(memory_kv, expand)
         cache = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cache]
         step_logits = step_logits.index_select(0, expand)
         valid = valid.index_select(0, expand)
@@ -253,7 +250,9 @@ def decode(
         suppress = suppress.clone()
         suppress[timestamp_begin:] = False
     for step in range(max(budgets)):
-        step_logits = step_logits.float().masked_fill(suppress, float("-inf"))
+        # In place: the decoder's logits are a fresh float32 tensor every step (a copy of
+        # batch x vocab floats per step otherwise).
+        step_logits = step_logits.float().masked_fill_(suppress, float("-inf"))
         if step == 0:
             step_logits[:, suppress_at_begin] = float("-inf")
         if timestamp_begin is not None:
@@ -354,7 +353,7 @@ def decode(
             keep_rows = [i * beams + b for i in live for b in range(beams)]
             keep = torch.tensor(keep_rows, device=device)
             cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
-            memory_kv = select_memory(memory_kv, keep)
+            memory_kv = select_memory(memory_kv, torch.tensor(live, device=device))
             valid, next_position = valid.index_select(0, keep), next_position.index_select(0, keep)
             chosen_tokens, scores = chosen_tokens.index_select(0, keep), scores.index_select(0, keep)
             seqs = [seqs[r] for r in keep_rows]

@@ -122,8 +122,23 @@ class CrossAttention(nn.Module):
         return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """``x`` [rows, n, width]; ``memory_kv`` per item [items, heads, frames, head_dim],
+        where ``rows`` is ``items`` times the beams per item (beams are consecutive rows)."""
+        k, v = memory_kv
         q = _split_heads(self.linear_0(self.layer_norm(x)), self.n_heads)
-        out = F.scaled_dot_product_attention(q, memory_kv[0], memory_kv[1])
+        rows, items = q.shape[0], k.shape[0]
+        if rows == items:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # The beams of an item read the same encoder output, and cross-attention has no
+            # mask: their queries go in as one longer query block per item. Same result as
+            # repeating the keys/values per beam, without copying them (a beam-5 batch of 16
+            # would copy 80 items' worth) or reading them once per beam.
+            _, heads, n, dim = q.shape
+            beams = rows // items
+            grouped = q.view(items, beams, heads, n, dim).transpose(1, 2).reshape(items, heads, beams * n, dim)
+            out = F.scaled_dot_product_attention(grouped, k, v)
+            out = out.view(items, heads, beams, n, dim).transpose(1, 2).reshape(rows, heads, n, dim)
         projected: Tensor = self.linear_2(_merge_heads(out))
         return projected
 

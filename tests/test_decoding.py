@@ -59,6 +59,37 @@ def test_beam_search(recognizer) -> None:  # type: ignore[no-untyped-def]
         assert b.avg_logprob >= g.avg_logprob - 1e-4
 
 
+def test_beams_share_their_items_encoder_output() -> None:
+    """Cross-attention takes one encoder output per item and groups that item's beams onto
+    it; the result must be what repeating the keys/values for every beam gives."""
+    import torch
+
+    from models.whisper import CrossAttention
+
+    torch.manual_seed(0)
+    attention = CrossAttention(width=64, n_heads=4).eval()
+    items, beams, frames = 3, 5, 50
+    memory = torch.randn(items, frames, 64)
+    x = torch.randn(items * beams, 1, 64)
+    with torch.inference_mode():
+        k, v = attention.project_memory(memory)
+        grouped = attention(x, (k, v))
+        repeated = attention(x, (k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)))
+    assert grouped.shape == (items * beams, 1, 64)
+    assert torch.allclose(grouped, repeated, atol=1e-5)
+
+
+def test_batched_beam_search_matches_one_at_a_time() -> None:
+    """Items leave a beam batch as they finish (their encoder output with them): every item
+    still gets the transcript it gets alone."""
+    beam = load_recognizer("bundled:tiny.en", "cpu", options=DecodingOptions(beam_size=5))
+    audios = [speak(s) for s in SENTENCES[:4]]
+    together = [r.text for r in beam.recognize(audios)]
+    alone = [beam.recognize([a])[0].text for a in audios]
+    assert together == alone
+    assert all(together)
+
+
 def test_fallback_walks_the_temperatures_and_rejects_hallucinations() -> None:
     audio = speak(SENTENCES[0])
     # Every result counts as repetitive: all temperatures are tried, then nothing is kept.

@@ -36,7 +36,7 @@ BATCHES = (8, 16)
 GPU_BATCHES = (8, 16, 32, 64)
 MODES = {
     "ours-greedy": {"engine": "ours", "beam": 1},
-    "ours-beam5": {"engine": "ours", "beam": 5, "no_batch": True},
+    "ours-beam5": {"engine": "ours", "beam": 5},
     "ours-greedy-int8": {"engine": "ours", "beam": 1, "quantize": "int8", "no_batch": True},
     "fw-beam1": {"engine": "fw", "beam": 1},
     "fw-beam5": {"engine": "fw", "beam": 5},

@@ -48,6 +48,27 @@ def test_batched_equals_one_by_one(recognizer) -> None:  # type: ignore[no-untyp
     assert batched == single
 
 
+def test_cpu_encoder_slices_keep_windows_in_order(recognizer) -> None:  # type: ignore[no-untyped-def]
+    """On a CPU a batch goes through the encoder a few windows at a time; each window's
+    output must be the one it gets alone, in its place."""
+    import torch
+
+    from models.mel import log_mel_spectrogram
+    from models.recognizer import CPU_ENCODER_SLICE
+
+    audios = [speak(s) for s in SENTENCES[: 2 * CPU_ENCODER_SLICE + 1]]
+    batch = torch.zeros(len(audios), max(len(a) for a in audios))
+    for i, audio in enumerate(audios):
+        batch[i, : len(audio)] = torch.from_numpy(audio)
+    with torch.inference_mode():
+        mel = log_mel_spectrogram(batch, recognizer.model.dims.n_mels)
+        sliced = recognizer._encode(mel)
+        alone = [recognizer.model.encoder(mel[i : i + 1]) for i in range(len(audios))]
+    assert sliced.shape[0] == len(audios)
+    for i, out in enumerate(alone):
+        assert torch.allclose(sliced[i : i + 1], out, atol=1e-4)
+
+
 def test_silence_and_noise_give_no_text(recognizer) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
     silence = np.zeros(3 * 16000, dtype=np.float32)

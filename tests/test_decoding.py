@@ -79,6 +79,28 @@ def test_beams_share_their_items_encoder_output() -> None:
     assert torch.allclose(grouped, repeated, atol=1e-5)
 
 
+def test_finished_items_leave_the_batch_without_touching_the_callers_memory() -> None:
+    import torch
+
+    from models.decoding import leave_batch
+
+    caller = [(torch.arange(5.0).view(5, 1, 1, 1).repeat(1, 2, 3, 4), -torch.arange(5.0).view(5, 1, 1, 1))]
+    before = [(k.clone(), v.clone()) for k, v in caller]
+    # First departure: a copy of the live items, in their order.
+    memory, order = leave_batch(caller, [0, 2, 3, 4], owned=False)
+    assert order == [0, 2, 3, 4]
+    assert memory[0][0][:, 0, 0, 0].tolist() == [0.0, 2.0, 3.0, 4.0]
+    # Later ones: in place, the last live item fills the finished one's place.
+    memory, order = leave_batch(memory, [0, 2, 3], owned=True)  # place 1 (value 2) is done
+    assert order == [0, 3, 2]
+    assert memory[0][0][:, 0, 0, 0].tolist() == [0.0, 4.0, 3.0]
+    assert memory[0][1][:, 0, 0, 0].tolist() == [0.0, -4.0, -3.0]
+    assert memory[0][0].shape == (3, 2, 3, 4)
+    # The caller's tensors (a fallback decode reads them again) are as they were.
+    for (k, v), (k0, v0) in zip(caller, before, strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
 def test_batched_beam_search_matches_one_at_a_time() -> None:
     """Items leave a beam batch as they finish (their encoder output with them): every item
     still gets the transcript it gets alone."""

@@ -135,7 +135,6 @@ def select_memory(memory_kv: KVCache, index: Tensor) -> KVCache:
     return [(k.index_select(0, index), v.index_select(0, index)) for k, v in memory_kv]
 
 
-@torch.inference_mode()
 def leave_batch(memory_kv: KVCache, live: list[int], owned: bool) -> tuple[KVCache, list[int]]:
     """The encoder outputs of the ``live`` items (positions in the batch) only, and the order
     the items now have (old positions, in their new places).
@@ -163,6 +162,7 @@ def leave_batch(memory_kv: KVCache, live: list[int], owned: bool) -> tuple[KVCac
     return [(k[:size], v[:size]) for k, v in memory_kv], order
 
 
+@torch.inference_mode()
 def detect_language(
     model: Whisper, tokenizer: WhisperTokenizer, memory_kv: KVCache, language_tokens: dict[str, int]
 ) -> list[tuple[str, float]]:

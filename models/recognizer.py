@@ -45,6 +45,14 @@ NO_SPEECH_STRONG = 0.8
 CPU_ENCODER_SLICE = 2
 
 
+def padded_batch(audios: list[np.ndarray]) -> torch.Tensor:
+    """Audios of different lengths as one float32 [batch, longest] tensor, zero-padded."""
+    batch = torch.zeros(len(audios), max(len(a) for a in audios))
+    for i, audio in enumerate(audios):
+        batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
+    return batch
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """How to decode; the defaults are OpenAI's and faster-whisper's, except where noted."""
@@ -293,11 +301,7 @@ class WhisperRecognizer(Recognizer):
     ) -> list[Recognition]:
         if not audios:
             return []
-        n_samples = max(len(a) for a in audios)
-        batch = torch.zeros(len(audios), n_samples)
-        for i, audio in enumerate(audios):
-            batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
-        mel = log_mel_spectrogram(batch.to(self._torch_device), self.model.dims.n_mels)
+        mel = log_mel_spectrogram(padded_batch(audios).to(self._torch_device), self.model.dims.n_mels)
         memory = self._encode(mel.to(getattr(torch, self.dtype)))
         memory_kv = self.model.decoder.project_memory(memory)
 

@@ -54,14 +54,11 @@ def test_cpu_encoder_slices_keep_windows_in_order(recognizer) -> None:  # type: 
     import torch
 
     from models.mel import log_mel_spectrogram
-    from models.recognizer import CPU_ENCODER_SLICE
+    from models.recognizer import CPU_ENCODER_SLICE, padded_batch
 
     audios = [speak(s) for s in SENTENCES[: 2 * CPU_ENCODER_SLICE + 1]]
-    batch = torch.zeros(len(audios), max(len(a) for a in audios))
-    for i, audio in enumerate(audios):
-        batch[i, : len(audio)] = torch.from_numpy(audio)
     with torch.inference_mode():
-        mel = log_mel_spectrogram(batch, recognizer.model.dims.n_mels)
+        mel = log_mel_spectrogram(padded_batch(audios), recognizer.model.dims.n_mels)
         sliced = recognizer._encode(mel)
         alone = [recognizer.model.encoder(mel[i : i + 1]) for i in range(len(audios))]
     assert sliced.shape[0] == len(audios)

@@ -41,7 +41,8 @@ OTHER_HOTWORDS = ["roomscribe", "Home Assistant", "Node-RED", "Raspberry Pi", "å
 
 
 def main() -> None:
-    from models.recognizer import DecodingOptions, load_recognizer
+    from models.api import DecodingOptions
+    from models.recognizer import load_recognizer
 
     hotwords = [h for h, _ in CASES] + OTHER_HOTWORDS
     boosted = load_recognizer("bundled:tiny.en", "cpu", "float32")
@@ -64,14 +65,16 @@ def main() -> None:
         return round(100 * jiwer.wer(refs, [normalize(o) or "-" for o in outputs]), 1)
 
     plain = [r.text for r in boosted.recognize(audios)]
-    # As the recognize stage builds it: an English-only model gets the Latin-script hotwords.
-    prompt = ", ".join(w for w in hotwords if latin_script(w))
+    # As the recognize stage builds it: an English-only model gets the Latin-script hotwords
+    # (in its prompt and for its decoding bias); the text stage's correction gets them all.
+    decoding = [w for w in hotwords if latin_script(w)]
+    prompt = ", ".join(decoding)
     prompts = [prompt] * len(audios)
     with_prompt = [r.text for r in prompt_only.recognize(audios, prompts=prompts)]
-    with_boost = [r.text for r in boosted.recognize(audios, prompts=prompts, hotwords=[hotwords] * len(audios))]
+    with_boost = [r.text for r in boosted.recognize(audios, prompts=prompts, hotwords=[decoding] * len(audios))]
     corrected = [text(t, "en", hotwords) for t in with_boost]
     by_weight = {
-        w: [r.text for r in rec.recognize(audios, prompts=prompts, hotwords=[hotwords] * len(audios))]
+        w: [r.text for r in rec.recognize(audios, prompts=prompts, hotwords=[decoding] * len(audios))]
         for w, rec in weights.items()
     }
 
@@ -102,7 +105,7 @@ def main() -> None:
     )
 
     spoken = [speak(s) for s in SENTENCES]
-    results = boosted.recognize(spoken, prompts=[prompt] * len(spoken), hotwords=[hotwords] * len(spoken))
+    results = boosted.recognize(spoken, prompts=[prompt] * len(spoken), hotwords=[decoding] * len(spoken))
     biased = [r.text for r in results]
     inserted = [o for o in biased if any(h.lower() in o.lower() for h in hotwords)]
     rows.append(

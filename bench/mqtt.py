@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
 from daemon.config import MqttSettings
-from daemon.mqtt import Publisher
+from daemon.mqtt import Outgoing, Publisher
 from daemon.outbox import Outbox
 from tests.helpers import Mosquitto
 
@@ -52,10 +52,11 @@ async def throughput(port: int, messages: int, outbox: Outbox | None) -> float:
     task = asyncio.create_task(publisher.run())
     await asyncio.wait_for(publisher.connected.wait(), 10)
     started = time.perf_counter()
+    payload = publisher.encode(PAYLOAD)
     for i in range(messages):
-        publisher.submit_json(
-            publisher.topic("kitchen", "utterance"), PAYLOAD, qos=1, utterance_id=f"k-{i}", room="kitchen"
-        )
+        # As the publish stage does: stored first (on the outbox's thread), then queued.
+        message = Outgoing(publisher.topic("kitchen", "utterance"), payload, utterance_id=f"k-{i}", room="kitchen")
+        await publisher.submit_durable(message)
     await publisher.finish()
     elapsed = time.perf_counter() - started
     await task

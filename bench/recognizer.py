@@ -105,7 +105,8 @@ def worker(mode: str, spec: dict[str, Any], args: argparse.Namespace, device: st
     if spec["engine"] == "ours":
         import torch
 
-        from models.recognizer import DecodingOptions, load_recognizer
+        from models.api import DecodingOptions
+        from models.recognizer import load_recognizer
 
         recognizer = load_recognizer(
             args.model,

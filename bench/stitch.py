@@ -31,12 +31,10 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
+from daemon.config import Config
+from daemon.wiring import pipeline_from_config, room_states
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
-from pipeline.recognize import RecognizeSettings, RecognizeStage
-from pipeline.stitch import StitchSettings, StitchStage
-from pipeline.text.processor import TextProcessor
-from pipeline.text.stage import TextStage
-from pipeline.vad import UtteranceAssembler, VadParams
+from pipeline.vad import UtteranceAssembler
 from tests.helpers import speak
 
 SPLIT = [
@@ -87,31 +85,37 @@ class Pipeline:
 
         self.vad = SileroVad()
         self.recognizer = load_recognizer("bundled:tiny.en", "cpu", "float32")
-        self.text = TextProcessor()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.settings = RecognizeSettings(max_batch=1, joint_max_gap_s=2.0 if joint_decode else 0.0)
+        # The daemon's default config; pieces go to the recognizer one at a time.
+        self.config = Config.model_validate({"recognizer": {"max_batch": 1}, "stitch": {"joint_decode": joint_decode}})
         self.joint_decodes = 0
 
     def run(self, audio: np.ndarray) -> list[Transcript]:
         self.vad.reset()
-        assembler = UtteranceAssembler(VadParams(), self.vad)
+        assembler = UtteranceAssembler(self.config.vad.params(), self.vad)
         segments = assembler.push(audio) + assembler.flush()
         return asyncio.run(self._stages(segments))
 
     async def _stages(self, segments: list[Any]) -> list[Transcript]:
-        queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in range(4)]
-        recognize = RecognizeStage(self.recognizer, self.executor, queues[0], queues[1], self.settings)
-        text = TextStage(self.text, queues[1], queues[2])
-        # A clock that stands still: pieces are released by the join decision, never by time.
-        stitch = StitchStage(StitchSettings(), queues[2], queues[3], clock=lambda: 0.0)
-        for n, seg in enumerate(segments):
-            start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
-            await queues[0].put(Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9))
-        await queues[0].put(None)
-        await asyncio.gather(recognize.run(), text.run(), stitch.run())
-        self.joint_decodes += recognize.counters.joint
+        # The daemon's graph (daemon/wiring.py) with a clock that stands still: pieces are
+        # released by the join decision, never by time.
+        pipeline = pipeline_from_config(
+            self.config, Path.cwd() / "config.toml", self.recognizer, self.executor, room_states(self.config)
+        )
+        assert pipeline.stitch is not None
+        pipeline.stitch.clock = lambda: 0.0
+
+        async def feed() -> None:
+            for n, seg in enumerate(segments):
+                start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
+                utt = Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9)
+                await pipeline.utterances.put(utt)
+            await pipeline.utterances.put(None)
+
+        await asyncio.gather(feed(), *(stage.run() for stage in pipeline.stages))
+        self.joint_decodes += pipeline.recognize.counters.joint
         out = []
-        while (item := queues[3].get_nowait()) is not None:
+        while (item := pipeline.transcripts.get_nowait()) is not None:
             out.append(item)
         return out
 

@@ -7,24 +7,42 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from models.api import DecodingOptions
+from pipeline.recognize import RecognizeSettings
 from pipeline.stitch import StitchSettings
 from pipeline.text.dictionary import Dictionary, DictionaryError
-from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH
 from pipeline.text.processor import TextSettings
 from pipeline.vad import VadParams
+
+# Every default below is read from the dataclass that the setting feeds (VadParams,
+# StitchSettings, TextSettings, RecognizeSettings, DecodingOptions), so a default lives in
+# one place; the sections map onto those dataclasses by keyword (``settings()``).
+D, R, V, T, S = DecodingOptions, RecognizeSettings, VadParams, TextSettings, StitchSettings
 
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 # Whisper sees at most 30 s at once.
 MAX_UTTERANCE_LIMIT_MS = 30000
+
+
+DataclassT = TypeVar("DataclassT")
+
+
+def by_keyword(cls: type[DataclassT], section: BaseModel, **extra: Any) -> DataclassT:
+    """``cls`` (a dataclass) from the section's keys of the same names, plus ``extra``; a list
+    becomes a tuple (the dataclasses are frozen)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.model_dump().items() if k in names}
+    return cls(**{**values, **extra})
 
 
 class Section(BaseModel):
@@ -103,28 +121,48 @@ class RecognizerSettings(Section):
     )
     quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 linear layers (CPU only).")
     threads: int = Field(0, ge=0, le=256, description="CPU threads for the model; 0 lets torch decide.")
-    beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding; more is beam search.")
+    beam_size: int = Field(D.beam_size, ge=1, le=16, description="1 is greedy decoding; more is beam search.")
     temperatures: list[float] = Field(
-        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="Fallback temperatures, tried in order."
+        list(D.temperatures), min_length=1, description="Fallback temperatures, tried in order."
     )
-    compression_ratio_threshold: float = Field(2.4, gt=1, description="Above: repetitive text, decode again.")
-    logprob_threshold: float = Field(-1.0, le=0, description="Below: unsure text, decode again.")
-    no_speech_threshold: float = Field(0.6, gt=0, lt=1, description="Above (and unsure): no speech, no text.")
+    compression_ratio_threshold: float = Field(
+        D.compression_ratio_threshold, gt=1, description="Above: repetitive text, decode again."
+    )
+    logprob_threshold: float = Field(D.logprob_threshold, le=0, description="Below: unsure text, decode again.")
+    no_speech_threshold: float = Field(
+        D.no_speech_threshold, gt=0, lt=1, description="Above (and unsure): no speech, no text."
+    )
     batch_size: int | Literal["auto"] = Field("auto", description="Utterances per model call; auto: from free memory.")
-    max_batch: int = Field(16, ge=1, le=256, description="Most utterances the recognize stage takes at once.")
-    max_wait_ms: int = Field(10, ge=0, le=5000, description="How long a lone utterance waits for company.")
-    prompt_previous: bool = Field(True, description="Give the room's previous utterance as context.")
-    prompt_max_gap_s: float = Field(60.0, ge=0, description="Forget the previous utterance after this silence.")
-    max_prompt_tokens: int = Field(96, ge=0, le=223, description="Most tokens of context (prompt + hotwords).")
+    max_batch: int = Field(R.max_batch, ge=1, le=256, description="Most utterances the recognize stage takes at once.")
+    max_wait_ms: int = Field(R.max_wait_ms, ge=0, le=5000, description="How long a lone utterance waits for company.")
+    prompt_previous: bool = Field(R.prompt_previous, description="Give the room's previous utterance as context.")
+    prompt_max_gap_s: float = Field(
+        R.prompt_max_gap_s, ge=0, description="Forget the previous utterance after this silence."
+    )
+    max_prompt_tokens: int = Field(
+        D.max_prompt_tokens, ge=0, le=223, description="Most tokens of context (prompt + hotwords)."
+    )
     hotwords: list[str] = Field([], description="Words to expect in every room (names, jargon).")
     hotword_weight: float = Field(
-        2.0, ge=0, le=10, description="Logit boost for tokens that begin or continue a hotword; 0: prompt only."
+        D.hotword_weight,
+        ge=0,
+        le=10,
+        description="Logit boost for tokens that begin or continue a hotword; 0: prompt only.",
     )
-    idle_release_s: float = Field(30.0, ge=0, description="Release cached device memory after this idle time.")
+    idle_release_s: float = Field(
+        R.idle_release_s, ge=0, description="Release cached device memory after this idle time."
+    )
     cuda_alloc_conf: str = Field(
         "garbage_collection_threshold:0.8,max_split_size_mb:128",
         description="PYTORCH_CUDA_ALLOC_CONF unless set in the environment.",
     )
+
+    def decoding_options(self) -> DecodingOptions:
+        return by_keyword(DecodingOptions, self)
+
+    def stage_settings(self, joint_max_gap_s: float) -> RecognizeSettings:
+        """The recognize stage's settings; ``joint_max_gap_s`` comes from [stitch]."""
+        return by_keyword(RecognizeSettings, self, joint_max_gap_s=joint_max_gap_s)
 
     @field_validator("temperatures")
     @classmethod
@@ -142,16 +180,16 @@ class RecognizerSettings(Section):
 
 
 class VadSettings(Section):
-    threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that starts speech.")
-    min_speech_ms: int = Field(250, ge=32, le=2000, description="Speech needed before an utterance starts.")
-    pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start.")
-    hangover_ms: int = Field(700, ge=100, le=5000, description="Silence that ends an utterance.")
-    post_roll_ms: int = Field(200, ge=0, le=2000, description="Silence kept after the last speech.")
-    min_utterance_ms: int = Field(400, ge=0, le=10000, description="Shorter speech is discarded.")
+    threshold: float = Field(V.threshold, gt=0, lt=1, description="Silero speech probability that starts speech.")
+    min_speech_ms: int = Field(V.min_speech_ms, ge=32, le=2000, description="Speech needed before an utterance starts.")
+    pre_roll_ms: int = Field(V.pre_roll_ms, ge=0, le=2000, description="Audio kept before the detected start.")
+    hangover_ms: int = Field(V.hangover_ms, ge=100, le=5000, description="Silence that ends an utterance.")
+    post_roll_ms: int = Field(V.post_roll_ms, ge=0, le=2000, description="Silence kept after the last speech.")
+    min_utterance_ms: int = Field(V.min_utterance_ms, ge=0, le=10000, description="Shorter speech is discarded.")
     max_utterance_ms: int = Field(
-        20000, ge=2000, le=MAX_UTTERANCE_LIMIT_MS, description="Longer speech is cut at a quiet point."
+        V.max_utterance_ms, ge=2000, le=MAX_UTTERANCE_LIMIT_MS, description="Longer speech is cut at a quiet point."
     )
-    cut_search_ms: int = Field(4000, ge=500, le=10000, description="Window searched for that quiet point.")
+    cut_search_ms: int = Field(V.cut_search_ms, ge=500, le=10000, description="Window searched for that quiet point.")
 
     @model_validator(mode="after")
     def _lengths(self) -> VadSettings:
@@ -162,41 +200,35 @@ class VadSettings(Section):
         return self
 
     def params(self) -> VadParams:
-        return VadParams(**self.model_dump())
+        return by_keyword(VadParams, self)
 
 
 class TextSettingsSection(Section):
-    itn: bool = Field(True, description="Spoken numbers, dates, times, money to written form (docs/itn.md).")
-    fillers: bool = Field(True, description="Remove filler words (um, uh; 呃, 嗯 ...).")
-    fillers_zh: list[str] = Field(list(DEFAULT_ZH), description="Chinese fillers (besides clause-opening 啊/那个).")
-    fillers_en: list[str] = Field(list(DEFAULT_EN), description="English fillers, matched as whole words.")
+    itn: bool = Field(T.itn, description="Spoken numbers, dates, times, money to written form (docs/itn.md).")
+    fillers: bool = Field(T.fillers, description="Remove filler words (um, uh; 呃, 嗯 ...).")
+    fillers_zh: list[str] = Field(list(T.fillers_zh), description="Chinese fillers (besides clause-opening 啊/那个).")
+    fillers_en: list[str] = Field(list(T.fillers_en), description="English fillers, matched as whole words.")
     dictionary: str = Field(
         "", description="File of 'wrong => right' lines applied last; re-read when it changes. Empty: none."
     )
-    hotword_correction: bool = Field(True, description="Rewrite near misses of the hotwords to the hotword.")
+    hotword_correction: bool = Field(
+        T.hotword_correction, description="Rewrite near misses of the hotwords to the hotword."
+    )
     hotword_threshold: float = Field(
-        0.8, ge=0.5, le=1.0, description="Similarity (0-1) a near miss needs; higher rewrites less."
+        T.hotword_threshold, ge=0.5, le=1.0, description="Similarity (0-1) a near miss needs; higher rewrites less."
     )
 
     def settings(self, config_path: Path) -> TextSettings:
         path = resolve_path(self.dictionary, config_path) if self.dictionary else None
-        return TextSettings(
-            self.itn,
-            self.fillers,
-            tuple(self.fillers_zh),
-            tuple(self.fillers_en),
-            path,
-            self.hotword_correction,
-            self.hotword_threshold,
-        )
+        return by_keyword(TextSettings, self, dictionary=path)
 
 
 class StitchSettingsSection(Section):
-    enabled: bool = Field(True, description="Join pieces of one sentence that a pause split.")
-    max_gap_ms: int = Field(2000, ge=0, le=10000, description="Never join across a longer silence.")
-    max_hold_ms: int = Field(5000, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
+    enabled: bool = Field(S.enabled, description="Join pieces of one sentence that a pause split.")
+    max_gap_ms: int = Field(S.max_gap_ms, ge=0, le=10000, description="Never join across a longer silence.")
+    max_hold_ms: int = Field(S.max_hold_ms, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
     complete_wait_ms: int = Field(
-        800, ge=0, le=10000, description="How long a piece that looks complete waits for new speech."
+        S.complete_wait_ms, ge=0, le=10000, description="How long a piece that looks complete waits for new speech."
     )
     joint_decode: bool = Field(
         True, description="When the texts leave it open, recognize both pieces together to decide."
@@ -209,7 +241,11 @@ class StitchSettingsSection(Section):
         return self
 
     def settings(self) -> StitchSettings:
-        return StitchSettings(self.enabled, self.max_gap_ms, self.max_hold_ms, self.complete_wait_ms)
+        return by_keyword(StitchSettings, self)
+
+    def joint_max_gap_s(self) -> float:
+        """How far apart two pieces may be for a joint decode; 0: none."""
+        return self.max_gap_ms / 1000 if self.enabled and self.joint_decode else 0.0
 
 
 class FileSourceSettings(Section):

@@ -1,9 +1,11 @@
-"""What each MQTT command does to the running daemon (parsing is in daemon/commands.py)."""
+"""What each MQTT command does to the running daemon (parsing is in daemon/commands.py),
+and the reload that the ``reload`` command and SIGHUP share."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -22,31 +24,54 @@ from daemon.commands import (
     parse,
     response,
 )
-from daemon.config import ConfigError
+from daemon.config import ConfigError, changed_keys, load_config
+from daemon.jobs import BatchJobs
+from daemon.runtime import Runtime
 from pipeline.text.dictionary import DictionaryError
 
-if TYPE_CHECKING:
-    from daemon.app import App
+
+async def reload_config(rt: Runtime) -> dict[str, Any]:
+    """The dictionary and the hotwords now; any other change is reported and waits for a
+    restart. Raises ConfigError/DictionaryError and leaves everything as it was."""
+    log = structlog.get_logger()
+    config = load_config(rt.config_path)
+    entries = rt.pipeline.text.reload_dictionary()["entries"] if rt.pipeline else 0
+    rt.states.set_hotwords(None, config.recognizer.hotwords)
+    for r in config.rooms:
+        if r.name in rt.states:
+            rt.states.set_hotwords(r.name, r.hotwords)
+    pending = changed_keys(rt.config, config)
+    if pending:
+        log.warning("config changes need a restart", keys=pending)
+    hotwords = list(rt.states.hotwords)
+    log.info("config reloaded", dictionary_entries=entries, hotwords=hotwords)
+    return {"dictionary_entries": entries, "hotwords": hotwords, "needs_restart": pending}
 
 
 class Controller:
-    """Runs commands against ``app`` and answers each on ``<prefix>/response``."""
+    """Runs commands against the running daemon and answers each on ``<prefix>/response``;
+    ``status`` builds the ``status`` command's result."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, jobs: BatchJobs, status: Callable[[], dict[str, Any]]) -> None:
+        self.rt = runtime
+        self.jobs = jobs
+        self.status = status
         self.log = structlog.get_logger().bind(component="control")
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.rejected = 0
+        publisher = runtime.publisher
+        publisher.subscribe(publisher.topic("set"), self.on_message)
+        publisher.subscribe(publisher.topic("+", "set"), self.on_message)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Called by the publisher for every message on the command topics; never raises."""
-        publisher = self.app.publisher
+        publisher = self.rt.publisher
         rest = topic[len(publisher.prefix) + 1 :]
         room = rest[: -len("/set")] if rest.endswith("/set") else None
         try:
             command = parse(payload)
-            if room is not None and room not in self.app.rooms_by_name:
+            if room is not None and room not in self.rt.states:
                 raise CommandError(f"no room named {room!r}", command.command, command.transaction)
         except CommandError as exc:
             self._reply("error", exc.command, exc.transaction, str(exc), topic=topic)
@@ -68,42 +93,39 @@ class Controller:
         self._reply("ok", command.command, command.transaction, None, result, topic=topic)
 
     async def _execute(self, command: AnyCommand, room: str | None) -> dict[str, Any] | None:
-        app = self.app
-        rooms = [app.rooms_by_name[room]] if room is not None else list(app.rooms_by_name.values())
+        rt = self.rt
+        names = [room] if room is not None else rt.states.names()
         if isinstance(command, Pause | Resume):
-            for r in rooms:
-                r.paused = isinstance(command, Pause)
-                app.publish_state(r)
-            return {"rooms": [r.name for r in rooms], "paused": isinstance(command, Pause)}
+            for name in names:
+                rt.states[name].paused = isinstance(command, Pause)
+                if (running := rt.room(name)) is not None:
+                    rt.publish_state(running)
+            return {"rooms": names, "paused": isinstance(command, Pause)}
         if isinstance(command, Hotwords):
-            words = tuple(dict.fromkeys(command.words))
-            if room is None:
-                app.global_hotwords = words
-            else:
-                app.room_hotwords[room] = words
+            words = rt.states.set_hotwords(room, command.words)
             return {"room": room, "hotwords": list(words)}
         if isinstance(command, Language):
-            if command.language is not None and not app.multilingual:
-                raise CommandError(f"the model {app.model_name} is English-only", command.command, command.transaction)
-            for r in rooms:
-                r.language = command.language
-            return {"rooms": [r.name for r in rooms], "language": command.language}
+            if command.language is not None and not rt.multilingual:
+                raise CommandError(f"the model {rt.model_name} is English-only", command.command, command.transaction)
+            for name in names:
+                rt.states[name].language = command.language
+            return {"rooms": names, "language": command.language}
         if isinstance(command, ClearCache):
-            await app.release_model_memory()
+            await rt.release_model_memory()
             return None
         if isinstance(command, Reload):
-            return await app.reload_config()
+            return await reload_config(rt)
         if isinstance(command, Transcribe):
             if room is not None:
                 raise CommandError(
                     "transcribe goes to <prefix>/set, not to a room", command.command, command.transaction
                 )
             try:
-                return await app.run_batch(command.path, command.recursive)
+                return await self.jobs.run(command.path, command.recursive)
             except CommandError as exc:
                 raise CommandError(str(exc), command.command, command.transaction) from None
         if isinstance(command, Status):
-            return {"version": __version__, **app.status()}
+            return {"version": __version__, **self.status()}
         raise CommandError("not handled", command.command, command.transaction)  # unreachable: parse knows all
 
     def _reply(
@@ -121,5 +143,5 @@ class Controller:
         else:
             self.rejected += 1
             self.log.warning("command refused", command=command, topic=topic, error=error, transaction=transaction)
-        publisher = self.app.publisher
+        publisher = self.rt.publisher
         publisher.submit_json(publisher.topic("response"), response(status, command, transaction, error, result), qos=1)

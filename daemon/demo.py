@@ -19,8 +19,9 @@ from typing import Any
 
 import aiomqtt
 
-from daemon.app import EXIT_CONFIG_ERROR, EXIT_STARTUP_FAILURE, App, StartupError
+from daemon.app import App
 from daemon.config import Config, ConfigError, load_config
+from daemon.errors import EXIT_CONFIG_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 
 # After the daemon stops, how long the viewer may take to receive the last utterances.
@@ -106,7 +107,7 @@ async def _demo(config: Config, embedded: bool, mic: bool) -> int:
         code = await app.run()
         # Everything is acknowledged by the broker; give the viewer a moment to print it.
         deadline = time.monotonic() + VIEWER_GRACE_S
-        while len(received) < app.publisher.counters.published and time.monotonic() < deadline:
+        while len(received) < app.rt.publisher.counters.published and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     finally:
         stopper.cancel()

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,18 @@ class Publisher:
         # Called after every (re)connect, before anything queued is sent (discovery messages).
         self.on_connect: list[Callable[[], None]] = []
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
+        # The outbox's disk work (an fsync per insert) runs here, in order, off the event loop.
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="outbox")
 
-    def restore(self) -> int:
+    @staticmethod
+    def encode(payload: dict[str, Any]) -> str:
+        return json.dumps(payload, ensure_ascii=False)
+
+    async def restore(self) -> int:
         """Queue what the outbox still holds from before this start, oldest first, flagged delayed."""
         if self.outbox is None:
             return 0
-        stored = self.outbox.pending()
+        stored = await asyncio.wrap_future(self._disk.submit(self.outbox.pending))
         for row in stored:
             self.pending.append(
                 Outgoing(
@@ -143,6 +150,30 @@ class Publisher:
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
 
+    async def submit_durable(self, message: Outgoing) -> None:
+        """An utterance: on disk (on the outbox's thread) before it is queued, so a crash from
+        here on loses nothing; then ``submit``."""
+        if self.outbox is not None and message.seq is None:
+            add = self.outbox.add
+            stored = self._disk.submit(add, message.topic, message.payload, message.utterance_id, message.room)
+            seq, gone = await asyncio.wrap_future(stored)
+            message.seq = seq
+            if gone:  # past the outbox's bounds: out of the memory queue too (the outbox logged them)
+                dropped = set(gone)
+                self.pending = deque(m for m in self.pending if m.seq not in dropped)
+                self.counters.dropped += len(dropped)
+            self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
+        self.submit(message)
+
+    def _forget(self, seq: int | None) -> None:
+        """Out of the outbox, on its thread (acknowledged, or dropped from a full queue)."""
+        if self.outbox is not None and seq is not None:
+            self._disk.submit(self.outbox.remove, seq).add_done_callback(self._disk_done)
+
+    def _disk_done(self, future: Future[None]) -> None:
+        if (exc := future.exception()) is not None:
+            self.log.error("outbox update failed", error=str(exc))
+
     def submit(self, message: Outgoing) -> None:
         """Queue a message; never blocks. Past ``max_pending`` the oldest one is dropped.
         QoS 0 messages (partials) are only worth sending now: without a broker they are skipped."""
@@ -151,18 +182,9 @@ class Publisher:
             return
         if not self.connected.is_set():
             message.delayed = True
-        if self.outbox is not None and message.utterance_id is not None and message.seq is None:
-            # On disk before it is sent: a crash from here on loses nothing.
-            message.seq, gone = self.outbox.add(message.topic, message.payload, message.utterance_id, message.room)
-            if gone:  # past the outbox's bounds: out of the memory queue too (the outbox logged them)
-                dropped = set(gone)
-                self.pending = deque(m for m in self.pending if m.seq not in dropped)
-                self.counters.dropped += len(dropped)
-            self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
         if len(self.pending) >= self.settings.max_pending:
             lost = self.pending.popleft()
-            if self.outbox is not None and lost.seq is not None:
-                self.outbox.remove(lost.seq)
+            self._forget(lost.seq)
             self.counters.dropped += 1
             self.log.error(
                 "publish queue full: oldest message dropped",
@@ -178,7 +200,7 @@ class Publisher:
         """``replace``: drop messages to the same topic still waiting (a state: only the latest counts)."""
         if replace:
             self.pending = deque(m for m in self.pending if m.topic != topic or m.utterance_id is not None)
-        self.submit(Outgoing(topic, json.dumps(payload, ensure_ascii=False), **kwargs))
+        self.submit(Outgoing(topic, self.encode(payload), **kwargs))
 
     async def finish(self) -> None:
         """Publish everything pending, then ``stopped``, then disconnect. Await with a timeout.
@@ -189,6 +211,9 @@ class Publisher:
         if not self.connected.is_set():
             self._give_up()
         await self._done.wait()
+        # The outbox's last removals are on disk before the process goes.
+        await asyncio.wrap_future(self._disk.submit(lambda: None))
+        self._disk.shutdown(wait=False)
 
     def _give_up(self) -> None:
         if not self._done.is_set():
@@ -294,8 +319,7 @@ class Publisher:
                 # Acknowledged (PUBACK for QoS 1): only now does it leave the queue and the outbox.
                 if self.pending and self.pending[0] is item:
                     self.pending.popleft()
-                if self.outbox is not None and item.seq is not None:
-                    self.outbox.remove(item.seq)
+                self._forget(item.seq)
                 self.counters.published += 1
                 if item.utterance_id is not None:
                     now = time.monotonic()

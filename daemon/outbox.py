@@ -5,6 +5,9 @@ published, at our rate of at most a few a second), so a broker outage, a SIGKILL
 loses nothing: what is still here at start is published first, oldest first, with its
 original id and ``"delayed": true``. Bounded by count and age; what falls out is counted and
 logged as an error, never dropped silently.
+
+Every call does disk I/O (an fsync per insert): the publisher makes them all on one thread
+of its own, never on the event loop. ``len()`` is a count kept in memory.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
             "payload TEXT NOT NULL, utterance_id TEXT, room TEXT, created REAL NOT NULL)"
         )
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._trim()
 
     def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
@@ -50,10 +54,11 @@ class Outbox:
             "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
             (topic, payload, utterance_id, room, time.time()),
         )
+        self._count += 1
         return int(cursor.lastrowid or 0), self._trim()
 
     def remove(self, seq: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self._count -= self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
 
     def pending(self) -> list[Stored]:
         rows = self._db.execute(
@@ -62,7 +67,7 @@ class Outbox:
         return [Stored(*row) for row in rows]
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return self._count
 
     def close(self) -> None:
         self._db.close()
@@ -79,7 +84,7 @@ class Outbox:
                 (time.time() - self.max_age_s, excess),
             ).fetchall()
         for seq, utterance_id in old:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._count -= self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
             self.dropped += 1
             self.log.error(
                 "outbox full or entry too old: utterance dropped", utterance_id=utterance_id, dropped=self.dropped

@@ -50,7 +50,7 @@ def cues(result: FileResult) -> list[Cue]:
 def segment_record(c: Cue) -> dict[str, Any]:
     t = c.transcript
     return {
-        "file": t.utterance.source,
+        "file": t.utterance.file.path if t.utterance.file else None,
         "id": c.id,
         "text": c.text,
         "raw_text": c.raw_text,

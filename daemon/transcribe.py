@@ -15,33 +15,21 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from daemon.app import (
-    EXIT_CONFIG_ERROR,
-    EXIT_RUNTIME_ERROR,
-    EXIT_STARTUP_FAILURE,
-    StartupError,
-    load_recognizer_in_thread,
-    recognize_settings,
-    silero_factory,
-)
 from daemon.config import Config, ConfigError, load_config
+from daemon.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 from daemon.outputs import FORMATS, output_path, render, write_atomically
-from pipeline.batch import BatchJob, FileResult, chunk_seconds, expand_paths, open_source
-from pipeline.messages import Transcript, Utterance
-from pipeline.recognize import RecognizeStage
+from daemon.wiring import load_recognizer_in_thread, pipeline_from_config, room_states, silero_factory
+from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
+from pipeline.chunks import chunk_seconds
 from pipeline.sources import AudioFileError
-from pipeline.text.processor import TextProcessor
-from pipeline.text.stage import TextStage
-
-EXIT_INTERRUPTED = 130
 
 
 def default_jobs() -> int:
@@ -125,10 +113,6 @@ class Runner:
         loop = asyncio.get_running_loop()
         model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         vad_executor: ThreadPoolExecutor | None = None  # sized once the model's device is known
-        utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(64)
-        recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
-        texts: asyncio.Queue[Transcript | None] = asyncio.Queue(64)
-        text = TextStage(TextProcessor(self.config.text.settings(self.config_path)), recognized, texts)
         progress = Progress(
             TextColumn("[bold]transcribing"),
             BarColumn(),
@@ -145,10 +129,18 @@ class Runner:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
             load_s = time.monotonic() - run_started
             vad_executor = ThreadPoolExecutor(vad_threads(recognizer.device, self.jobs), thread_name_prefix="vad")
+            # No idle memory release in a run that ends by itself; --jobs 1 is the plain
+            # serial loop, one segment per model call.
+            changes: dict[str, float | int] = {"idle_release_s": 0.0, **({"max_batch": 1} if self.jobs == 1 else {})}
+            config = self.config.model_copy(update={"recognizer": self.config.recognizer.model_copy(update=changes)})
+            # Files are never stitched (so no joint decoding); the hotwords apply as in rooms.
+            pipeline = pipeline_from_config(
+                config, self.config_path, recognizer, model_executor, room_states(config), stitch=False
+            )
             job = BatchJob(
                 "batch",
                 paths,
-                utterances,
+                pipeline.utterances,
                 self.config.vad.params(),
                 silero_factory,
                 vad_executor,
@@ -157,12 +149,8 @@ class Runner:
                 language=self.language,
                 # The serial loop recognizes each VAD segment on its own; the queue merges a
                 # file's segments into chunks recognized with timestamps where that pays (CPU).
-                chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device),
+                chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device, recognizer.capabilities),
             )
-            settings = replace(recognize_settings(self.config), idle_release_s=0.0, joint_max_gap_s=0.0)
-            if self.jobs == 1:
-                settings = replace(settings, max_batch=1)  # the plain serial loop
-            stage = RecognizeStage(recognizer, model_executor, utterances, recognized, settings)
             started = time.monotonic()
             with progress:
                 task = progress.add_task("files", total=total_s or None, files="", hours="", speed="")
@@ -175,22 +163,21 @@ class Runner:
                                     hours=hours, speed=speed)  # fmt: skip
 
                 async def collect() -> None:
-                    while (t := await texts.get()) is not None:
+                    while (t := await pipeline.transcripts.get()) is not None:
                         job.deliver(t)
                         refresh()
 
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(stage.run(), name="recognize")
-                    group.create_task(text.run(), name="text")
+                    pipeline.tasks(group)
                     collector = group.create_task(collect(), name="collect")
                     await job.feed()
                     refresh()
-                    await utterances.put(None)
+                    await pipeline.utterances.put(None)
                     await collector
                 refresh()
             # Where the time went (--verbose): wall = load + the rest, in which the model
             # thread and the VAD thread worked this long.
-            counters = stage.counters
+            counters = pipeline.recognize.counters
             self.summary = {
                 "files": len(self.done), "audio_s": round(self.audio_done_s, 1),
                 "wall_s": round(time.monotonic() - run_started, 2), "load_s": round(load_s, 2),

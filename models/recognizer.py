@@ -1,4 +1,4 @@
-"""The recognizer interface and its Whisper implementation."""
+"""The Whisper engine: our own PyTorch Whisper behind the recognizer protocol (models/api.py)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,25 @@ import json
 import math
 import threading
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from models.api import Capabilities, DecodingOptions, Recognition
 from models.decoding import (
     Decoded,
-    HotwordTokens,
     compression_ratio,
     decode,
     detect_language,
     select_memory,
     split_segments,
-    suppress_mask,
     token_budget,
 )
 from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
+from models.logits import HotwordTokens, LogitRules, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram
 from models.memory import (
     BatchPolicy,
@@ -35,7 +34,8 @@ from models.memory import (
     release_cached_memory,
     trim_heap,
 )
-from models.tokenizer import WhisperTokenizer, latin_script
+from models.search import Search
+from models.tokenizer import WhisperTokenizer
 
 # Above this no-speech probability the text is dropped whatever its log-probability: on
 # silence Whisper confidently writes "you" or "Thank you." (seen: 0.95 with logprob -0.37),
@@ -51,75 +51,6 @@ def padded_batch(audios: list[np.ndarray]) -> torch.Tensor:
     for i, audio in enumerate(audios):
         batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
     return batch
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How to decode; the defaults are OpenAI's and faster-whisper's, except where noted."""
-
-    beam_size: int = 1
-    # Fallback: decode again, hotter, when the result looks like a hallucination.
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    compression_ratio_threshold: float = 2.4
-    logprob_threshold: float = -1.0
-    no_speech_threshold: float = 0.6
-    # Prompt: at most this many tokens of earlier text (Whisper allows 223).
-    max_prompt_tokens: int = 96
-    # Added to the logits of tokens that begin or continue a hotword (0: prompt only).
-    hotword_weight: float = 2.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Recognition:
-    text: str
-    language: str
-    avg_logprob: float
-    no_speech_prob: float
-    confidence: float
-    n_tokens: int
-    looped: bool
-    temperature: float = 0.0
-    language_probability: float | None = None
-    rejected: str | None = None  # why the text was dropped: no_speech | hallucination
-    # With timestamps: (start s, end s, text) per segment, in the audio's own time; a
-    # segment the model never closed has end == start (its end is unknown).
-    segments: tuple[tuple[float, float, str], ...] = ()
-
-
-class Recognizer(ABC):
-    """Turns 16 kHz mono float32 utterances into text.
-
-    Threading contract: an instance is not thread-safe. All calls to ``recognize`` must come
-    from one worker thread (the pipeline uses a single-thread executor); the event loop
-    never calls it directly.
-    """
-
-    name: str
-    device: str
-    dtype: str
-    max_audio_s: float
-
-    @abstractmethod
-    def recognize(
-        self,
-        audios: list[np.ndarray],
-        language: str | None = None,
-        prompts: list[str] | None = None,
-        hotwords: list[Sequence[str]] | None = None,
-        timestamps: bool = False,
-    ) -> list[Recognition]:
-        """Recognize a batch of utterances; returns one result per input, in order.
-
-        ``language`` None means the model's own (detected per utterance when multilingual);
-        ``prompts`` gives each utterance earlier text (previous utterance, hotwords) as context;
-        ``hotwords`` gives each utterance words whose tokens decoding is biased towards;
-        ``timestamps`` asks for segments with times (``Recognition.segments``), for long
-        stretches of audio such as batch chunks.
-        """
-
-    def release_memory(self) -> None:  # noqa: B027 -- optional for backends without a cache
-        """Release cached device memory; called when idle and on command."""
 
 
 @dataclass
@@ -146,7 +77,9 @@ def avoid_per_shape_attention_plans() -> None:
         enable(False)
 
 
-class WhisperRecognizer(Recognizer):
+class WhisperRecognizer:
+    """Implements models.api.Recognizer (see its threading contract)."""
+
     max_audio_s = 30.0
 
     def __init__(
@@ -202,6 +135,17 @@ class WhisperRecognizer(Recognizer):
             self.options.beam_size,
         )
         self.batch_policy = BatchPolicy(batch_size, per_item, lambda: free_device_bytes(device))
+        self.capabilities = Capabilities(
+            multilingual=self.multilingual,
+            prompt=True,
+            timestamps=True,
+            hotword_bias=self.options.hotword_weight > 0,
+            beam_search=True,
+            # The most it decodes at once; a longer call is split (and halved after an OOM).
+            max_batch=batch_size if isinstance(batch_size, int) else self.batch_policy.cap,
+            max_audio_s=self.max_audio_s,
+            languages=tuple(self._languages),
+        )
         self._owner: int | None = None
         self._hotword_cache: dict[tuple[str, ...], list[HotwordTokens]] = {}
 
@@ -269,13 +213,13 @@ class WhisperRecognizer(Recognizer):
 
     def _hotword_tokens(self, words: tuple[str, ...]) -> list[HotwordTokens]:
         """Each hotword as tokens, in the forms it takes mid-sentence and at the start, with
-        how many tokens must be there before its continuation is boosted. An English-only
-        model gets only the hotwords it can write (Latin script)."""
+        how many tokens must be there before its continuation is boosted. The pipeline
+        passes only hotwords the model can write (pipeline/roomstate.decoding_hotwords)."""
         if words not in self._hotword_cache:
             out = []
             for word in words:
                 word = word.strip()
-                if not word or (not self.multilingual and not latin_script(word)):
+                if not word:
                     continue
                 for form in {" " + word, word}:
                     tokens = tuple(self.tokenizer.encode(form))
@@ -354,21 +298,18 @@ class WhisperRecognizer(Recognizer):
         for temperature in o.temperatures:
             index = torch.tensor(pending, device=self._torch_device)
             sub_kv = memory_kv if len(pending) == len(prefixes) else select_memory(memory_kv, index)
-            decoded = decode(
-                self.model,
-                self.tokenizer,
-                sub_kv,
-                [prefixes[i] for i in pending],
-                [budgets[i] for i in pending],
+            search = Search(o.beam_size, temperature, self._generator)
+            rules = LogitRules(
                 self._suppress,
                 self._suppress_at_begin,
-                beam_size=o.beam_size,
-                temperature=temperature,
-                generator=self._generator,
+                self.tokenizer.special.eot,
+                search.beams,
+                timestamp_begin=self._timestamp_begin if timestamps else None,
                 hotwords=[hotwords[i] for i in pending],
                 hotword_weight=o.hotword_weight,
-                timestamp_begin=self._timestamp_begin if timestamps else None,
             )
+            prefix_batch, budget_batch = [prefixes[i] for i in pending], [budgets[i] for i in pending]
+            decoded = decode(self.model, self.tokenizer, sub_kv, prefix_batch, budget_batch, rules, search)
             still = []
             for i, item in zip(pending, decoded, strict=True):
                 attempt = attempts[i]

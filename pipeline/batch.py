@@ -1,8 +1,8 @@
 """Batch transcription: files through the same recognize and text stages as live rooms.
 
 Each file becomes a short-lived room (a file source read as fast as the pipeline takes it,
-the VAD) whose utterances carry ``priority = 1`` (live rooms go first) and the file as
-``source``; several files are decoded and segmented at once, so segments of different files
+the VAD) whose utterances are ``Work.BATCH`` (live rooms go first) and carry the job and
+the file (``Utterance.file``); several files are decoded and segmented at once, so segments of different files
 share the recognizer's batches. Batch transcripts come back even when empty (the recognize
 and text stages pass them on), so a job knows when each file is complete: it has as many
 transcripts as its room cut segments. Then ``on_file_done`` gets the file's segments in
@@ -12,7 +12,6 @@ order. A file that cannot be read is done at once with its reason.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -22,8 +21,10 @@ from typing import cast
 import numpy as np
 import structlog
 
-from pipeline.messages import FRAME_MS, SAMPLE_RATE, Transcript, Utterance
+from pipeline.chunks import chunk
+from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
+from pipeline.roomstate import RoomState
 from pipeline.sources import AudioFileError, AudioSource, FfmpegSource, FileSource, ffmpeg_path, open_audio
 from pipeline.vad import VadParams
 
@@ -32,21 +33,6 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff",
 NATIVE_SUFFIXES = {".wav", ".flac", ".aiff", ".aif", ".au", ".caf", ".w64"}
 CONTAINER_SUFFIXES = {".mp4", ".m4a", ".mkv", ".webm", ".mov", ".aac", ".wma", ".avi", ".amr", ".3gp"}
 MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
-# Chunks span at most this much of a file's timeline: Whisper's 30 s window, less a margin.
-CHUNK_S = 28.0
-
-
-def chunk_seconds(device: str) -> float:
-    """How a queue run cuts files for a recognizer on ``device``.
-
-    On a CPU the encoder dominates and always sees a 30 s window, so merging a file's
-    segments into chunks of up to CHUNK_S (decoded with timestamps) saves most of the work.
-    On a GPU the encoder is cheap and the decoder's token-by-token loop dominates: 28 s
-    chunks make long sequential decodes (29 min of audio on an H100: 7 calls of 3.2 s, barely
-    faster than one call per segment), while separate segments of several files share each
-    decoding step in one batch. Measured with bench/batch.py on both; see docs/architecture.md.
-    """
-    return CHUNK_S if device.startswith("cpu") else 0.0
 
 
 @dataclass
@@ -99,30 +85,6 @@ class _FileEnd:
     index: int
 
 
-def chunk(pieces: list[Utterance]) -> Utterance:
-    """Consecutive segments of one file as one stretch of its timeline: the silence between
-    them is silence again (zeros), so a time in the chunk is its start plus that time."""
-    first, last = pieces[0], pieces[-1]
-    audio: list[np.ndarray] = []
-    position = first.start_s
-    for piece in pieces:
-        gap = round((piece.start_s - position) * SAMPLE_RATE)
-        if gap > 0:
-            audio.append(np.zeros(gap, np.float32))
-        audio.append(piece.audio)
-        position = piece.start_s + len(piece.audio) / SAMPLE_RATE
-    speech = tuple((round(p.start_s - first.start_s, 3), round(p.end_s - first.start_s, 3)) for p in pieces)
-    return dataclasses.replace(
-        first,
-        audio=np.concatenate(audio),
-        end_s=last.end_s,
-        end_wall=last.end_wall,
-        reason=last.reason,
-        timestamps=True,
-        speech=speech,
-    )
-
-
 class BatchJob:
     def __init__(
         self,
@@ -169,11 +131,12 @@ class BatchJob:
         return f"{self.job_id}-{index}"
 
     def owns(self, t: Transcript) -> bool:
-        return t.utterance.source is not None and t.utterance.room.startswith(f"{self.job_id}-")
+        return t.utterance.file is not None and t.utterance.file.job == self.job_id
 
     def deliver(self, t: Transcript) -> None:
         """A transcript of one of this job's segments (empty when nothing was said)."""
-        index = int(t.utterance.room.rsplit("-", 1)[1])
+        assert t.utterance.file is not None
+        index = t.utterance.file.index
         result = self.results[index]
         result.segments.append(t)
         if self._slots is not None:
@@ -199,16 +162,14 @@ class BatchJob:
                 return
             async with slots:
                 room = Room(
-                    name=self.room_name(index),
-                    source=source,
-                    vad_params=self.vad_params,
+                    RoomState(self.room_name(index), language=self.language),
+                    source,
+                    cast("asyncio.Queue[Utterance | None]", self._local),  # it puts utterances only
+                    self.vad_params,
                     speech_prob_factory=self.speech_prob_factory,
                     vad_executor=self.vad_executor,
-                    out=cast("asyncio.Queue[Utterance | None]", self._local),  # it puts utterances only
                     id_prefix=f"{path.stem}",
-                    language=self.language,
-                    source_label=str(path),
-                    priority=1,
+                    batch_file=BatchFile(self.job_id, index, str(path)),
                 )
                 await room.run(never)
             result.audio_s = room.counters.frames * FRAME_MS / 1000
@@ -244,7 +205,8 @@ class BatchJob:
                 self._expected[item.index] = sent.pop(item.index, 0)
                 self._maybe_done(item.index)
                 continue
-            index = int(item.room.rsplit("-", 1)[1])
+            assert item.file is not None
+            index = item.file.index
             held = pending.setdefault(index, [])
             if held and (not self.chunk_s or item.end_s - held[0].start_s > self.chunk_s):
                 await send(index, held)

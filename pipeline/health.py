@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class Progress:
+class BusyWatch:
     def __init__(self) -> None:
         self._busy: dict[str, float] = {}  # what -> monotonic time it started
         self.completed = 0

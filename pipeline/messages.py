@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,18 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAME_MS = 500
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
-# Partials go after every finished utterance and all batch work.
-PARTIAL_PRIORITY = 2
+
+
+class Work(StrEnum):
+    """What an utterance is for; it decides its priority and where its transcript goes."""
+
+    LIVE = "live"  # a room's finished utterance: stitched, published
+    BATCH = "batch"  # a segment or chunk of a batch job's file: back to its job, never published
+    PARTIAL = "partial"  # the audio of speech still going on: an interim result only
+
+
+# Lower goes first: live rooms, then batch work, then partials (only when nothing else waits).
+PRIORITY = {Work.LIVE: 0, Work.BATCH: 1, Work.PARTIAL: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +35,16 @@ class Frame:
     samples: np.ndarray
     offset: int  # index of the first sample since the room's stream started
     wall: float  # wall-clock time (epoch seconds) of the first sample
-    mono: float  # time.monotonic() when the frame was captured or read
+    captured_at: float  # time.monotonic() when the frame was captured or read
 
 
 @dataclass(frozen=True, slots=True)
-class EndOfStream:
-    """The room's source ended (file finished, or capture stopped for shutdown)."""
+class BatchFile:
+    """Where a batch utterance comes from: a job, the file's place in it, and its path."""
 
-    room: str
-    reason: str
+    job: str
+    index: int
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +58,11 @@ class Utterance:
     end_s: float
     start_wall: float  # epoch seconds
     end_wall: float
-    reason: str  # why it was cut: silence | max_length | end_of_stream
+    reason: str  # why it was cut: silence | max_length | end_of_stream | shutdown | partial
     decided_at: float  # time.monotonic() when the VAD cut it
     language: str | None = None
-    source: str | None = None  # the file it came from, for batch transcription
-    priority: int = 0  # 0: a live room; 1: batch work; 2: a partial (see PARTIAL_PRIORITY)
+    kind: Work = Work.LIVE
+    file: BatchFile | None = None  # batch work: which job's which file
     # A batch chunk (several VAD segments of a file): recognize with timestamps, and the
     # VAD's speech spans in it (seconds from its start) to place them on.
     timestamps: bool = False
@@ -58,8 +70,15 @@ class Utterance:
 
     @property
     def partial(self) -> bool:
-        """Audio of speech still going on, for an interim result (``reason == "partial"``)."""
-        return self.reason == "partial"
+        return self.kind is Work.PARTIAL
+
+    @property
+    def batch(self) -> bool:
+        return self.kind is Work.BATCH
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY[self.kind]
 
     @property
     def duration_s(self) -> float:

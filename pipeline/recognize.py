@@ -11,24 +11,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import structlog
 
-from models.tokenizer import latin_script
-from pipeline.health import Progress
+from pipeline.chunks import settle, timed_segments
+from pipeline.health import BusyWatch
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
-from pipeline.stitch import JOIN_SCORE, JOINT_BONUS, join_score, without_strong_final
+from pipeline.roomstate import RoomStates
+from pipeline.stage import Stage
+from pipeline.stitch_rules import JOINT_PAUSE_S, joint_partner
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
-    from models.recognizer import Recognition, Recognizer
-
-# Whisper sees 30 s at once; the joint audio is the two pieces with this much silence between.
-JOINT_MAX_S = 30.0
-# Previous texts kept for prompts: live rooms and the files of batch jobs (one "room" each).
-MAX_ROOMS_REMEMBERED = 1024
-JOINT_PAUSE_S = 0.3
+    from models.api import Recognition, Recognizer
 
 
 @dataclass(frozen=True)
@@ -37,18 +32,10 @@ class RecognizeSettings:
     max_wait_ms: int = 10
     prompt_previous: bool = True
     prompt_max_gap_s: float = 60.0
-    hotwords: tuple[str, ...] = ()
     idle_release_s: float = 30.0
-    # Joint decoding for the stitcher (see _joint_candidates): pieces of a room at most this
-    # far apart; 0 turns it off.
+    # Joint decoding for the stitcher (pipeline/stitch_rules.joint_partner): pieces of a
+    # room at most this far apart; 0 turns it off.
     joint_max_gap_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class RoomContext:
-    hotwords: tuple[str, ...] = ()
-    prompt_previous: bool | None = None  # None: the stage's setting
-    stitch: bool = True  # the stitcher joins this room's pieces (joint decoding is for it)
 
 
 @dataclass
@@ -65,111 +52,55 @@ class RecognizeCounters:
     gaps_filled: int = 0  # speech spans of batch chunks recognized again on their own
     model_seconds: float = 0.0  # time spent in model calls (the rest of a batch job's wall time went elsewhere)
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))  # per model call, the latest
 
 
-# Whisper's own segment times are coarse (tiny models often say whole seconds); a bound
-# within this of a VAD speech bound is moved onto it.
-SNAP_S = 2.0
-
-
-def _nearest(value: float, candidates: list[float]) -> float:
-    best = min(candidates, key=lambda c: abs(c - value), default=value)
-    return best if abs(best - value) <= SNAP_S else value
-
-
-def timed_segments(
-    segments: Sequence[tuple[float, float, str]], speech: Sequence[tuple[float, float]], duration_s: float
-) -> tuple[TimedText, ...]:
-    """The recognizer's timed segments of a chunk, their bounds placed on the VAD's speech
-    bounds where one is near (starts on starts, ends on ends), kept in order. A segment the
-    model never closed ends with the speech it starts in."""
-    starts = [s for s, _ in speech]
-    ends = [e for _, e in speech]
-    out: list[TimedText] = []
-    floor = 0.0
-    for start, end, text in segments:
-        s = max(floor, min(_nearest(start, starts), duration_s))
-        if end <= start:  # open: to the end of the speech span it starts in
-            end = next((e for b, e in speech if e >= s and b <= s + SNAP_S), duration_s)
-        e = min(max(_nearest(end, ends), s), duration_s)
-        out.append(TimedText(round(s, 3), round(e, 3), text))
-        floor = e
-    return tuple(out)
-
-
-# Speech runs at 2-3 words a second; a segment with far fewer words than the speech it
-# claims to span skipped some of it (tiny models end a timestamped decode early).
-MIN_WORDS_PER_S = 1.0
-
-
-def settle(
-    segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]
-) -> tuple[tuple[TimedText, ...], list[tuple[float, float]]]:
-    """The chunk's segments, and the speech spans they do not account for: spans no segment
-    overlaps, and spans after the first of a segment whose words are too few for the speech
-    it spans (that segment is cut back to its first span)."""
-    covered: set[int] = set()
-    out = []
-    for seg in segments:
-        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
-        talk = sum(speech[k][1] - speech[k][0] for k in spans)
-        if len(spans) > 1 and len(seg.raw_text.split()) < MIN_WORDS_PER_S * talk:
-            spans = spans[:1]
-            seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
-        covered.update(spans)
-        out.append(seg)
-    return tuple(out), [span for k, span in enumerate(speech) if k not in covered]
-
-
-class RecognizeStage:
-    """Takes utterances from ``inbox`` and puts transcripts into ``outbox``.
+class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
+    """Takes utterances from ``inbox`` and puts transcripts into ``output``.
 
     It takes what is waiting, up to ``max_batch``, waiting at most ``max_wait_ms`` for
-    company when alone; live rooms go before batch work (``Utterance.priority``). Every
-    model call runs in ``executor``, which must have exactly one worker thread. ``None`` in
-    the inbox means no more input: the stage finishes what it has and passes ``None`` on.
+    company when alone; live rooms go before batch work, partials last
+    (``Utterance.priority``). Every model call runs in ``executor``, which must have exactly
+    one worker thread. What the model is asked (a prompt, hotwords, timestamps) follows its
+    declared capabilities.
     """
+
+    name: ClassVar[str] = "recognize"
 
     def __init__(
         self,
+        inbox: asyncio.Queue[Utterance | None],
+        output: asyncio.Queue[Transcript | None],
+        settings: RecognizeSettings,
+        *,
         recognizer: Recognizer,
         executor: Executor,
-        inbox: asyncio.Queue[Utterance | None],
-        outbox: asyncio.Queue[Transcript | None],
-        settings: RecognizeSettings | None = None,
-        rooms: dict[str, RoomContext] | None = None,
+        rooms: RoomStates,
         on_partial: Callable[[Utterance, Recognition], None] | None = None,
-        hotwords_for: Callable[[str], Sequence[str]] | None = None,
-        progress: Progress | None = None,
+        watch: BusyWatch | None = None,
     ) -> None:
+        super().__init__(inbox, output)
+        self.settings = settings
         self.recognizer = recognizer
+        self.capabilities = recognizer.capabilities
         self.executor = executor
-        self.inbox = inbox
-        self.outbox = outbox
-        self.settings = settings or RecognizeSettings()
-        self.rooms = rooms or {}
+        self.rooms = rooms
         self.on_partial = on_partial
-        self.hotwords_for = hotwords_for  # overrides settings and rooms (hotwords set at run time)
         self.counters = RecognizeCounters()
-        self.progress = progress or Progress()  # the model calls, for the watchdog
-        self.latencies: deque[float] = deque(maxlen=1000)  # ms per model call, the latest ones
-        self.log = structlog.get_logger()
+        self.watch = watch or BusyWatch()  # the model calls, for the watchdog
         self._waiting: list[Utterance] = []
         self._ended = False
-        self._previous: dict[str, tuple[str, float]] = {}  # room -> (text, end wall time)
-        self._last_piece: dict[str, tuple[Utterance, str]] = {}  # room -> (piece, its text)
         self._released = True
 
-    @property
-    def waiting(self) -> int:
-        """Utterances taken from the inbox that wait for a batch."""
+    def depth(self) -> int:
+        """Utterances taken from the inbox that wait for a batch (priorities apply to them)."""
         return len(self._waiting)
 
     async def run(self) -> None:
         while True:
             await self._gather()
             if not self._waiting and self._ended:
-                await self.outbox.put(None)
+                await self.end()
                 return
             self._drop_stale_partials()
             if not self._waiting:
@@ -227,124 +158,123 @@ class RecognizeStage:
                 break
 
     async def _release_memory(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.recognizer.release_memory)
+        await self._model(self.recognizer.release_memory)
         self._released = True
         self.counters.releases += 1
         self.log.info("idle: cached model memory released")
 
     def _prompt(self, utt: Utterance) -> str:
-        room = self.rooms.get(utt.room, RoomContext())
-        parts = list(self.hotwords(utt.room))
+        """The room's hotwords, then its previous text when recent (not for batch chunks: up
+        to 28 s of their own context; with the previous chunk's text as prompt, timestamped
+        decoding was seen to stop after its first segment)."""
+        if not self.capabilities.prompt:
+            return ""
+        parts = list(self._decoding_hotwords(utt.room))
+        room = self.rooms[utt.room]
         use_previous = self.settings.prompt_previous if room.prompt_previous is None else room.prompt_previous
-        # A batch chunk is up to 28 s of its own context; with the previous chunk's text as
-        # prompt, timestamped decoding was seen to stop after its first segment.
-        use_previous = use_previous and not utt.timestamps
-        previous = self._previous.get(utt.room)
-        if use_previous and previous and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s:
+        previous = self.rooms.previous.get(utt.room)
+        recent = previous is not None and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s
+        if use_previous and not utt.timestamps and previous is not None and recent:
             return (", ".join(parts) + ". " if parts else "") + previous[0]
         return ", ".join(parts)
+
+    def _decoding_hotwords(self, room: str) -> tuple[str, ...]:
+        return self.rooms.decoding_hotwords(room, latin_only=not self.capabilities.multilingual)
+
+    def _hotwords(self, rooms: Sequence[str]) -> list[Sequence[str]] | None:
+        if not self.capabilities.hotword_bias:
+            return None
+        return [self._decoding_hotwords(room) for room in rooms]
 
     async def _call(self, batch: list[Utterance], language: str | None) -> list[Recognition]:
         audios = [u.audio for u in batch]
         prompts = [self._prompt(u) for u in batch]
-        hotwords: list[Sequence[str]] = [self.hotwords(u.room) for u in batch]
+        hotwords = self._hotwords([u.room for u in batch])
         self._released = False
-        call = self.recognizer.recognize
+        call: Callable[..., list[Recognition]] = self.recognizer.recognize
         if batch[0].timestamps:  # batch chunks (the batch holds only those)
             call = functools.partial(call, timestamps=True)
-        return await self._model(call, audios, language, prompts, hotwords)
+        results: list[Recognition] = await self._model(call, audios, language, prompts, hotwords)
+        return results
 
-    async def _model(self, call: Callable[..., list[Recognition]], *args: Any) -> list[Recognition]:
+    async def _model(self, call: Callable[..., Any], *args: Any) -> Any:
         """One model call on the model thread, watched by the watchdog and timed."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            with self.progress.busy("recognize"):
+            with self.watch.busy("recognize"):
                 return await loop.run_in_executor(self.executor, call, *args)
         finally:
             self.counters.model_seconds += time.monotonic() - started
-
-    def hotwords(self, room: str) -> tuple[str, ...]:
-        """The global hotwords and the room's, once each; for an English-only model only
-        those in Latin script (Chinese hotwords in its prompt made it write Chinese)."""
-        if self.hotwords_for is not None:
-            words = tuple(self.hotwords_for(room))
-        else:
-            context = self.rooms.get(room, RoomContext())
-            words = tuple(dict.fromkeys((*self.settings.hotwords, *context.hotwords)))
-        if getattr(self.recognizer, "multilingual", True):
-            return words
-        return tuple(w for w in words if latin_script(w))
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
         started = time.monotonic()
         try:
             results = await self._call(batch, language)
         except Exception:
-            if len(batch) > 1:
-                # One bad item must not lose the others: retry them one at a time.
-                self.log.exception("batch recognition failed; retrying one by one", size=len(batch))
-                for utt in batch:
-                    await self._recognize([utt], language)
-                return
-            self.counters.failed += 1
-            utt = batch[0]
-            self.log.exception("recognition failed", room=utt.room, utterance_id=utt.id)
-            if utt.source is not None and not utt.partial:  # the batch job must hear of it
-                name = getattr(self.recognizer, "name", "?")
-                await self.outbox.put(
-                    Transcript(utt, "", "", language or "", 0.0, name, 0.0, error="recognition failed")
-                )
+            await self._failed(batch, language)
             return
         elapsed_ms = (time.monotonic() - started) * 1000
-        self.latencies.append(elapsed_ms)
-        self.counters.batches += 1
-        self.counters.batch_sizes.append(len(batch))
-        transcripts: list[Transcript] = []
-        for utt, result in zip(batch, results, strict=True):
-            if utt.partial:
-                self.counters.partials += 1
-                if self.on_partial is not None and result.text:
-                    self.on_partial(utt, result)
-                continue
-            self.counters.utterances += 1
-            self.counters.audio_seconds += utt.duration_s
-            log = self.log.bind(room=utt.room, utterance_id=utt.id)
-            if not result.text:
-                self.counters.empty += 1
-                log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
-                if utt.source is None:
-                    continue
-                # Batch work: an empty transcript still goes on, so the job can tell when a
-                # file's every segment is done (pipeline/batch.py); nothing publishes it.
-            if result.text:
-                self._previous.pop(utt.room, None)
-                self._previous[utt.room] = (result.text, utt.end_wall)
-                if len(self._previous) > MAX_ROOMS_REMEMBERED:  # batch files come and go: forget the oldest
-                    del self._previous[next(iter(self._previous))]
-            log.info(
-                "utterance recognized",
-                recognize_ms=round(elapsed_ms),
-                batch=len(batch),
-                temperature=result.temperature,
-                text=result.text,
-            )
-            transcripts.append(
-                Transcript(
-                    utterance=utt,
-                    text=result.text,
-                    raw_text=result.text,
-                    language=result.language,
-                    confidence=result.confidence,
-                    model=self.recognizer.name,
-                    recognize_ms=elapsed_ms,
-                    segments=timed_segments(result.segments, utt.speech, utt.duration_s),
-                )
-            )
+        c = self.counters
+        c.latencies_ms.append(elapsed_ms)
+        c.batches += 1
+        c.batch_sizes.append(len(batch))
+        pairs = zip(batch, results, strict=True)
+        transcripts = [t for utt, result in pairs if (t := self._transcript(utt, result, elapsed_ms, len(batch)))]
         transcripts = await self._fill_gaps(transcripts, language)
         for t in await self._with_joint(transcripts, language):
-            await self.outbox.put(t)
+            await self.emit(t)
+
+    async def _failed(self, batch: list[Utterance], language: str | None) -> None:
+        if len(batch) > 1:
+            # One bad item must not lose the others: retry them one at a time.
+            self.log.exception("batch recognition failed; retrying one by one", size=len(batch))
+            for utt in batch:
+                await self._recognize([utt], language)
+            return
+        self.counters.failed += 1
+        utt = batch[0]
+        self.log.exception("recognition failed", room=utt.room, utterance_id=utt.id)
+        if utt.batch:  # the batch job must hear of it
+            name = self.recognizer.name
+            await self.emit(Transcript(utt, "", "", language or "", 0.0, name, 0.0, error="recognition failed"))
+
+    def _transcript(self, utt: Utterance, result: Recognition, elapsed_ms: float, size: int) -> Transcript | None:
+        """The transcript of one result; None for a partial (handed to ``on_partial``) and for
+        a live utterance with no text. Batch work keeps its empty transcripts: the job counts
+        every segment to know when a file is done (pipeline/batch.py)."""
+        if utt.partial:
+            self.counters.partials += 1
+            if self.on_partial is not None and result.text:
+                self.on_partial(utt, result)
+            return None
+        self.counters.utterances += 1
+        self.counters.audio_seconds += utt.duration_s
+        log = self.log.bind(room=utt.room, utterance_id=utt.id)
+        if not result.text:
+            self.counters.empty += 1
+            log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
+            if not utt.batch:
+                return None
+        else:
+            self.rooms.remember(utt.room, result.text, utt.end_wall)
+        log.info(
+            "utterance recognized",
+            recognize_ms=round(elapsed_ms),
+            batch=size,
+            temperature=result.temperature,
+            text=result.text,
+        )
+        return Transcript(
+            utterance=utt,
+            text=result.text,
+            raw_text=result.text,
+            language=result.language,
+            confidence=result.confidence,
+            model=self.recognizer.name,
+            recognize_ms=elapsed_ms,
+            segments=timed_segments(result.segments, utt.speech, utt.duration_s),
+        )
 
     async def _fill_gaps(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
         """Speech spans of a chunk that its timestamped decode left out are recognized on
@@ -360,7 +290,7 @@ class RecognizeStage:
             return out
         audios = [out[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
         try:
-            results = await self._model(self.recognizer.recognize, audios, language)
+            results: list[Recognition] = await self._model(self.recognizer.recognize, audios, language)
         except Exception:
             self.log.exception("recognizing a chunk's left-out speech failed", spans=len(wanted))
             return out
@@ -374,32 +304,17 @@ class RecognizeStage:
         return out
 
     def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance]]:
-        """Pieces to recognize once more together with the room's previous piece.
-
-        The texts of two pieces say a lot ("turn on the | kitchen lights") but tiny models
-        punctuate fragments as sentences; the recognizer hearing both pieces as one stretch
-        is a second opinion: one sentence, or a full stop between them (pipeline/stitch.py,
-        JOINT_BONUS). Pairs whose texts cannot reach a join even with it cost nothing."""
+        """(index, the room's previous piece) for each live piece to recognize once more
+        together with that piece (pipeline/stitch_rules.joint_partner)."""
         chosen: list[tuple[int, Utterance]] = []
         for i, t in enumerate(transcripts):
             u = t.utterance
-            if u.source is not None:  # batch work is never stitched
+            if u.batch:  # batch work is never stitched
                 continue
-            previous = self._last_piece.get(u.room)
-            self._last_piece[u.room] = (u, t.raw_text)
-            if previous is None or self.settings.joint_max_gap_s <= 0:
-                continue
-            if not self.rooms.get(u.room, RoomContext()).stitch:
-                continue
-            first, first_text = previous
-            gap_s = u.start_wall - first.end_wall
-            if not 0 <= gap_s <= self.settings.joint_max_gap_s:
-                continue
-            if first.duration_s + JOINT_PAUSE_S + u.duration_s > JOINT_MAX_S:
-                continue
-            # As the stitcher will score it if the joint decode hears one sentence.
-            score = join_score(without_strong_final(first_text), t.raw_text, gap_s, t.language)
-            if score >= JOIN_SCORE - JOINT_BONUS:
+            room = self.rooms[u.room]
+            previous, room.last_piece = room.last_piece, (u, t.raw_text)
+            max_gap_s = self.settings.joint_max_gap_s if room.stitch else 0.0
+            if (first := joint_partner(previous, t, max_gap_s)) is not None:
                 chosen.append((i, first))
         return chosen
 
@@ -410,10 +325,11 @@ class RecognizeStage:
         pause = np.zeros(round(JOINT_PAUSE_S * SAMPLE_RATE), np.float32)
         audios = [np.concatenate([first.audio, pause, transcripts[i].utterance.audio]) for i, first in chosen]
         rooms = [transcripts[i].utterance.room for i, _ in chosen]
-        hotwords: list[Sequence[str]] = [self.hotwords(room) for room in rooms]
-        prompts = [", ".join(words) for words in hotwords]
+        prompts = [", ".join(self._decoding_hotwords(room)) if self.capabilities.prompt else "" for room in rooms]
         try:
-            results = await self._model(self.recognizer.recognize, audios, language, prompts, hotwords)
+            results: list[Recognition] = await self._model(
+                self.recognizer.recognize, audios, language, prompts, self._hotwords(rooms)
+            )
         except Exception:
             # The pieces still go out, judged by their texts alone.
             self.log.exception("joint recognition failed", size=len(audios))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -12,9 +13,10 @@ import numpy as np
 import structlog
 
 from pipeline.framing import Framer
-from pipeline.health import Progress
-from pipeline.messages import PARTIAL_PRIORITY, SAMPLE_RATE, EndOfStream, Frame, Utterance
+from pipeline.health import BusyWatch
+from pipeline.messages import SAMPLE_RATE, BatchFile, Frame, Utterance, Work
 from pipeline.queues import DropOldestQueue
+from pipeline.roomstate import RoomState
 from pipeline.sources import AudioFileError, AudioSource, CaptureError, Reconnecting
 from pipeline.vad import Segment, UtteranceAssembler, VadParams
 
@@ -31,7 +33,6 @@ class RoomCounters:
     errors: int = 0
     state: str = "starting"  # starting | listening | speaking | paused | unavailable | idle | failed
     last_error: str | None = None
-    speech_started_at: float | None = None  # time.monotonic() when the current speech began
     partials_skipped: int = 0
     vad_seconds: float = 0.0  # time in VAD calls (on the VAD thread)
 
@@ -39,48 +40,48 @@ class RoomCounters:
 class Room:
     """Runs one room's capture and VAD; sends utterances to ``out``.
 
+    It is the graph's source, not a stage: many rooms share the one utterance queue, so a
+    room ending puts nothing in it (the App puts the end marker once every room is done).
+    Inside, capture and VAD are two tasks joined by a frame queue that ends with ``None``.
     A failing source (file gone, device missing) is logged and leaves this room idle; it
     never stops the other rooms or the daemon.
     """
 
     def __init__(
         self,
-        name: str,
+        state: RoomState,
         source: AudioSource,
+        out: asyncio.Queue[Utterance | None],
         vad_params: VadParams,
+        *,
         speech_prob_factory: Callable[[], Callable[[np.ndarray], float]],
         vad_executor: Executor,
-        out: asyncio.Queue[Utterance | None],
         id_prefix: str,
-        language: str | None = None,
-        source_label: str | None = None,
-        priority: int = 0,
+        batch_file: BatchFile | None = None,
         partial_interval_ms: int = 0,
         on_state: Callable[[Room], None] | None = None,
-        progress: Progress | None = None,
+        watch: BusyWatch | None = None,
     ) -> None:
-        self.name = name
+        self.state = state
+        self.name = state.name
         self.source = source
         self.vad_params = vad_params
         self.speech_prob_factory = speech_prob_factory
         self.vad_executor = vad_executor
         self.out = out
         self.id_prefix = id_prefix
-        self.language = language
-        self.source_label = source_label
-        self.priority = priority
+        self.batch_file = batch_file
         # 0: no partials. Otherwise every this many ms of speech, the audio so far goes to
         # the recognizer for an interim result.
         self.partial_interval = partial_interval_ms * SAMPLE_RATE // 1000
         self._partial_at = 0
         self._partial_start = -1
-        self.paused = False
         self.on_state = on_state  # called when the state changes (listening, speaking, paused, idle)
         self.counters = RoomCounters()
-        self.progress = progress or Progress()  # the VAD calls, for the watchdog
+        self.watch = watch or BusyWatch()  # the VAD calls, for the watchdog
         # Set at the first chunk, or when the source fails or ends: the room is up either way.
         self.started = asyncio.Event()
-        self.log = structlog.get_logger().bind(room=name)
+        self.log = structlog.get_logger().bind(room=self.name)
         self._count = 0
         # Live sources that come and go: while gone the room is "unavailable".
         self.unavailable = False
@@ -88,7 +89,8 @@ class Room:
             source.on_change = self._availability
         self._framer = Framer()
         self._wall0 = time.time()  # wall-clock time of stream offset 0 (moved on after a gap)
-        self._frames: asyncio.Queue[Frame | EndOfStream]
+        self._frames: asyncio.Queue[Frame | None]  # None: the source ended (why: _end_reason)
+        self._end_reason = "end_of_stream"
         if source.realtime:
             self._frames = DropOldestQueue(FRAME_QUEUE_FRAMES)
         else:
@@ -99,7 +101,7 @@ class Room:
             group.create_task(self._capture(stop), name=f"capture:{self.name}")
             group.create_task(self._vad(), name=f"vad:{self.name}")
 
-    async def _put(self, item: Frame | EndOfStream) -> None:
+    async def _put(self, item: Frame | None) -> None:
         if isinstance(self._frames, DropOldestQueue) and isinstance(item, Frame):
             self._put_live(item)
         else:
@@ -143,10 +145,13 @@ class Room:
         self.log.info("room listening", source=self.source.description)
         reason = "end_of_stream"
         try:
-            async for chunk in self.source.chunks(stop):
-                self.started.set()  # the device is open and delivering
-                for offset, samples in framer.push(chunk):
-                    await self._put(self._frame(offset, samples))
+            # Closed here when capture stops early (an error, a cancel), not by the garbage
+            # collector: a source may hold a subprocess to reap.
+            async with contextlib.aclosing(self.source.chunks(stop)) as chunks:
+                async for chunk in chunks:
+                    self.started.set()  # the device is open and delivering
+                    for offset, samples in framer.push(chunk):
+                        await self._put(self._frame(offset, samples))
             for offset, samples in framer.flush():
                 await self._put(self._frame(offset, samples))
             if stop.is_set():
@@ -157,31 +162,36 @@ class Room:
             self.counters.last_error = str(exc)
             self.log.error("room source failed", error=str(exc))
         self.started.set()
-        await self._frames.put(EndOfStream(self.name, reason))
+        self._end_reason = reason
+        await self._frames.put(None)
 
     def _frame(self, offset: int, samples: np.ndarray) -> Frame:
         self.counters.frames += 1
         return Frame(self.name, samples, offset, self._wall0 + offset / SAMPLE_RATE, time.monotonic())
+
+    @property
+    def paused(self) -> bool:
+        return self.state.paused
 
     async def _vad(self) -> None:
         loop = asyncio.get_running_loop()
         speech_prob = await loop.run_in_executor(self.vad_executor, self.speech_prob_factory)
         assembler = UtteranceAssembler(self.vad_params, speech_prob)
         wall0: float | None = None
-        held: Frame | EndOfStream | None = None
+        ended = False
         while True:
-            item = held or await self._frames.get()
-            held = None
-            if isinstance(item, Frame) and not self.source.realtime:
+            item = None if ended else await self._frames.get()
+            if item is not None and not self.source.realtime:
                 # A file read faster than real time: take every frame already waiting, so the
                 # VAD classifies up to 10 s in one call (several times faster than 500 ms).
-                item, held = self._coalesce(item)
-            if isinstance(item, EndOfStream):
-                segments = assembler.flush(item.reason)
+                item, ended = self._coalesce(item)
+            if item is None:
+                reason = self._end_reason
+                segments = assembler.flush(reason)
                 await self._emit(segments, wall0 or time.time())
                 self.counters.discarded_short = assembler.discarded
-                self._set_state("failed" if item.reason == "error" else "idle")
-                self.log.info("room idle", reason=item.reason, utterances=self.counters.utterances)
+                self._set_state("failed" if reason == "error" else "idle")
+                self.log.info("room idle", reason=reason, utterances=self.counters.utterances)
                 return
             # Each frame says where offset 0 lies in wall-clock time (a live source that was
             # gone for a while moves it on).
@@ -189,7 +199,7 @@ class Room:
             # Paused: the VAD hears silence, so speech in progress ends as usual and stream
             # offsets (and so wall times) stay right; the audio itself is not used.
             samples = np.zeros_like(item.samples) if self.paused else item.samples
-            with self.progress.busy(f"vad:{self.name}"):
+            with self.watch.busy(f"vad:{self.name}"):
                 segments = await loop.run_in_executor(self.vad_executor, self._timed_push, assembler, samples)
             await self._emit(segments, wall0)
             if self.partial_interval:
@@ -200,7 +210,7 @@ class Room:
                 self._set_state("paused")
             elif assembler.in_speech:
                 if self.counters.state != "speaking":
-                    self.counters.speech_started_at = time.monotonic()
+                    self.state.speech_started_at = time.monotonic()
                     self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
                 self._set_state("speaking")
             else:
@@ -214,20 +224,20 @@ class Room:
         finally:
             self.counters.vad_seconds += time.perf_counter() - started
 
-    def _coalesce(self, first: Frame) -> tuple[Frame, EndOfStream | None]:
-        """``first`` and the frames queued behind it as one frame; the end of the stream,
-        if it was queued too, comes back separately."""
+    def _coalesce(self, first: Frame) -> tuple[Frame, bool]:
+        """``first`` and the frames queued behind it as one frame, and whether the end of
+        the stream was queued too."""
         parts = [first.samples]
-        end: EndOfStream | None = None
+        ended = False
         while not self._frames.empty():
             nxt = self._frames.get_nowait()
-            if isinstance(nxt, EndOfStream):
-                end = nxt
+            if nxt is None:
+                ended = True
                 break
             parts.append(nxt.samples)
         if len(parts) == 1:
-            return first, end
-        return Frame(first.room, np.concatenate(parts), first.offset, first.wall, first.mono), end
+            return first, ended
+        return Frame(first.room, np.concatenate(parts), first.offset, first.wall, first.captured_at), ended
 
     def _set_state(self, state: str) -> None:
         if state != self.counters.state:
@@ -256,9 +266,9 @@ class Room:
             end_wall=wall0 + (start + len(audio)) / SAMPLE_RATE,
             reason="partial",
             decided_at=time.monotonic(),
-            language=self.language,
-            source=self.source_label,
-            priority=PARTIAL_PRIORITY,
+            language=self.state.language,
+            kind=Work.PARTIAL,
+            file=self.batch_file,
         )
         try:
             self.out.put_nowait(utt)
@@ -279,9 +289,9 @@ class Room:
                 end_wall=wall0 + seg.end / SAMPLE_RATE,
                 reason=seg.reason,
                 decided_at=time.monotonic(),
-                language=self.language,
-                source=self.source_label,
-                priority=self.priority,
+                language=self.state.language,
+                kind=Work.LIVE if self.batch_file is None else Work.BATCH,
+                file=self.batch_file,
             )
             self.log.info(
                 "utterance cut",

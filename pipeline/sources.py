@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,12 @@ class AudioSource(Protocol):
     realtime: bool
     description: str
 
-    def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]: ...
+    @property
+    def overflows(self) -> int:
+        """Buffers the device overran (microphones; 0 for the others)."""
+        ...
+
+    def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]: ...
 
 
 def open_audio(path: Path) -> sf.SoundFile:
@@ -74,13 +79,15 @@ class FileSource:
     file again at its end.
     """
 
+    overflows = 0
+
     def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
         self.path = path
         self.realtime = realtime
         self.loop = loop
         self.description = f"file {path}"
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         started = time.monotonic()
         emitted = 0
         while not stop.is_set():
@@ -194,7 +201,7 @@ class MicSource:
         self.description = f"mic {device}"
         self.overflows = 0
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         import pyaudio
 
         from pipeline.queues import DropOldestQueue
@@ -264,6 +271,8 @@ class PushSource:
     Real time like a microphone: ``push`` never waits; when the room is behind, the oldest
     chunk goes and is counted (``dropped``)."""
 
+    overflows = 0
+
     realtime = True
 
     def __init__(self, description: str, max_chunks: int = 512) -> None:
@@ -292,7 +301,7 @@ class PushSource:
         if len(out):
             self._inbox.put_dropping_oldest(out)
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         while not stop.is_set():
             try:
                 yield await asyncio.wait_for(self._inbox.get(), timeout=0.5)
@@ -306,9 +315,25 @@ def ffmpeg_path() -> str | None:
     return shutil.which("ffmpeg")
 
 
+async def reap(proc: asyncio.subprocess.Process, timeout_s: float = 5.0) -> None:
+    """Kill ``proc`` if it still runs, wait for it, and read its pipes to their end: asyncio
+    closes a subprocess transport only once every pipe is at EOF, so an ffmpeg killed with
+    its output unread would otherwise leave an open transport for the garbage collector
+    (a ResourceWarning in whatever runs then). Nobody else may be reading the pipes."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    pipes = [p.read() for p in (proc.stdout, proc.stderr) if p is not None and not p.at_eof()]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*pipes, proc.wait())
+
+
 class FfmpegSource:
     """Any container ffmpeg reads (MP4, MKV, M4A, WebM, MP3...), decoded by an ffmpeg
     subprocess into 16 kHz mono float32; read as fast as the pipeline takes it."""
+
+    overflows = 0
 
     realtime = False
 
@@ -316,7 +341,7 @@ class FfmpegSource:
         self.path = path
         self.description = f"ffmpeg {path}"
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         binary = ffmpeg_path()
         if binary is None:
             raise AudioFileError(f"{self.path}: not a format soundfile reads, and ffmpeg is not installed")
@@ -342,9 +367,7 @@ class FfmpegSource:
             errors = (await proc.stderr.read()).decode(errors="replace").strip()
             code = await proc.wait()
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
         if code != 0 or (got == 0 and not stop.is_set()):
             reason = errors.splitlines()[-1] if errors else f"ffmpeg exited with {code}"
             raise AudioFileError(f"{self.path}: ffmpeg could not decode it ({reason})")
@@ -364,6 +387,8 @@ class StreamSource:
     ``stall_s`` or ffmpeg fails, ``SourceLost`` carries ffmpeg's last error line; run inside
     ``Reconnecting`` it is opened again.
     """
+
+    overflows = 0
 
     realtime = True
 
@@ -390,7 +415,7 @@ class StreamSource:
             if text:
                 self.errors = [*self.errors[-4:], text]
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         binary = ffmpeg_path()
         if binary is None:
             raise CaptureError("a stream source needs ffmpeg, which is not installed (apt install ffmpeg)")
@@ -427,11 +452,9 @@ class StreamSource:
             why = self.errors[-1] if self.errors else f"ffmpeg exited with {code}"
             raise SourceLost(f"{self.description}: stream ended ({why})")
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), timeout=5)
             errors.cancel()
+            await asyncio.wait([errors])  # it reads stderr: stopped before reap reads the rest
+            await reap(proc)
 
 
 @dataclass(frozen=True)
@@ -468,6 +491,10 @@ class Reconnecting:
         self.on_change: Callable[[bool, str | None], None] | None = None
         self._lost_at: float | None = None
 
+    @property
+    def overflows(self) -> int:
+        return self.inner.overflows
+
     def _set(self, available: bool, reason: str | None) -> None:
         if available == self.available and reason == self.last_error:
             return
@@ -484,15 +511,18 @@ class Reconnecting:
         if self.on_change is not None:
             self.on_change(available, reason)
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         delays = self.backoff.delays()
         while not stop.is_set():
             try:
-                async for chunk in self.inner.chunks(stop):
-                    if not self.available:
-                        self._set(True, None)
-                        delays = self.backoff.delays()
-                    yield chunk
+                # Closed here, not by the garbage collector: an inner source may hold a
+                # subprocess that must be reaped when this generator stops early.
+                async with contextlib.aclosing(self.inner.chunks(stop)) as chunks:
+                    async for chunk in chunks:
+                        if not self.available:
+                            self._set(True, None)
+                            delays = self.backoff.delays()
+                        yield chunk
                 if stop.is_set():
                     return
                 raise SourceLost(f"{self.description}: ended")

@@ -2,14 +2,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import Mosquitto
 
+if TYPE_CHECKING:
+    from models.recognizer import WhisperRecognizer
+
 
 @pytest.fixture(scope="session")
-def recognizer():  # type: ignore[no-untyped-def]
+def recognizer() -> WhisperRecognizer:
     """The bundled Whisper tiny.en, loaded once for the whole session (float32, CPU)."""
     from models.recognizer import load_recognizer
 

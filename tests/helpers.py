@@ -46,7 +46,8 @@ def speak(text: str, rate: int = 16000, ssml: bool = False) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         subprocess.run(["espeak-ng", *(["-m"] if ssml else []), "-s", "150", "-w", tmp.name, text], check=True)
         audio, sr = sf.read(tmp.name, dtype="float32")
-    return soxr.resample(audio, sr, rate).astype(np.float32) if sr != rate else audio
+    out = soxr.resample(audio, sr, rate) if sr != rate else audio
+    return np.asarray(out, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -249,13 +250,15 @@ class Subscriber:
     ) -> None:
 
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self.arrivals: list[float] = []  # time.time() of each message, same order
         self._cond = threading.Condition()
         self.topic = topic
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+        # paho types these as int, but takes (and sleeps) fractions of a second.
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         if ca is not None:

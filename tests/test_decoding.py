@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from models.api import DecodingOptions
 from models.decoding import compression_ratio
-from models.recognizer import DecodingOptions, load_recognizer
+from models.recognizer import WhisperRecognizer, load_recognizer
 from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak, wer
 
 # float16/bfloat16 must give the float32 words, except for at most this many word edits
@@ -48,7 +49,7 @@ def test_compression_ratio_flags_repetition() -> None:
     assert compression_ratio("thank you " * 30) > 2.4
 
 
-def test_beam_search(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_beam_search(recognizer: WhisperRecognizer) -> None:
     beam = load_recognizer("bundled:tiny.en", "cpu", options=DecodingOptions(beam_size=5))
     audios = [speak(s) for s in SENTENCES]
     texts = [r.text for r in beam.recognize(audios)]
@@ -128,7 +129,7 @@ def test_fallback_walks_the_temperatures_and_rejects_hallucinations() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_low_precision_matches_float32(recognizer, audios: list[np.ndarray], dtype: str) -> None:  # type: ignore[no-untyped-def]
+def test_low_precision_matches_float32(recognizer: WhisperRecognizer, audios: list[np.ndarray], dtype: str) -> None:
     reference = [r.text for r in recognizer.recognize(audios)]
     low = load_recognizer("bundled:tiny.en", "cpu", dtype)
     assert low.model.decoder.embeddings.weight.dtype == getattr(__import__("torch"), dtype)
@@ -151,7 +152,7 @@ def test_int8_needs_cpu_float32() -> None:
 
 
 def test_hotword_bonus_follows_a_hotword_already_begun() -> None:
-    from models.decoding import HotwordTokens, hotword_bonus
+    from models.logits import HotwordTokens, hotword_bonus
 
     hotwords = [[HotwordTokens((10, 11, 12), begun=1), HotwordTokens((20, 21, 22), begun=2)]]
     # Nothing begun: no bonus at all (first tokens are not pulled in).
@@ -166,7 +167,7 @@ def test_hotword_bonus_follows_a_hotword_already_begun() -> None:
     assert {row for row, _, _ in hotword_bonus([[10], [10]], hotwords, 2, 2.0)} == {0, 1}
 
 
-def test_hotwords_steer_a_rare_name(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_hotwords_steer_a_rare_name(recognizer: WhisperRecognizer) -> None:
     audio = speak("We run the service on Kubernetes.")
     plain = recognizer.recognize([audio])[0].text
     assert "Kubernetes" not in plain  # tiny.en writes "Cuba, Nita."
@@ -178,7 +179,8 @@ def test_timestamp_grammar_and_segments() -> None:
     """Whisper's timestamp rules on hand-made logits, and segments read back from tokens."""
     import torch
 
-    from models.decoding import apply_timestamp_rules, split_segments
+    from models.decoding import split_segments
+    from models.logits import apply_timestamp_rules
 
     begin, eot, vocab = 100, 50, 200
     inf = float("-inf")

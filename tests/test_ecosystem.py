@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.hermes import audio_frame_topic, decode_audio_frame, text_captured
-from daemon.homeassistant import STATE_MAX_CHARS, discovery_messages, node_id
+from daemon.integrations.hermes import audio_frame_topic, decode_audio_frame, text_captured
+from daemon.integrations.homeassistant import STATE_MAX_CHARS, discovery_messages, node_id
 from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, normalize, speak, wer, write_config
 
 RECORD: dict[str, Any] = {
@@ -116,6 +116,7 @@ def test_audio_frames_decode_at_any_rate_and_channel_count_and_garbage_is_refuse
 @pytest.mark.slow
 def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, broker: Mosquitto) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     text = "Please turn on the kitchen lights."
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
@@ -125,7 +126,7 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
     sub = Subscriber(broker.port, "#", "viewer")
     assert sub.connected.wait(10)
     daemon = Daemon(config)
-    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="satellite1")
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="satellite1")
     sender.connect("127.0.0.1", broker.port)
     sender.loop_start()
     try:

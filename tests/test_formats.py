@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from models.ct2 import ModelFormatError, read_ct2
 from models.loading import ModelNotFoundError, dims_from_ct2, resolve_model, state_dict_from_ct2
 from models.whisper import WhisperDims
 from tests.helpers import SENTENCES, speak
+
+if TYPE_CHECKING:
+    from models.recognizer import WhisperRecognizer
 
 
 def split_attention(state: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
@@ -33,10 +37,10 @@ def split_attention(state: dict[str, torch.Tensor], width: int) -> dict[str, tor
         linear, kind = rest.split(".")
         base = f"{prefix}.{block}"
         if block == "self_attention" and linear == "linear_0":
-            for part, chunk in zip("qkv", tensor.split(width), strict=True):
+            for part, chunk in zip("qkv", torch.split(tensor, width), strict=True):
                 out[f"{base}.{part}.{kind}"] = chunk
         elif block == "attention" and linear == "linear_1":
-            for part, chunk in zip("kv", tensor.split(width), strict=True):
+            for part, chunk in zip("kv", torch.split(tensor, width), strict=True):
                 out[f"{base}.{part}.{kind}"] = chunk
         elif linear == "linear_0":
             out[f"{base}.q.{kind}"] = tensor
@@ -148,7 +152,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("fmt", ["openai", "hf"])
 def test_converted_checkpoints_give_identical_transcripts(
     converted: dict[str, Path],
-    recognizer,  # type: ignore[no-untyped-def]
+    recognizer: WhisperRecognizer,
     fmt: str,
 ) -> None:
     from models.recognizer import load_recognizer

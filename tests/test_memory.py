@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ from models.memory import (
     available_ram_bytes,
     configure_cuda_allocator,
 )
+
+if TYPE_CHECKING:
+    from models.recognizer import WhisperRecognizer
 
 MB = 1 << 20
 
@@ -101,7 +105,9 @@ def test_available_ram_is_plausible() -> None:
     assert 64 * MB < available_ram_bytes() < 1 << 50
 
 
-def test_recognizer_survives_a_real_oom_in_its_model_call(recognizer, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_recognizer_survives_a_real_oom_in_its_model_call(
+    recognizer: WhisperRecognizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real recognizer: its batch call fails with torch's OOM above two items."""
     import torch
 
@@ -159,10 +165,11 @@ def test_cuda_attention_leaves_out_cudnn_plans() -> None:
 
     from models.recognizer import avoid_per_shape_attention_plans
 
-    before = torch.backends.cuda.cudnn_sdp_enabled()
+    before = torch.backends.cuda.cudnn_sdp_enabled()  # type: ignore[no-untyped-call]  # untyped in torch
     try:
         avoid_per_shape_attention_plans()
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()  # type: ignore[no-untyped-call]
+        cuda = torch.backends.cuda
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()  # type: ignore[no-untyped-call]
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)

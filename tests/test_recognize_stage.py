@@ -12,18 +12,23 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.recognizer import Recognition, Recognizer
-from pipeline.messages import PARTIAL_PRIORITY, Transcript, Utterance
-from pipeline.recognize import RecognizeSettings, RecognizeStage, RoomContext
+from models.api import Capabilities, Recognition, Recognizer
+from pipeline.messages import Transcript, Utterance, Work
+from pipeline.recognize import RecognizeSettings, RecognizeStage
+from pipeline.roomstate import RoomState, RoomStates
+
+CAPABILITIES = Capabilities(
+    multilingual=True, prompt=True, timestamps=True, hotword_bias=True, beam_search=False, max_batch=16, max_audio_s=30
+)
 
 
-class RecordingRecognizer(Recognizer):
+class RecordingRecognizer:
     """Returns each utterance's marker as its text and records every call."""
 
     name = "recording"
     device = "cpu"
     dtype = "float32"
-    max_audio_s = 30.0
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[str]]] = []
@@ -37,6 +42,7 @@ class RecordingRecognizer(Recognizer):
         language: str | None = None,
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
     ) -> list[Recognition]:
         self.threads.add(threading.get_ident())
         self.hotwords.append([tuple(h) for h in hotwords or []])
@@ -48,17 +54,32 @@ class RecordingRecognizer(Recognizer):
         self.released += 1
 
 
-def utterance(n: int, room: str = "kitchen", priority: int = 0, start: float = 0.0) -> Utterance:
+def utterance(n: int, room: str = "kitchen", kind: Work = Work.LIVE, start: float = 0.0) -> Utterance:
     audio = np.full(1600, n, dtype=np.float32)
     wall = 1000 + start
     uid = f"{room}-{n}"
-    return Utterance(room, uid, audio, start, start + 1, wall, wall + 1, "silence", float(n), priority=priority)
+    return Utterance(room, uid, audio, start, start + 1, wall, wall + 1, "silence", float(n), kind=kind)
+
+
+def make_stage(
+    recognizer: Recognizer,
+    executor: ThreadPoolExecutor,
+    inbox: asyncio.Queue[Utterance | None],
+    output: asyncio.Queue[Transcript | None],
+    settings: RecognizeSettings,
+    rooms: RoomStates | None = None,
+    on_partial: Callable[[Utterance, Recognition], None] | None = None,
+) -> RecognizeStage:
+    rooms = rooms or RoomStates()
+    return RecognizeStage(
+        inbox, output, settings, recognizer=recognizer, executor=executor, rooms=rooms, on_partial=on_partial
+    )
 
 
 def run_stage(
     items: list[Utterance],
     settings: RecognizeSettings,
-    rooms: dict[str, RoomContext] | None = None,
+    rooms: RoomStates | None = None,
     on_partial: Callable[[Utterance, Recognition], None] | None = None,
 ) -> tuple[RecordingRecognizer, list[Transcript]]:
     recognizer = RecordingRecognizer()
@@ -70,7 +91,7 @@ def run_stage(
             inbox.put_nowait(item)
         inbox.put_nowait(None)
         with ThreadPoolExecutor(1) as executor:
-            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms, on_partial)
+            stage = make_stage(recognizer, executor, inbox, outbox, settings, rooms, on_partial)
             await asyncio.wait_for(stage.run(), timeout=10)
         out = []
         while (t := outbox.get_nowait()) is not None:
@@ -88,15 +109,15 @@ def test_waiting_utterances_share_a_batch_up_to_max_batch() -> None:
 
 
 def test_live_rooms_go_before_batch_work() -> None:
-    items = [utterance(1, "file", priority=1), utterance(2, "file", priority=1), utterance(3, "kitchen")]
+    items = [utterance(1, "file", Work.BATCH), utterance(2, "file", Work.BATCH), utterance(3, "kitchen")]
     recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1))
     assert [texts[0] for texts, _ in recognizer.calls] == ["text 3", "text 1", "text 2"]
 
 
 def test_prompt_is_previous_utterance_and_hotwords() -> None:
     items = [utterance(1, start=0.0), utterance(2, start=5.0), utterance(3, start=500.0)]
-    settings = RecognizeSettings(max_batch=1, hotwords=("Kubernetes",), prompt_max_gap_s=60)
-    rooms = {"kitchen": RoomContext(hotwords=("Zhang Xiaomei",))}
+    settings = RecognizeSettings(max_batch=1, prompt_max_gap_s=60)
+    rooms = RoomStates.of(["Kubernetes"], [RoomState("kitchen", hotwords=("Zhang Xiaomei",))])
     recognizer, _ = run_stage(items, settings, rooms)
     prompts = [p[0] for _, p in recognizer.calls]
     assert prompts[0] == "Kubernetes, Zhang Xiaomei"
@@ -108,7 +129,8 @@ def test_prompt_is_previous_utterance_and_hotwords() -> None:
 
 def test_prompt_previous_can_be_switched_off_per_room() -> None:
     items = [utterance(1), utterance(2, start=2.0)]
-    recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1), {"kitchen": RoomContext(prompt_previous=False)})
+    rooms = RoomStates.of((), [RoomState("kitchen", prompt_previous=False)])
+    recognizer, _ = run_stage(items, RecognizeSettings(max_batch=1), rooms)
     assert [p[0] for _, p in recognizer.calls] == ["", ""]
 
 
@@ -119,7 +141,7 @@ def test_idle_stage_releases_cached_memory() -> None:
         inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
         outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
         with ThreadPoolExecutor(1) as executor:
-            stage = RecognizeStage(recognizer, executor, inbox, outbox, RecognizeSettings(idle_release_s=0.05))
+            stage = make_stage(recognizer, executor, inbox, outbox, RecognizeSettings(idle_release_s=0.05))
             task = asyncio.create_task(stage.run())
             await inbox.put(utterance(1))
             await asyncio.wait_for(outbox.get(), timeout=5)
@@ -133,7 +155,7 @@ def test_idle_stage_releases_cached_memory() -> None:
 
 
 def partial(n: int, room: str = "kitchen", at: float = 0.0) -> Utterance:
-    u = utterance(n, room, priority=PARTIAL_PRIORITY)
+    u = utterance(n, room, Work.PARTIAL)
     return dataclasses.replace(u, reason="partial", decided_at=at)
 
 
@@ -180,6 +202,7 @@ class ScriptedRecognizer(RecordingRecognizer):
         language: str | None = None,
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
     ) -> list[Recognition]:
         super().recognize(audios, language, prompts, hotwords)
         texts = [self.JOINT if len(a) > 1600 else self.TEXTS[int(a[0])] for a in audios]
@@ -199,7 +222,7 @@ def test_undecided_pairs_are_recognized_together_once() -> None:
     ]
     recognizer = ScriptedRecognizer()
     settings = RecognizeSettings(max_batch=16, joint_max_gap_s=2.0)
-    rooms = {"office": RoomContext(stitch=False)}
+    rooms = RoomStates.of((), [RoomState("kitchen"), RoomState("office", stitch=False)])
 
     async def scenario() -> list[Transcript]:
         inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
@@ -207,7 +230,7 @@ def test_undecided_pairs_are_recognized_together_once() -> None:
         for item in [*items, None]:
             inbox.put_nowait(item)
         with ThreadPoolExecutor(1) as executor:
-            stage = RecognizeStage(recognizer, executor, inbox, outbox, settings, rooms)
+            stage = make_stage(recognizer, executor, inbox, outbox, settings, rooms)
             await asyncio.wait_for(stage.run(), timeout=10)
             assert stage.counters.joint == 1
         out = []
@@ -228,7 +251,7 @@ def test_undecided_pairs_are_recognized_together_once() -> None:
 def test_timed_segments_land_on_the_speech() -> None:
     """Whisper's whole-second segment times are moved onto the VAD's speech bounds nearby,
     never out of order and never past the chunk."""
-    from pipeline.recognize import timed_segments
+    from pipeline.chunks import timed_segments
 
     speech = [(1.2, 3.46), (4.66, 6.78), (7.98, 10.07)]
     whisper = [(0.0, 3.0, "one"), (3.0, 7.0, "two"), (7.0, 10.0, "three"), (10.0, 30.0, "four")]
@@ -245,8 +268,8 @@ def test_settle_finds_speech_a_timestamped_decode_left_out() -> None:
     """tiny.en wrote one short sentence and a closing timestamp 21 s later, over three
     spans of speech: the sentence stays on the first span, the other two are left out and
     will be recognized on their own."""
+    from pipeline.chunks import settle
     from pipeline.messages import TimedText
-    from pipeline.recognize import settle
 
     speech = [(0.0, 3.2), (5.7, 8.7), (10.8, 21.3)]
     segments, gaps = settle([TimedText(0.0, 21.1, "No one who is himself honest will doubt my being so.")], speech)

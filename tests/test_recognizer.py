@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from models.decoding import MAX_SAMPLE_TOKENS, REPEAT_COUNT, loop_length, token_budget
+from models.decoding import MAX_SAMPLE_TOKENS, token_budget
+from models.search import REPEAT_COUNT, loop_length
 from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak, wer
+
+if TYPE_CHECKING:
+    from models.recognizer import WhisperRecognizer
 
 ESPEAK_WER_BOUND = 0.15
 RECORDED_WER_BOUND = 0.10
@@ -32,7 +37,7 @@ def test_loop_detection() -> None:
     assert loop_length([3, 4, 5] * (REPEAT_COUNT - 1)) == 0
 
 
-def test_espeak_sentences(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_espeak_sentences(recognizer: WhisperRecognizer) -> None:
     results = recognizer.recognize([speak(s) for s in SENTENCES])
     hyps = [r.text for r in results]
     error = wer(SENTENCES, hyps)
@@ -41,14 +46,14 @@ def test_espeak_sentences(recognizer) -> None:  # type: ignore[no-untyped-def]
     assert all(r.language == "en" for r in results)
 
 
-def test_batched_equals_one_by_one(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_batched_equals_one_by_one(recognizer: WhisperRecognizer) -> None:
     audios = [speak(s) for s in SENTENCES[:3]]
     batched = [r.text for r in recognizer.recognize(audios)]
     single = [recognizer.recognize([a])[0].text for a in audios]
     assert batched == single
 
 
-def test_cpu_encoder_slices_keep_windows_in_order(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_encoder_slices_keep_windows_in_order(recognizer: WhisperRecognizer) -> None:
     """On a CPU a batch goes through the encoder a few windows at a time; each window's
     output must be the one it gets alone, in its place."""
     import torch
@@ -66,7 +71,7 @@ def test_cpu_encoder_slices_keep_windows_in_order(recognizer) -> None:  # type: 
         assert torch.allclose(sliced[i : i + 1], out, atol=1e-4)
 
 
-def test_silence_and_noise_give_no_text(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_silence_and_noise_give_no_text(recognizer: WhisperRecognizer) -> None:
     rng = np.random.default_rng(0)
     silence = np.zeros(3 * 16000, dtype=np.float32)
     hiss = (0.003 * rng.standard_normal(3 * 16000)).astype(np.float32)
@@ -84,7 +89,7 @@ def recorded_clips() -> list[dict[str, object]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not recorded_clips(), reason="shared speech clips not present")
-def test_recorded_english_clips(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_recorded_english_clips(recognizer: WhisperRecognizer) -> None:
     import soundfile as sf
     import soxr
 
@@ -102,7 +107,7 @@ def test_recorded_english_clips(recognizer) -> None:  # type: ignore[no-untyped-
     assert wer(refs, hyps) <= RECORDED_WER_BOUND
 
 
-def test_recognition_builds_no_autograd_graph(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_recognition_builds_no_autograd_graph(recognizer: WhisperRecognizer) -> None:
     import torch
 
     seen: list[bool] = []

@@ -4,9 +4,10 @@ ffmpeg stream source against a real local HTTP stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import soundfile as sf
 
 from pipeline.messages import SAMPLE_RATE, Utterance
 from pipeline.room import Room
+from pipeline.roomstate import RoomState
 from pipeline.sources import Backoff, CaptureError, Reconnecting, SourceLost, StreamSource, redact
 from pipeline.vad import VadParams
 from tests.helpers import HttpAudioServer, free_port, speak
@@ -26,13 +28,14 @@ class Flaky:
 
     realtime = True
     description = "flaky"
+    overflows = 0
 
     def __init__(self, script: list[int | Exception], level: float = 0.0) -> None:
         self.script = script
         self.level = level
         self.opened = 0
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         step = self.script[min(self.opened, len(self.script) - 1)]
         self.opened += 1
         if isinstance(step, Exception):
@@ -61,10 +64,11 @@ async def _run_reconnecting(source: Reconnecting, until: int) -> tuple[list[tupl
     source.on_change = lambda available, reason: changes.append((available, reason))
     stop = asyncio.Event()
     got = 0
-    async for _ in source.chunks(stop):
-        got += 1
-        if got == until:
-            stop.set()
+    async with contextlib.aclosing(source.chunks(stop)) as chunks:
+        async for _ in chunks:
+            got += 1
+            if got == until:
+                stop.set()
     return changes, got
 
 
@@ -86,12 +90,13 @@ class SpeechThenLoss:
 
     realtime = True
     description = "scripted microphone"
+    overflows = 0
 
     def __init__(self, speech: np.ndarray) -> None:
         self.speech = speech
         self.opened = 0
 
-    async def chunks(self, stop: asyncio.Event) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
         self.opened += 1
         step = SAMPLE_RATE // 10
         if self.opened == 1:
@@ -117,8 +122,8 @@ async def _room_around_a_loss() -> tuple[Room, Reconnecting, list[Utterance], li
     states: list[str] = []
     with ThreadPoolExecutor(1) as vad_thread:
         room = Room(
-            "lounge", source, VadParams(), SileroVad, vad_thread, out, "lounge",
-            on_state=lambda r: states.append(r.counters.state),
+            RoomState("lounge"), source, out, VadParams(), speech_prob_factory=SileroVad, vad_executor=vad_thread,
+            id_prefix="lounge", on_state=lambda r: states.append(r.counters.state),
         )  # fmt: skip
         stop = asyncio.Event()
         task = asyncio.create_task(room.run(stop))
@@ -157,10 +162,11 @@ async def _read_stream(url: str, seconds: float, stall_s: float = 5.0) -> np.nda
     stop = asyncio.Event()
     got: list[np.ndarray] = []
     async with asyncio.timeout(60):  # a hang is a failure, not a wait for the suite's timeout
-        async for chunk in source.chunks(stop):
-            got.append(chunk)
-            if sum(len(c) for c in got) >= seconds * SAMPLE_RATE:
-                stop.set()
+        async with contextlib.aclosing(source.chunks(stop)) as chunks:
+            async for chunk in chunks:
+                got.append(chunk)
+                if sum(len(c) for c in got) >= seconds * SAMPLE_RATE:
+                    stop.set()
     return np.concatenate(got)
 
 

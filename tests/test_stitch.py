@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from pipeline.messages import Transcript, Utterance, utterance_record
-from pipeline.stitch import (
+from pipeline.roomstate import RoomState, RoomStates
+from pipeline.stitch import StitchSettings, StitchStage
+from pipeline.stitch_rules import (
     JOIN_SCORE,
     JOINT_BONUS,
     JOINT_PENALTY,
-    StitchSettings,
-    StitchStage,
     ends_sentence_inside,
     join_score,
     join_texts,
 )
 from tests.helpers import speak
+
+if TYPE_CHECKING:
+    from models.recognizer import WhisperRecognizer
 
 
 @pytest.mark.parametrize(
@@ -71,20 +75,27 @@ class Clock:
 
 
 def stage(clock: Clock, speech: dict[str, float] | None = None, **settings: int) -> StitchStage:
+    rooms = RoomStates.of((), [RoomState("kitchen"), RoomState("hall"), RoomState("office", stitch=False)])
+    for room, started in (speech or {}).items():
+        rooms[room].speech_started_at = started
     return StitchStage(
+        asyncio.Queue(),
+        asyncio.Queue(),
         StitchSettings(**settings),  # type: ignore[arg-type]
-        asyncio.Queue(),
-        asyncio.Queue(),
-        speech_started_at=lambda room: (speech or {}).get(room),
-        rooms_enabled={"office": False},
+        rooms=rooms,
         clock=clock,
     )
 
 
+def output(s: StitchStage) -> asyncio.Queue[Transcript | None]:
+    assert s.output is not None
+    return s.output
+
+
 def drain(s: StitchStage) -> list[Transcript]:
     out = []
-    while not s.outbox.empty():
-        item = s.outbox.get_nowait()
+    while not output(s).empty():
+        item = output(s).get_nowait()
         assert item is not None
         out.append(item)
     return out
@@ -96,9 +107,9 @@ def test_pieces_join_and_keep_their_raw_texts() -> None:
 
     async def go() -> None:
         clock.now = 3.0
-        await s.accept(piece("Please turn on the.", 1.0, 2.5, n=1))
+        await s.handle(piece("Please turn on the.", 1.0, 2.5, n=1))
         clock.now = 5.0
-        await s.accept(piece("Kitchen lights.", 3.7, 4.6, n=2))
+        await s.handle(piece("Kitchen lights.", 3.7, 4.6, n=2))
         assert drain(s) == []  # still held: a third piece may follow
         clock.now = 4.6 + 2.1  # max_gap after the last cut, nobody speaking
         await s._release_due()
@@ -118,8 +129,8 @@ def test_no_join_across_max_gap_even_when_it_reads_as_one() -> None:
     s = stage(clock, max_gap_ms=1000, max_hold_ms=5000)
 
     async def go() -> None:
-        await s.accept(piece("Please turn on the.", 1.0, 2.5, n=1))
-        await s.accept(piece("kitchen lights.", 4.0, 5.0, n=2))  # 1.5 s later
+        await s.handle(piece("Please turn on the.", 1.0, 2.5, n=1))
+        await s.handle(piece("kitchen lights.", 4.0, 5.0, n=2))  # 1.5 s later
 
     asyncio.run(go())
     assert [t.text for t in drain(s)] == ["Please turn on the."]
@@ -133,8 +144,8 @@ def test_nobody_speaks_a_complete_sentence_goes_soon_an_unfinished_one_after_max
     async def go() -> list[list[str]]:
         seen = []
         clock.now = 3.0
-        await s.accept(piece("Turn off the lights.", 1.0, 2.5, room="kitchen"))  # decided at 2.5
-        await s.accept(piece("Please turn on the", 1.0, 2.5, room="hall"))
+        await s.handle(piece("Turn off the lights.", 1.0, 2.5, room="kitchen"))  # decided at 2.5
+        await s.handle(piece("Please turn on the", 1.0, 2.5, room="hall"))
         for now in (3.2, 3.3, 4.4, 4.5):
             clock.now = now
             await s._release_due()
@@ -150,7 +161,7 @@ def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
 
     async def go() -> None:
         clock.now = 3.0
-        await s.accept(piece("Please turn on the.", 1.0, 2.5))
+        await s.handle(piece("Please turn on the.", 1.0, 2.5))
         clock.now = 7.9  # past max_gap, but speech started again at 3.0: wait for it
         await s._release_due()
         assert drain(s) == []
@@ -166,10 +177,10 @@ def test_rooms_are_separate_and_a_room_can_switch_stitching_off() -> None:
     s = stage(clock)
 
     async def go() -> None:
-        await s.accept(piece("Please turn on the.", 1.0, 2.0, room="kitchen", n=1))
-        await s.accept(piece("and the radio.", 2.5, 3.0, room="hall", n=1))
-        await s.accept(piece("Please turn on the.", 1.0, 2.0, room="office", n=1))
-        await s.accept(piece("and the radio.", 2.5, 3.0, room="office", n=2))
+        await s.handle(piece("Please turn on the.", 1.0, 2.0, room="kitchen", n=1))
+        await s.handle(piece("and the radio.", 2.5, 3.0, room="hall", n=1))
+        await s.handle(piece("Please turn on the.", 1.0, 2.0, room="office", n=1))
+        await s.handle(piece("and the radio.", 2.5, 3.0, room="office", n=2))
 
     asyncio.run(go())
     assert [(t.utterance.room, t.text) for t in drain(s)] == [
@@ -181,15 +192,16 @@ def test_rooms_are_separate_and_a_room_can_switch_stitching_off() -> None:
 
 def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
     async def go() -> list[Transcript]:
-        s = StitchStage(StitchSettings(max_gap_ms=50, max_hold_ms=100), asyncio.Queue(), asyncio.Queue())
+        settings = StitchSettings(max_gap_ms=50, max_hold_ms=100)
+        s = StitchStage(asyncio.Queue(), asyncio.Queue(), settings, rooms=RoomStates())
         task = asyncio.create_task(s.run())
         # decided_at of 0 lies far in the past: the piece is due at once.
         await s.inbox.put(piece("Done.", 0.0, 0.0))
-        first = await asyncio.wait_for(s.outbox.get(), 5)
+        first = await asyncio.wait_for(output(s).get(), 5)
         await s.inbox.put(piece("Held", 0.0, 1e9))  # cut "in the future": held until max_hold
         await s.inbox.put(None)
         await task
-        rest = [await s.outbox.get() for _ in range(2)]
+        rest = [await output(s).get() for _ in range(2)]
         assert first is not None
         return [first, *[r for r in rest if r is not None]]
 
@@ -239,8 +251,8 @@ def test_joint_decode_settles_an_undecided_pair() -> None:
         s = stage(Clock())
 
         async def go(s: StitchStage = s, item: Transcript = item) -> list[Transcript]:
-            await s.accept(first)
-            await s.accept(item)
+            await s.handle(first)
+            await s.handle(item)
             for room in list(s.held):  # what run() does at the end of input
                 await s._release(room)
             return drain(s)
@@ -251,7 +263,7 @@ def test_joint_decode_settles_an_undecided_pair() -> None:
             assert out[0].parts == 2 and out[0].raw_parts == (first.raw_text, second.raw_text)
 
 
-def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recognizer: WhisperRecognizer) -> None:
     """The premise of joint decoding, on real speech: the two pieces of a paused sentence,
     heard as one stretch, come out as one sentence; two sentences keep their full stop."""
     pause = np.zeros(int(0.3 * 16000), np.float32)
@@ -272,8 +284,8 @@ def test_joint_decode_that_hears_two_sentences_vetoes_a_weak_join() -> None:
     s = stage(Clock())
 
     async def go() -> list[Transcript]:
-        await s.accept(first)
-        await s.accept(with_joint(second, first, "We are out of milk. For maybe sleeping."))
+        await s.handle(first)
+        await s.handle(with_joint(second, first, "We are out of milk. For maybe sleeping."))
         for room in list(s.held):
             await s._release(room)
         return drain(s)
@@ -296,8 +308,8 @@ def test_joint_decode_overrules_a_question_mark_on_a_fragment() -> None:
         s = stage(Clock())
 
         async def go(s: StitchStage = s, item: Transcript = item) -> list[Transcript]:
-            await s.accept(first)
-            await s.accept(item)
+            await s.handle(first)
+            await s.handle(item)
             for room in list(s.held):
                 await s._release(room)
             return drain(s)

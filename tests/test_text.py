@@ -7,6 +7,7 @@ import csv
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.messages import Transcript, Utterance
+from pipeline.roomstate import RoomState, RoomStates
 from pipeline.text.dictionary import Dictionary, DictionaryError
 from pipeline.text.en_itn import en_itn
 from pipeline.text.fillers import FillerRemover
@@ -231,7 +233,7 @@ def test_stage_keeps_raw_text_drops_all_filler_and_survives_a_broken_rule() -> N
     async def run(processor: TextProcessor, items: list[Transcript]) -> tuple[list[Transcript], TextStage]:
         inbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
         outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        stage = TextStage(processor, inbox, outbox)
+        stage = TextStage(inbox, outbox, processor, rooms=RoomStates())
         for item in [*items, None]:
             inbox.put_nowait(item)
         await stage.run()
@@ -242,14 +244,14 @@ def test_stage_keeps_raw_text_drops_all_filler_and_survives_a_broken_rule() -> N
 
     out, stage = asyncio.run(run(TextProcessor(), [transcript("Um, twenty five dollars."), transcript("Hmm.")]))
     assert [(t.text, t.raw_text) for t in out] == [("$25.", "Um, twenty five dollars.")]
-    assert stage.emptied == 1
+    assert stage.counters.emptied == 1
 
     class Broken(TextProcessor):
-        def __call__(self, text: str, language: str | None) -> str:
+        def __call__(self, text: str, language: str | None, hotwords: Sequence[str] = ()) -> str:
             raise RuntimeError("a bug in a rule")
 
     out, stage = asyncio.run(run(Broken(), [transcript("twenty five")]))
-    assert [t.text for t in out] == ["twenty five"] and stage.failures == 1
+    assert [t.text for t in out] == ["twenty five"] and stage.counters.failures == 1
 
 
 def run_itn(*args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -347,9 +349,8 @@ def test_the_stage_corrects_with_the_rooms_hotwords() -> None:
     async def go() -> Transcript | None:
         inbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
         outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        stage = TextStage(
-            TextProcessor(), inbox, outbox, hotwords=lambda room: ("Kubernetes",) if room == "kitchen" else ()
-        )
+        rooms = RoomStates.of((), [RoomState("kitchen", hotwords=("Kubernetes",)), RoomState("hall")])
+        stage = TextStage(inbox, outbox, TextProcessor(), rooms=rooms)
         inbox.put_nowait(transcript("We run it on Cooper Netties."))
         inbox.put_nowait(None)
         await stage.run()

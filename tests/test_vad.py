@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.vad import WINDOW, UtteranceAssembler, VadParams
+from pipeline.vad import WINDOW, Segment, UtteranceAssembler, VadParams
 from tests.helpers import speech_with_pauses
 
 SR = 16000
@@ -19,7 +19,9 @@ def fake_prob(window: np.ndarray) -> float:
     return float(window[0])
 
 
-def assemble(audio: np.ndarray, params: VadParams | None = None, chunk: int = 8000) -> tuple[list, UtteranceAssembler]:
+def assemble(
+    audio: np.ndarray, params: VadParams | None = None, chunk: int = 8000
+) -> tuple[list[Segment], UtteranceAssembler]:
     assembler = UtteranceAssembler(params or VadParams(), fake_prob)
     segments = []
     for i in range(0, len(audio), chunk):

@@ -1,49 +1,58 @@
-"""The text stage: recognizer text in, written text out, between recognize and publish."""
+"""The text stage: recognizer text in, written text out, between recognize and stitch."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import structlog
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pipeline.messages import Transcript
+from pipeline.roomstate import RoomStates
+from pipeline.stage import Stage
 from pipeline.text.dictionary import DictionaryError
 from pipeline.text.processor import TextProcessor
 
 
-class TextStage:
+@dataclass
+class TextCounters:
+    emptied: int = 0  # live transcripts left empty (all fillers) and dropped
+    failures: int = 0  # a rule raised; the recognizer's text went out instead
+
+
+class TextStage(Stage[Transcript, Transcript, TextCounters]):
     """Applies the text rules to each transcript (well under a millisecond each, so inline
-    on the event loop). A rule that fails publishes the recognizer's text rather than
-    losing the utterance; a transcript left empty (it was all fillers) is dropped, logged."""
+    on the event loop), with the room's hotwords for correction. A rule that fails publishes
+    the recognizer's text rather than losing the utterance; a live transcript left empty (it
+    was all fillers) is dropped, logged."""
+
+    name: ClassVar[str] = "text"
 
     def __init__(
         self,
-        processor: TextProcessor,
         inbox: asyncio.Queue[Transcript | None],
-        outbox: asyncio.Queue[Transcript | None],
-        hotwords: Callable[[str], Sequence[str]] = lambda room: (),
+        output: asyncio.Queue[Transcript | None],
+        processor: TextProcessor,
+        *,
+        rooms: RoomStates,
     ) -> None:
+        super().__init__(inbox, output)
         self.processor = processor
-        self.hotwords = hotwords
-        self.inbox = inbox
-        self.outbox = outbox
-        self.log = structlog.get_logger().bind(stage="text")
-        self.emptied = 0
-        self.failures = 0
+        self.rooms = rooms
+        self.counters = TextCounters()
 
-    async def run(self) -> None:
-        while (item := await self.inbox.get()) is not None:
-            out = self.process(item)
-            if out is not None:
-                await self.outbox.put(out)
-        await self.outbox.put(None)
+    async def handle(self, item: Transcript) -> None:
+        out = self.process(item)
+        if out is not None:
+            await self.emit(out)
 
     def reload_dictionary(self) -> dict[str, Any]:
         """Re-read the dictionary now (the ``reload`` command); raises DictionaryError."""
         return {"entries": self.processor.dictionary.reload()}
+
+    def write(self, room: str, text: str, language: str) -> str:
+        """One text through the rules with the room's hotwords (partials use this too)."""
+        return self.processor(text, language, self.rooms.hotwords_for(room))
 
     def process(self, t: Transcript) -> Transcript | None:
         try:
@@ -57,10 +66,10 @@ class TextStage:
             text = " ".join(seg.text for seg in segments if seg.text.strip())
         else:
             text = self._rules(t, t.raw_text) if t.raw_text else ""
-        if not text.strip() and t.utterance.source is not None:
+        if not text.strip() and t.utterance.batch:
             return dataclasses.replace(t, text="")  # batch work: the job counts every segment
         if not text.strip():
-            self.emptied += 1
+            self.counters.emptied += 1
             self.log.info("nothing left after filler removal", utterance=t.utterance.id, raw_text=t.raw_text)
             return None
         joint_text = self._rules(t, t.joint_raw) if t.joint_raw else ""
@@ -68,8 +77,8 @@ class TextStage:
 
     def _rules(self, t: Transcript, raw: str) -> str:
         try:
-            return self.processor(raw, t.language, self.hotwords(t.utterance.room))
+            return self.write(t.utterance.room, raw, t.language)
         except Exception:
-            self.failures += 1
+            self.counters.failures += 1
             self.log.exception("text rules failed; publishing the recognizer's text", utterance=t.utterance.id)
             return raw

@@ -11,9 +11,16 @@ every connect and whenever Home Assistant announces itself (``<discovery_prefix>
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from daemon import __version__
+
+if TYPE_CHECKING:
+    from daemon.config import HomeAssistantSettings
+    from daemon.mqtt import Publisher
 
 STATE_MAX_CHARS = 255
 # What an event and the sensor's attributes carry from the utterance payload (docs/mqtt.md).
@@ -75,3 +82,36 @@ def discovery_messages(
         messages.append((f"{base}/event/{node}/{room}_utterance/config", event))
         messages.append((f"{base}/sensor/{node}/{room}_last_text/config", sensor))
     return messages
+
+
+class Discovery:
+    """Announces the entities on every connect and when Home Assistant (re)starts."""
+
+    def __init__(
+        self,
+        settings: HomeAssistantSettings,
+        publisher: Publisher,
+        rooms: Callable[[], list[str]],
+        model: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.rooms = rooms
+        self.model = model
+        self.announced = 0  # times the configs were sent
+        self.log = structlog.get_logger().bind(component="homeassistant")
+        publisher.on_connect.append(self.announce)
+        publisher.subscribe(f"{settings.discovery_prefix}/status", self._status)
+
+    def announce(self) -> None:
+        """The discovery configs, retained."""
+        p = self.publisher
+        messages = discovery_messages(self.settings.discovery_prefix, p.prefix, p.client_id, self.rooms(), self.model())
+        for topic, payload in messages:
+            p.submit_json(topic, payload, qos=1, retain=True, replace=True)
+        self.announced += 1
+        self.log.info("home assistant discovery announced", entities=len(messages))
+
+    def _status(self, topic: str, payload: bytes) -> None:
+        if payload.strip() == b"online":  # Home Assistant (re)started: it forgot non-retained configs
+            self.announce()

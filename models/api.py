@@ -1,0 +1,103 @@
+"""What the pipeline may ask of a recognizer, without importing torch.
+
+The pipeline sees a model only through ``Recognizer``: a batch of 16 kHz mono float32
+utterances in, one ``Recognition`` per utterance out, and ``Capabilities`` that say what
+else the model takes (earlier text as a prompt, hotword bias, timestamps, languages). The
+Whisper engine (models/recognizer.py) is one implementation; a second model family
+implements the same protocol and declares what it cannot do, and the stages adapt (no
+prompt is built for a model that takes none, no batch chunks for one without timestamps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a recognizer does besides turning audio into text."""
+
+    multilingual: bool  # writes more than English; False: only Latin-script hotwords reach it
+    prompt: bool  # takes earlier text (the previous utterance, hotwords) as context
+    timestamps: bool  # can return timed segments of a long stretch (batch chunks)
+    hotword_bias: bool  # biases decoding towards given hotwords
+    beam_search: bool  # decodes with a beam (``recognizer.beam_size``)
+    max_batch: int  # most utterances it decodes at once (it splits longer calls itself)
+    max_audio_s: float  # longest audio of one item
+    languages: tuple[str, ...] = ()  # the language codes it knows (empty: English only)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode; the defaults are OpenAI's and faster-whisper's, except where noted."""
+
+    beam_size: int = 1
+    # Fallback: decode again, hotter, when the result looks like a hallucination.
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    # Prompt: at most this many tokens of earlier text (Whisper allows 223).
+    max_prompt_tokens: int = 96
+    # Added to the logits of tokens that begin or continue a hotword (0: prompt only).
+    hotword_weight: float = 2.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Recognition:
+    text: str
+    language: str
+    avg_logprob: float
+    no_speech_prob: float
+    confidence: float
+    n_tokens: int
+    looped: bool
+    temperature: float = 0.0
+    language_probability: float | None = None
+    rejected: str | None = None  # why the text was dropped: no_speech | hallucination
+    # With timestamps: (start s, end s, text) per segment, in the audio's own time; a
+    # segment the model never closed has end == start (its end is unknown).
+    segments: tuple[tuple[float, float, str], ...] = ()
+
+
+class Recognizer(Protocol):
+    """Turns 16 kHz mono float32 utterances into text.
+
+    Threading contract: an instance is not thread-safe. All calls to ``recognize`` must come
+    from one worker thread (the pipeline uses a single-thread executor); the event loop
+    never calls it directly.
+    """
+
+    name: str
+    device: str
+    dtype: str
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def recognize(
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
+    ) -> list[Recognition]:
+        """Recognize a batch of utterances; returns one result per input, in order.
+
+        ``language`` None means the model's own (detected per utterance when multilingual);
+        ``prompts`` gives each utterance earlier text as context (ignored without
+        ``capabilities.prompt``); ``hotwords`` gives each utterance words to bias decoding
+        towards; ``timestamps`` asks for ``Recognition.segments`` (needs
+        ``capabilities.timestamps``).
+        """
+        ...
+
+    def release_memory(self) -> None:
+        """Release cached device memory; called when idle and on command."""
+        ...

@@ -1,0 +1,117 @@
+"""Batch chunks: a file's consecutive VAD segments as one stretch recognized with timestamps.
+
+On a CPU the encoder always sees a 30 s window, so a chunk of up to CHUNK_S of a file costs
+one encoder pass instead of one per segment. The recognizer's timed segments of a chunk are
+placed on the VAD's speech bounds (``timed_segments``), and speech its decode left out is
+found (``settle``) and recognized on its own, so a chunk loses no words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.messages import SAMPLE_RATE, TimedText, Utterance
+
+if TYPE_CHECKING:
+    from models.api import Capabilities
+
+# Chunks span at most this much of a file's timeline: Whisper's 30 s window, less a margin.
+CHUNK_S = 28.0
+
+
+def chunk_seconds(device: str, capabilities: Capabilities) -> float:
+    """How a queue run cuts files for a recognizer on ``device``.
+
+    On a CPU the encoder dominates and always sees a 30 s window, so merging a file's
+    segments into chunks of up to CHUNK_S (decoded with timestamps) saves most of the work.
+    On a GPU the encoder is cheap and the decoder's token-by-token loop dominates: 28 s
+    chunks make long sequential decodes (29 min of audio on an H100: 7 calls of 3.2 s, barely
+    faster than one call per segment), while separate segments of several files share each
+    decoding step in one batch. Measured with bench/batch.py on both; see docs/architecture.md.
+    Without timestamps (``capabilities.timestamps``) segments go as they are.
+    """
+    if not capabilities.timestamps:
+        return 0.0
+    return CHUNK_S if device.startswith("cpu") else 0.0
+
+
+def chunk(pieces: list[Utterance]) -> Utterance:
+    """Consecutive segments of one file as one stretch of its timeline: the silence between
+    them is silence again (zeros), so a time in the chunk is its start plus that time."""
+    first, last = pieces[0], pieces[-1]
+    audio: list[np.ndarray] = []
+    position = first.start_s
+    for piece in pieces:
+        gap = round((piece.start_s - position) * SAMPLE_RATE)
+        if gap > 0:
+            audio.append(np.zeros(gap, np.float32))
+        audio.append(piece.audio)
+        position = piece.start_s + len(piece.audio) / SAMPLE_RATE
+    speech = tuple((round(p.start_s - first.start_s, 3), round(p.end_s - first.start_s, 3)) for p in pieces)
+    return dataclasses.replace(
+        first,
+        audio=np.concatenate(audio),
+        end_s=last.end_s,
+        end_wall=last.end_wall,
+        reason=last.reason,
+        timestamps=True,
+        speech=speech,
+    )
+
+
+# Whisper's own segment times are coarse (tiny models often say whole seconds); a bound
+# within this of a VAD speech bound is moved onto it.
+SNAP_S = 2.0
+
+
+def _nearest(value: float, candidates: list[float]) -> float:
+    best = min(candidates, key=lambda c: abs(c - value), default=value)
+    return best if abs(best - value) <= SNAP_S else value
+
+
+def timed_segments(
+    segments: Sequence[tuple[float, float, str]], speech: Sequence[tuple[float, float]], duration_s: float
+) -> tuple[TimedText, ...]:
+    """The recognizer's timed segments of a chunk, their bounds placed on the VAD's speech
+    bounds where one is near (starts on starts, ends on ends), kept in order. A segment the
+    model never closed ends with the speech it starts in."""
+    starts = [s for s, _ in speech]
+    ends = [e for _, e in speech]
+    out: list[TimedText] = []
+    floor = 0.0
+    for start, end, text in segments:
+        s = max(floor, min(_nearest(start, starts), duration_s))
+        if end <= start:  # open: to the end of the speech span it starts in
+            end = next((e for b, e in speech if e >= s and b <= s + SNAP_S), duration_s)
+        e = min(max(_nearest(end, ends), s), duration_s)
+        out.append(TimedText(round(s, 3), round(e, 3), text))
+        floor = e
+    return tuple(out)
+
+
+# Speech runs at 2-3 words a second; a segment with far fewer words than the speech it
+# claims to span skipped some of it (tiny models end a timestamped decode early).
+MIN_WORDS_PER_S = 1.0
+
+
+def settle(
+    segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]
+) -> tuple[tuple[TimedText, ...], list[tuple[float, float]]]:
+    """The chunk's segments, and the speech spans they do not account for: spans no segment
+    overlaps, and spans after the first of a segment whose words are too few for the speech
+    it spans (that segment is cut back to its first span)."""
+    covered: set[int] = set()
+    out = []
+    for seg in segments:
+        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
+        talk = sum(speech[k][1] - speech[k][0] for k in spans)
+        if len(spans) > 1 and len(seg.raw_text.split()) < MIN_WORDS_PER_S * talk:
+            spans = spans[:1]
+            seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
+        covered.update(spans)
+        out.append(seg)
+    return tuple(out), [span for k, span in enumerate(speech) if k not in covered]

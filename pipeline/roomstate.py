@@ -1,0 +1,92 @@
+"""Per-room runtime state, in one place: what commands change and what stages read.
+
+A ``RoomState`` holds a room's settings that can change at run time (hotwords, language,
+paused) and the little the stages remember of it (the previous text for the next prompt,
+the last piece for a joint decode, when the current speech began). ``RoomStates`` owns them
+all, with the global hotwords, and answers the questions several stages ask: which hotwords
+a room has, and which of them the model can use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from models.tokenizer import latin_script
+
+if TYPE_CHECKING:
+    from pipeline.messages import Utterance
+
+# Previous texts kept for prompts: live rooms and the files of batch jobs (one "room" each).
+MAX_ROOMS_REMEMBERED = 1024
+
+
+@dataclass
+class RoomState:
+    name: str
+    hotwords: tuple[str, ...] = ()
+    language: str | None = None  # None: the model's own (detected when multilingual)
+    paused: bool = False
+    prompt_previous: bool | None = None  # None: recognizer.prompt_previous
+    stitch: bool = True  # the stitcher joins this room's pieces (joint decoding is for it)
+    # time.monotonic() when the room's current speech began (the stitcher waits for it).
+    speech_started_at: float | None = None
+    # The last finished piece and its recognized text (a joint decode pairs it with the next).
+    last_piece: tuple[Utterance, str] | None = None
+
+
+@dataclass
+class RoomStates:
+    """Every room's state; a room not configured (a batch job's file) reads as the defaults."""
+
+    hotwords: tuple[str, ...] = ()  # every room's, before its own
+    rooms: dict[str, RoomState] = field(default_factory=dict)
+    # Room -> (text, end wall time) of its last recognized utterance, oldest first.
+    previous: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, hotwords: Iterable[str], rooms: Iterable[RoomState]) -> RoomStates:
+        return cls(tuple(dict.fromkeys(hotwords)), rooms={r.name: r for r in rooms})
+
+    def __getitem__(self, name: str) -> RoomState:
+        room = self.rooms.get(name)
+        return room if room is not None else RoomState(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.rooms
+
+    def names(self) -> list[str]:
+        return list(self.rooms)
+
+    def hotwords_for(self, name: str) -> tuple[str, ...]:
+        """The global hotwords and the room's, once each (for correction and the prompt)."""
+        room = self.rooms.get(name)
+        return tuple(dict.fromkeys((*self.hotwords, *(room.hotwords if room else ()))))
+
+    def decoding_hotwords(self, name: str, latin_only: bool) -> tuple[str, ...]:
+        """The hotwords a model can write, for its prompt and its decoding bias: for a model
+        that writes only English (``latin_only``) those in Latin script (Chinese hotwords in
+        its prompt made tiny.en write Chinese); text correction still gets them all."""
+        words = self.hotwords_for(name)
+        return tuple(w for w in words if latin_script(w)) if latin_only else words
+
+    def set_hotwords(self, name: str | None, words: Iterable[str]) -> tuple[str, ...]:
+        """Replace the global hotwords (``name`` None) or a room's; returns them, deduplicated."""
+        unique = tuple(dict.fromkeys(words))
+        if name is None:
+            self.hotwords = unique
+        else:
+            self.rooms[name].hotwords = unique
+        return unique
+
+    def remember(self, name: str, text: str, end_wall: float) -> None:
+        """The room's latest text, for its next prompt; batch files come and go, so only the
+        newest MAX_ROOMS_REMEMBERED rooms are kept."""
+        self.previous.pop(name, None)
+        self.previous[name] = (text, end_wall)
+        if len(self.previous) > MAX_ROOMS_REMEMBERED:
+            del self.previous[next(iter(self.previous))]
+
+    def forget(self, name: str) -> None:
+        self.previous.pop(name, None)

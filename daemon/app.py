@@ -22,7 +22,8 @@ from typing import Any
 
 import structlog
 
-from daemon.config import Config, ConfigError
+from daemon.config import Config
+from daemon.config_file import ConfigError
 from daemon.control import Controller, reload_config
 from daemon.errors import EXIT_INTERRUPTED, EXIT_OK
 from daemon.integrations.hermes import HermesIngress

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.app import App
-from daemon.config import Config, ConfigError, default_config_path, load_config
+from daemon.config import Config
+from daemon.config_file import ConfigError, default_config_path, load_config
 from daemon.errors import EXIT_CONFIG_ERROR, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 

@@ -24,7 +24,7 @@ from daemon.commands import (
     parse,
     response,
 )
-from daemon.config import ConfigError, changed_keys, load_config
+from daemon.config_file import ConfigError, changed_keys, load_config
 from daemon.jobs import BatchJobs
 from daemon.runtime import Runtime
 from pipeline.text.dictionary import DictionaryError

@@ -20,7 +20,8 @@ from typing import Any
 import aiomqtt
 
 from daemon.app import App
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config
+from daemon.config_file import ConfigError, load_config
 from daemon.errors import EXIT_CONFIG_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 

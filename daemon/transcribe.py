@@ -14,22 +14,28 @@ import contextlib
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config
+from daemon.config_file import ConfigError, load_config
 from daemon.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 from daemon.outputs import FORMATS, output_path, render, write_atomically
 from daemon.wiring import load_recognizer_in_thread, pipeline_from_config, room_states, silero_factory
 from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
 from pipeline.chunks import chunk_seconds
+from pipeline.graph import Pipeline
 from pipeline.sources import AudioFileError
+
+if TYPE_CHECKING:
+    from models.api import Recognizer
 
 
 def default_jobs() -> int:
@@ -103,17 +109,8 @@ class Runner:
         self.done.append(result.path)
         self.audio_done_s += result.audio_s
 
-    async def run(self, files: list[tuple[Path, Path]]) -> None:
-        self.roots = dict(files)
-        paths = [p for p, _ in files]
-        total_s = 0.0
-        for path in paths:
-            with contextlib.suppress(AudioFileError):  # a bad file is reported when its turn comes
-                total_s += open_source(path)[1] or 0.0
-        loop = asyncio.get_running_loop()
-        model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        vad_executor: ThreadPoolExecutor | None = None  # sized once the model's device is known
-        progress = Progress(
+    def _progress(self) -> Progress:
+        return Progress(
             TextColumn("[bold]transcribing"),
             BarColumn(),
             TextColumn("{task.fields[files]}"),
@@ -124,57 +121,79 @@ class Runner:
             disable=not self.console.is_terminal,
             transient=False,
         )
+
+    def _graph(
+        self, recognizer: Recognizer, model_executor: Executor, vad_executor: Executor, paths: list[Path]
+    ) -> tuple[Pipeline, BatchJob]:
+        """The daemon's graph without a stitcher, and the job that feeds it."""
+        # No idle memory release in a run that ends by itself; --jobs 1 is the plain serial
+        # loop, one segment per model call.
+        changes: dict[str, float | int] = {"idle_release_s": 0.0, **({"max_batch": 1} if self.jobs == 1 else {})}
+        config = self.config.model_copy(update={"recognizer": self.config.recognizer.model_copy(update=changes)})
+        # Files are never stitched (so no joint decoding); the hotwords apply as in rooms.
+        pipeline = pipeline_from_config(
+            config, self.config_path, recognizer, model_executor, room_states(config), stitch=False
+        )
+        job = BatchJob(
+            "batch",
+            paths,
+            pipeline.utterances,
+            self.config.vad.params(),
+            silero_factory,
+            vad_executor,
+            self.file_done,
+            files_in_flight=self.jobs,
+            language=self.language,
+            # The serial loop recognizes each VAD segment on its own; the queue merges a
+            # file's segments into chunks recognized with timestamps where that pays (CPU).
+            chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device, recognizer.capabilities),
+        )
+        return pipeline, job
+
+    async def _run_job(self, pipeline: Pipeline, job: BatchJob, total_s: float) -> None:
+        started = time.monotonic()
+        with self._progress() as progress:
+            task = progress.add_task("files", total=total_s or None, files="", hours="", speed="")
+
+            def refresh() -> None:
+                elapsed = time.monotonic() - started
+                speed = f"{self.audio_done_s / elapsed:.1f}x real time" if elapsed > 0 and self.audio_done_s else ""
+                hours = f"{self.audio_done_s / 3600:.2f}/{total_s / 3600:.2f} h audio"
+                progress.update(task, completed=self.audio_done_s, files=f"{len(self.done)}/{len(job.files)} files",
+                                hours=hours, speed=speed)  # fmt: skip
+
+            async def collect() -> None:
+                while (t := await pipeline.transcripts.get()) is not None:
+                    job.deliver(t)
+                    refresh()
+
+            async with asyncio.TaskGroup() as group:
+                pipeline.tasks(group)
+                collector = group.create_task(collect(), name="collect")
+                await job.feed()
+                refresh()
+                await pipeline.utterances.put(None)
+                await collector
+            await job.finished.wait()  # every file's outputs written
+            refresh()
+
+    async def run(self, files: list[tuple[Path, Path]]) -> None:
+        self.roots = dict(files)
+        paths = [p for p, _ in files]
+        total_s = 0.0
+        for path in paths:
+            with contextlib.suppress(AudioFileError):  # a bad file is reported when its turn comes
+                total_s += open_source(path)[1] or 0.0
+        loop = asyncio.get_running_loop()
+        model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        vad_executor: ThreadPoolExecutor | None = None  # sized once the model's device is known
         run_started = time.monotonic()
         try:
             recognizer = await loop.run_in_executor(model_executor, load_recognizer_in_thread, self.config)
             load_s = time.monotonic() - run_started
             vad_executor = ThreadPoolExecutor(vad_threads(recognizer.device, self.jobs), thread_name_prefix="vad")
-            # No idle memory release in a run that ends by itself; --jobs 1 is the plain
-            # serial loop, one segment per model call.
-            changes: dict[str, float | int] = {"idle_release_s": 0.0, **({"max_batch": 1} if self.jobs == 1 else {})}
-            config = self.config.model_copy(update={"recognizer": self.config.recognizer.model_copy(update=changes)})
-            # Files are never stitched (so no joint decoding); the hotwords apply as in rooms.
-            pipeline = pipeline_from_config(
-                config, self.config_path, recognizer, model_executor, room_states(config), stitch=False
-            )
-            job = BatchJob(
-                "batch",
-                paths,
-                pipeline.utterances,
-                self.config.vad.params(),
-                silero_factory,
-                vad_executor,
-                self.file_done,
-                files_in_flight=self.jobs,
-                language=self.language,
-                # The serial loop recognizes each VAD segment on its own; the queue merges a
-                # file's segments into chunks recognized with timestamps where that pays (CPU).
-                chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device, recognizer.capabilities),
-            )
-            started = time.monotonic()
-            with progress:
-                task = progress.add_task("files", total=total_s or None, files="", hours="", speed="")
-
-                def refresh() -> None:
-                    elapsed = time.monotonic() - started
-                    speed = f"{self.audio_done_s / elapsed:.1f}x real time" if elapsed > 0 and self.audio_done_s else ""
-                    hours = f"{self.audio_done_s / 3600:.2f}/{total_s / 3600:.2f} h audio"
-                    progress.update(task, completed=self.audio_done_s, files=f"{len(self.done)}/{len(paths)} files",
-                                    hours=hours, speed=speed)  # fmt: skip
-
-                async def collect() -> None:
-                    while (t := await pipeline.transcripts.get()) is not None:
-                        job.deliver(t)
-                        refresh()
-
-                async with asyncio.TaskGroup() as group:
-                    pipeline.tasks(group)
-                    collector = group.create_task(collect(), name="collect")
-                    await job.feed()
-                    refresh()
-                    await pipeline.utterances.put(None)
-                    await collector
-                refresh()
+            pipeline, job = self._graph(recognizer, model_executor, vad_executor, paths)
+            await self._run_job(pipeline, job, total_s)
             # Where the time went (--verbose): wall = load + the rest, in which the model
             # thread and the VAD thread worked this long.
             counters = pipeline.recognize.counters

@@ -23,12 +23,13 @@ from daemon.config import (
 )
 from daemon.errors import StartupError
 from daemon.integrations import hermes
+from pipeline.ffmpeg import StreamSource
 from pipeline.graph import Pipeline, build_pipeline
 from pipeline.health import BusyWatch
 from pipeline.messages import Utterance
 from pipeline.room import Room
 from pipeline.roomstate import RoomState, RoomStates
-from pipeline.sources import AudioSource, Backoff, FileSource, MicSource, PushSource, Reconnecting, StreamSource
+from pipeline.sources import AudioSource, Backoff, FileSource, MicSource, PushSource, Reconnecting
 from pipeline.text.processor import TextProcessor
 
 if TYPE_CHECKING:

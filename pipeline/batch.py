@@ -6,7 +6,8 @@ the file (``Utterance.file``); several files are decoded and segmented at once, 
 share the recognizer's batches. Batch transcripts come back even when empty (the recognize
 and text stages pass them on), so a job knows when each file is complete: it has as many
 transcripts as its room cut segments. Then ``on_file_done`` gets the file's segments in
-order. A file that cannot be read is done at once with its reason.
+order, on a worker thread (it writes files). A file that cannot be read is done at once
+with its reason.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import numpy as np
 import structlog
 
 from pipeline.chunks import chunk
+from pipeline.ffmpeg import FfmpegSource, ffmpeg_path
 from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
 from pipeline.roomstate import RoomState
-from pipeline.sources import AudioFileError, AudioSource, FfmpegSource, FileSource, ffmpeg_path, open_audio
+from pipeline.sources import AudioFileError, AudioSource, FileSource, open_audio
 from pipeline.vad import VadParams
 
 # What libsndfile reads; anything else goes through ffmpeg when it is installed.
@@ -113,6 +115,7 @@ class BatchJob:
         self.vad_seconds = 0.0  # all files' VAD time (where the wall time went)
         self._expected: dict[int, int] = {}  # index -> segments cut, once its room finished
         self._done: set[int] = set()
+        self._writes_done = 0  # files whose outputs are written (on_file_done returned)
         self.finished = asyncio.Event()
         # Sharing a queue with live rooms: at most this many of the job's segments in it at
         # once, so a big job never fills the queue that live rooms' VAD tasks wait on.
@@ -222,9 +225,17 @@ class BatchJob:
             return
         self._done.add(index)
         result.segments.sort(key=lambda t: t.utterance.start_s)
+        # Outputs are disk work: written on a worker thread, never on the event loop.
+        written = asyncio.get_running_loop().run_in_executor(None, self._write, result)
+        written.add_done_callback(lambda _: self._written())
+
+    def _write(self, result: FileResult) -> None:
         try:
             self.on_file_done(result)
         except Exception:  # a failing writer loses that file's output, never the job
             self.log.exception("writing a file's transcript failed", file=str(result.path))
-        if len(self._done) == len(self.files):
+
+    def _written(self) -> None:
+        self._writes_done += 1
+        if self._writes_done == len(self.files):
             self.finished.set()

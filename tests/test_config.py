@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config, parse_config
+from daemon.config import Config
+from daemon.config_file import ConfigError, load_config, parse_config
 from tests.helpers import REPO
 
 

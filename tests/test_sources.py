@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from pipeline.ffmpeg import StreamSource, redact
 from pipeline.messages import SAMPLE_RATE, Utterance
 from pipeline.room import Room
 from pipeline.roomstate import RoomState
-from pipeline.sources import Backoff, CaptureError, Reconnecting, SourceLost, StreamSource, redact
+from pipeline.sources import Backoff, CaptureError, Reconnecting, SourceLost
 from pipeline.vad import VadParams
 from tests.helpers import HttpAudioServer, free_port, speak
 

@@ -244,3 +244,25 @@ def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
     finally:
         daemon.kill()
         sub.close()
+
+
+def test_transcribe_corrects_hotwords_like_the_daemon(tmp_path: Path) -> None:
+    """Files go through the daemon's own graph, so the text stage rewrites near misses of the
+    configured hotwords there too (it once built its text stage without them). The prompt
+    and the decoding bias are off here, so only the text stage can make the change."""
+    from tests.helpers import speak
+
+    sf.write(tmp_path / "report.wav", speak("Please send the report to Siobhan."), 16000)
+    config = tmp_path / "config.toml"
+    outputs = {}
+    for hotwords in ([], ["Shivonne"]):
+        config.write_text(
+            f"[recognizer]\nhotwords = {json.dumps(hotwords)}\nhotword_weight = 0\nmax_prompt_tokens = 0\n"
+        )
+        out = tmp_path / f"out{len(hotwords)}"
+        result = roomscribe(str(tmp_path / "report.wav"), "--config", str(config), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        outputs[len(hotwords)] = (out / "report.txt").read_text().strip()
+    # tiny.en writes the name as it hears it; with the hotword configured, the written text has it.
+    assert "Shivonne" not in outputs[0] and "Shivon" in outputs[0], outputs
+    assert "Shivonne" in outputs[1], outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,34 @@ def test_timestamp_grammar_and_segments() -> None:
 
     tokens = [begin, 7, 8, begin + 150, begin + 150, 9, begin + 300, begin + 310, 11]
     assert split_segments(tokens, begin) == [(0.0, 3.0, [7, 8]), (3.0, 6.0, [9]), (6.2, 6.2, [11])]
+
+
+GOLDEN = Path(__file__).parent / "data" / "decode-golden.json"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SPEECH_DIR / "manifest.jsonl").is_file(), reason="needs ../shared/data/speech")
+def test_decoding_in_parts_gives_the_transcripts_of_the_single_function() -> None:
+    """decode was one 196-line function; split into logit processors, token choice,
+    stopping and batch compaction it must give the same words: greedy and beam 5, at batch
+    1 and 8, seeded sampling, and timestamped chunks, on 23 recorded clips."""
+    import soundfile as sf
+    import soxr
+
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    audios = []
+    for name in golden["clips"]:
+        audio, rate = sf.read(str(SPEECH_DIR / name), dtype="float32", always_2d=True)
+        audio = audio.mean(axis=1)
+        audios.append(np.asarray(audio if rate == 16000 else soxr.resample(audio, rate, 16000), dtype=np.float32))
+    for beam in (1, 5):
+        rec = load_recognizer("bundled:tiny.en", "cpu", "float32", options=DecodingOptions(beam_size=beam))
+        for batch in (1, 8):
+            texts = [r.text for i in range(0, len(audios), batch) for r in rec.recognize(audios[i : i + batch])]
+            assert texts == golden[f"beam{beam}-batch{batch}"], (beam, batch)
+        if beam == 1:
+            chunks = [np.concatenate(audios[i : i + 4])[: 28 * 16000] for i in range(0, 16, 4)]
+            assert [r.text for r in rec.recognize(chunks, timestamps=True)] == golden["timestamps"]
+    sampler = load_recognizer("bundled:tiny.en", "cpu", "float32", options=DecodingOptions(temperatures=(0.7,)))
+    sampled = sampler.recognize(audios[:8]) + sampler.recognize(audios[8:16])
+    assert [r.text for r in sampled] == golden["sampled1"]

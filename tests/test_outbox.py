@@ -37,3 +37,30 @@ def test_the_delayed_flag_is_added_to_json_objects_only() -> None:
     assert json.loads(with_delayed_flag('{"id": "k-1", "text": "hi"}')) == {"id": "k-1", "text": "hi", "delayed": True}
     assert with_delayed_flag("online") == "online"
     assert with_delayed_flag("[1]") == "[1]"
+
+
+def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> None:
+    """The fsync'd insert runs on the outbox's own thread: the event loop also runs capture."""
+    import asyncio
+    import threading
+
+    from daemon.config import MqttSettings
+    from daemon.mqtt import Outgoing, Publisher
+
+    threads: list[str] = []
+
+    class Watched(Outbox):
+        def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
+            threads.append(threading.current_thread().name)
+            return super().add(topic, payload, utterance_id, room)
+
+    async def store() -> Publisher:
+        publisher = Publisher(MqttSettings(), Watched(tmp_path / "o.sqlite3"))
+        await publisher.submit_durable(Outgoing("p/kitchen/utterance", "{}", utterance_id="k-1", room="kitchen"))
+        return publisher
+
+    publisher = asyncio.run(store())
+    assert threads and all(name.startswith("outbox") for name in threads), threads
+    assert threading.current_thread().name not in threads
+    # Stored before it was queued: the queued message knows its row.
+    assert publisher.pending[0].seq is not None and publisher.outbox is not None and len(publisher.outbox) == 1

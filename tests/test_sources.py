@@ -208,3 +208,35 @@ def test_stream_source_names_the_failure_when_nothing_is_there() -> None:
     message = str(caught.value)
     assert "stream http://127.0.0.1" in message and "ended" in message
     assert "refused" in message.lower() or "error" in message.lower()
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("kind", ["stream", "container"])
+def test_a_source_closed_early_reaps_its_ffmpeg(kind: str, tmp_path: Path) -> None:
+    """A consumer that stops after the first chunk closes the source's generator (aclosing):
+    ffmpeg is killed and reaped, and its pipes are read to the end so that asyncio closes the
+    transport now. Before, an unread stdout pipe left the transport to the garbage collector,
+    whose ResourceWarning surfaced in whatever test ran next."""
+    import gc
+    import warnings
+
+    import psutil
+
+    from pipeline.ffmpeg import FfmpegSource
+
+    wav = tmp_path / "long.wav"
+    sf.write(wav, np.tile(speak("One two three four five."), 20), SAMPLE_RATE)  # a minute: far from its end
+    source = StreamSource(str(wav)) if kind == "stream" else FfmpegSource(wav)
+
+    async def first_chunk() -> int:
+        async with contextlib.aclosing(source.chunks(asyncio.Event())) as chunks:
+            async for chunk in chunks:
+                return len(chunk)
+        return 0
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(first_chunk()) > 0
+        gc.collect()  # anything left unclosed would warn now
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert [p.name() for p in psutil.Process().children() if "ffmpeg" in p.name()] == []

@@ -165,3 +165,26 @@ def test_credentials_come_from_the_credentials_directory_first(tmp_path: Path, m
     assert credential_path("/abs/key.pem", conf / "c.toml") == Path("/abs/key.pem")
     (line,) = problems("[mqtt]\npassword_file = 'missing'\n", conf / "c.toml")
     assert line.startswith("mqtt.password_file = 'missing': no such file")
+
+
+def test_each_default_lives_in_the_settings_it_feeds_and_maps_by_keyword(tmp_path: Path) -> None:
+    """The sections read their defaults from the pipeline's and the model's dataclasses and
+    map onto them by name: the defaults agree, and changed values land on their own fields
+    (a positional mapping once could swap two ints silently)."""
+    from models.api import DecodingOptions
+    from pipeline.recognize import RecognizeSettings
+    from pipeline.stitch import StitchSettings
+    from pipeline.text.processor import TextSettings
+    from pipeline.vad import VadParams
+
+    c = Config()
+    assert c.vad.params() == VadParams()
+    assert c.stitch.settings() == StitchSettings()
+    assert c.text.settings(tmp_path / "config.toml") == TextSettings()
+    assert c.recognizer.decoding_options() == DecodingOptions()
+    assert c.recognizer.stage_settings(0.0) == RecognizeSettings()
+    changed = Config.model_validate(
+        {"stitch": {"max_gap_ms": 1500, "max_hold_ms": 6000, "complete_wait_ms": 700}, "vad": {"hangover_ms": 900}}
+    )
+    assert changed.stitch.settings() == StitchSettings(max_gap_ms=1500, max_hold_ms=6000, complete_wait_ms=700)
+    assert changed.vad.params() == VadParams(hangover_ms=900)

@@ -113,12 +113,11 @@ class App:
         if restored:
             self.log.warning("outbox: publishing utterances from before this start", count=restored)
         await self._start_model()
-        assert rt.pipeline is not None
+        assert rt.pipeline is not None and self.publish is not None
         try:
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(rt.publisher.run(), name="mqtt")
-                publish = group.create_task(self.publish.run(), name="publish") if self.publish else None
-                stage_tasks = [*rt.pipeline.tasks(group), *([publish] if publish else [])]
+                stage_tasks = [*rt.pipeline.tasks(group), group.create_task(self.publish.run(), name="publish")]
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in rt.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 service = group.create_task(self.service.run(), name="service")

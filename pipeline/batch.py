@@ -2,8 +2,8 @@
 
 Each file becomes a short-lived room (a file source read as fast as the pipeline takes it,
 the VAD) whose utterances are ``Work.BATCH`` (live rooms go first) and carry the job and
-the file (``Utterance.file``); several files are decoded and segmented at once, so segments of different files
-share the recognizer's batches. Batch transcripts come back even when empty (the recognize
+the file (``Utterance.file``); several files are decoded and segmented at once, so segments
+of different files share the recognizer's batches. Batch transcripts come back even when empty (the recognize
 and text stages pass them on), so a job knows when each file is complete: it has as many
 transcripts as its room cut segments. Then ``on_file_done`` gets the file's segments in
 order, on a worker thread (it writes files). A file that cannot be read is done at once

@@ -172,9 +172,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         parts = list(self._decoding_hotwords(utt.room))
         room = self.rooms[utt.room]
         use_previous = self.settings.prompt_previous if room.prompt_previous is None else room.prompt_previous
-        previous = self.rooms.previous.get(utt.room)
-        recent = previous is not None and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s
-        if use_previous and not utt.timestamps and previous is not None and recent:
+        previous = self.rooms.previous.get(utt.room) if use_previous and not utt.timestamps else None
+        if previous is not None and utt.start_wall - previous[1] <= self.settings.prompt_max_gap_s:
             return (", ".join(parts) + ". " if parts else "") + previous[0]
         return ", ".join(parts)
 

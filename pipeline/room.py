@@ -169,10 +169,6 @@ class Room:
         self.counters.frames += 1
         return Frame(self.name, samples, offset, self._wall0 + offset / SAMPLE_RATE, time.monotonic())
 
-    @property
-    def paused(self) -> bool:
-        return self.state.paused
-
     async def _vad(self) -> None:
         loop = asyncio.get_running_loop()
         speech_prob = await loop.run_in_executor(self.vad_executor, self.speech_prob_factory)
@@ -198,7 +194,7 @@ class Room:
             wall0 = item.wall - item.offset / SAMPLE_RATE
             # Paused: the VAD hears silence, so speech in progress ends as usual and stream
             # offsets (and so wall times) stay right; the audio itself is not used.
-            samples = np.zeros_like(item.samples) if self.paused else item.samples
+            samples = np.zeros_like(item.samples) if self.state.paused else item.samples
             with self.watch.busy(f"vad:{self.name}"):
                 segments = await loop.run_in_executor(self.vad_executor, self._timed_push, assembler, samples)
             await self._emit(segments, wall0)
@@ -206,7 +202,7 @@ class Room:
                 self._maybe_partial(assembler, wall0)
             if self.unavailable:
                 pass  # stays "unavailable" until the source is back
-            elif self.paused:
+            elif self.state.paused:
                 self._set_state("paused")
             elif assembler.in_speech:
                 if self.counters.state != "speaking":

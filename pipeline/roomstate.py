@@ -87,6 +87,3 @@ class RoomStates:
         self.previous[name] = (text, end_wall)
         if len(self.previous) > MAX_ROOMS_REMEMBERED:
             del self.previous[next(iter(self.previous))]
-
-    def forget(self, name: str) -> None:
-        self.previous.pop(name, None)

@@ -52,10 +52,6 @@ class Stage(Generic[In, Out, C]):
         if self.output is not None:
             await self.output.put(None)
 
-    def depth(self) -> int:
-        """Items waiting in this stage's inbox (and any it took and holds, where it says)."""
-        return self.inbox.qsize()
-
     def counters_dict(self) -> dict[str, Any]:
         """The stage's counters, for the status command and the stats."""
         return dataclasses.asdict(self.counters)

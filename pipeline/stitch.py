@@ -79,9 +79,6 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
     def enabled(self, room: str) -> bool:
         return self.settings.enabled and self.rooms[room].stitch
 
-    def depth(self) -> int:
-        return self.inbox.qsize() + len(self.held)
-
     async def run(self) -> None:
         while True:
             timeout = self._next_deadline()

@@ -20,6 +20,7 @@ from daemon.config import Config, HermesSourceSettings
 if TYPE_CHECKING:
     from daemon.mqtt import Publisher
     from pipeline.room import Room
+    from pipeline.sources import PushSource
 
 TEXT_CAPTURED = "hermes/asr/textCaptured"
 
@@ -79,7 +80,7 @@ class HermesIngress:
                 topic = audio_frame_topic(site_id(self.config, room.name))
                 self.publisher.subscribe(topic, self._handler(room.name, room.source), qos=0)
 
-    def _handler(self, room: str, source: Any) -> Callable[[str, bytes], None]:
+    def _handler(self, room: str, source: PushSource) -> Callable[[str, bytes], None]:
         def handle(topic: str, payload: bytes) -> None:
             try:
                 samples, rate = decode_audio_frame(payload)

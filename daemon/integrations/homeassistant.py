@@ -98,7 +98,6 @@ class Discovery:
         self.publisher = publisher
         self.rooms = rooms
         self.model = model
-        self.announced = 0  # times the configs were sent
         self.log = structlog.get_logger().bind(component="homeassistant")
         publisher.on_connect.append(self.announce)
         publisher.subscribe(f"{settings.discovery_prefix}/status", self._status)
@@ -109,7 +108,6 @@ class Discovery:
         messages = discovery_messages(self.settings.discovery_prefix, p.prefix, p.client_id, self.rooms(), self.model())
         for topic, payload in messages:
             p.submit_json(topic, payload, qos=1, retain=True, replace=True)
-        self.announced += 1
         self.log.info("home assistant discovery announced", entities=len(messages))
 
     def _status(self, topic: str, payload: bytes) -> None:

@@ -25,13 +25,13 @@ import structlog
 from daemon.config import Config
 from daemon.config_file import ConfigError
 from daemon.control import Controller, reload_config
-from daemon.errors import EXIT_INTERRUPTED, EXIT_OK
+from daemon.errors import EXIT_INTERRUPTED, EXIT_OK, StartupError
 from daemon.integrations.hermes import HermesIngress
 from daemon.integrations.homeassistant import Discovery
 from daemon.jobs import BatchJobs
 from daemon.mqtt import Publisher
 from daemon.notify import Notifier
-from daemon.outbox import Outbox
+from daemon.outbox import Outbox, OutboxError
 from daemon.publish import Partials, PublishStage
 from daemon.runtime import Runtime
 from daemon.service import Service
@@ -62,9 +62,12 @@ class App:
     @staticmethod
     def _init_runtime(config: Config, config_path: Path) -> Runtime:
         m = config.mqtt
-        outbox = Outbox(
-            config.daemon.state_path(config_path) / "outbox.sqlite3", m.outbox_max_entries, m.outbox_max_age_s
-        )
+        try:
+            outbox = Outbox(
+                config.daemon.state_path(config_path) / "outbox.sqlite3", m.outbox_max_entries, m.outbox_max_age_s
+            )
+        except OutboxError as exc:
+            raise StartupError(str(exc)) from None
         return Runtime(config, config_path, Publisher(m, outbox, config_path), room_states(config))
 
     def status(self) -> dict[str, Any]:
@@ -109,12 +112,13 @@ class App:
 
     async def run(self) -> int:
         rt = self.rt
-        restored = await rt.publisher.restore()
-        if restored:
-            self.log.warning("outbox: publishing utterances from before this start", count=restored)
-        await self._start_model()
-        assert rt.pipeline is not None and self.publish is not None
+        self.service.start_metrics()  # first: a port in use fails the start before the model loads
         try:
+            restored = await rt.publisher.restore()
+            if restored:
+                self.log.warning("outbox: publishing utterances from before this start", count=restored)
+            await self._start_model()
+            assert rt.pipeline is not None and self.publish is not None
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(rt.publisher.run(), name="mqtt")
                 stage_tasks = [*rt.pipeline.tasks(group), group.create_task(self.publish.run(), name="publish")]
@@ -126,6 +130,7 @@ class App:
                 service.cancel()
                 await self._drain(room_tasks, stage_tasks, mqtt_task)
         finally:
+            self.service.stop_metrics()
             rt.shutdown_executors()
         self.log.info("stopped", published=rt.publisher.counters.published)
         return EXIT_OK

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from daemon.commands import CommandError
-from daemon.outputs import output_path, render, write_atomically
+from daemon.outputs import output_bases, output_path, render, write_atomically
 from daemon.runtime import Runtime
 from daemon.wiring import silero_factory
 from pipeline.batch import BatchJob, FileResult, expand_paths
@@ -22,14 +22,34 @@ from pipeline.messages import Transcript
 def resolve_batch_path(allowed_dir: str, path_text: str) -> tuple[Path, Path]:
     """(the allowed folder, the requested path), both with symbolic links resolved, so that
     neither ".." nor a link leads outside; CommandError when it does or nothing is there."""
+    shown = repr(path_text if len(path_text) <= 200 else path_text[:200] + "...")
+    if "\0" in path_text:
+        raise CommandError(f"{shown}: a path cannot hold a null byte", "transcribe")
     allowed = Path(allowed_dir).resolve()
-    path = Path(path_text)
-    path = (path if path.is_absolute() else allowed / path).resolve()
-    if not path.is_relative_to(allowed):
-        raise CommandError(f"{path_text!r} is outside batch.allowed_dir ({allowed})", "transcribe")
-    if not path.exists():
-        raise CommandError(f"{path_text!r}: no such file or folder", "transcribe")
+    try:
+        path = Path(path_text)
+        path = (path if path.is_absolute() else allowed / path).resolve()
+        if not path.is_relative_to(allowed):
+            raise CommandError(f"{shown} is outside batch.allowed_dir ({allowed})", "transcribe")
+        if not path.exists():
+            raise CommandError(f"{shown}: no such file or folder", "transcribe")
+    except OSError as exc:  # a name too long, a loop of links...
+        raise CommandError(f"{shown}: {exc.strerror or exc}", "transcribe") from None
     return allowed, path
+
+
+def inside(allowed: Path, files: list[Path]) -> tuple[list[Path], dict[str, str]]:
+    """The files whose real path (every link followed) is below ``allowed``, and the others
+    with the reason: a link in the folder must not lead out of it."""
+    kept: list[Path] = []
+    refused: dict[str, str] = {}
+    for file in files:
+        real = file.resolve()
+        if real.is_relative_to(allowed):
+            kept.append(file)
+        else:
+            refused[str(file)] = f"a link to {real}, outside batch.allowed_dir ({allowed}): not read"
+    return kept, refused
 
 
 class BatchJobs:
@@ -56,16 +76,16 @@ class BatchJobs:
             raise CommandError("the model is still loading", "transcribe")
         allowed, path = resolve_batch_path(b.allowed_dir, path_text)
         out_dir = Path(b.output_dir) if b.output_dir else rt.config.daemon.state_path(rt.config_path) / "transcripts"
-        files = [p for p, _ in expand_paths([path], recursive)]
+        files, failed = inside(allowed, [p for p, _ in expand_paths([path], recursive)])
+        bases = output_bases([(f, allowed) for f in files], out_dir)
         outputs: list[str] = []
-        failed: dict[str, str] = {}
 
         def file_done(result: FileResult) -> None:
             if result.error is not None:
                 failed[str(result.path)] = result.error
                 return
             for fmt in b.formats:
-                target = output_path(result.path, allowed, out_dir, fmt)
+                target = output_path(bases[result.path], fmt)
                 write_atomically(target, render(result, fmt))
                 outputs.append(str(target))
 

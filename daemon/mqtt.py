@@ -1,8 +1,16 @@
 """MQTT publisher: holds messages until the broker acknowledges them, reconnects forever.
 
-Messages wait in memory (bounded; the oldest is dropped with an error log when full) and
-leave the queue only after the broker's PUBACK (QoS 1), so a broker that is down at start
-or goes away loses nothing; they are published in order once it is back.
+Messages wait in memory and leave the queue only after the broker's PUBACK (QoS 1), so a
+broker that is down at start or goes away loses nothing; they are published in order once
+it is back. The memory queue is bounded by ``mqtt.max_pending`` twice over: utterances that
+are on disk stop entering it past the bound and wait in the outbox, read back in order as
+the queue empties (the outbox's own bounds are the only ones that drop a stored utterance);
+anything else past the bound drops the oldest such message, with an error log.
+
+Text from outside (commands, file names, hotwords, device names) reaches payloads and
+topics; every one is made valid UTF-8 here (``safe_text``), so no message can fail to
+encode. A failing exit (a crash, a cancelled drain) publishes ``offline`` before it
+disconnects: a clean DISCONNECT would stop the broker from sending the will.
 """
 
 from __future__ import annotations
@@ -10,13 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +29,15 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from daemon.config import MqttSettings, credential_path
+from daemon.broker import backoff_delay, read_password, tls_context
+from daemon.config import MqttSettings
+from daemon.durable import Durable
 from daemon.outbox import Outbox
+from daemon.safe import safe_text
 
 PUBLISH_TIMEOUT_S = 10.0
+# A failing exit waits this long at most to publish ``offline``.
+OFFLINE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Outgoing:
     decided_at: float | None = None  # monotonic time the VAD cut the utterance
     queued_at: float = field(default_factory=time.monotonic)
     seq: int | None = None  # its row in the durable outbox
+    durable: bool = False  # an utterance: stored in the outbox when the disk takes it
     delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
     summary: dict[str, Any] | None = None  # more fields for the "utterance published" log line
 
@@ -50,36 +61,9 @@ class PublisherCounters:
     published: int = 0
     dropped: int = 0
     skipped: int = 0  # QoS 0 messages while no broker was connected
+    waited_on_disk: int = 0  # utterances that waited in the outbox while the memory queue was full
     connects: int = 0
     connect_failures: int = 0
-
-
-def read_password(settings: MqttSettings, config_path: Path) -> str | None:
-    """The password from its file (first line); never logged."""
-    if not settings.password_file:
-        return None
-    return credential_path(settings.password_file, config_path).read_text(encoding="utf-8").strip()
-
-
-def tls_context(settings: MqttSettings, config_path: Path) -> ssl.SSLContext | None:
-    """TLS with the broker's certificate and host name verified (unless tls_insecure)."""
-    if not settings.tls:
-        return None
-    ca = credential_path(settings.ca_file, config_path) if settings.ca_file else None
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    if settings.cert_file:
-        context.load_cert_chain(
-            str(credential_path(settings.cert_file, config_path)), str(credential_path(settings.key_file, config_path))
-        )
-    if settings.tls_insecure:
-        context.check_hostname = False
-    return context
-
-
-def backoff_delay(attempt: int, low: float, high: float) -> float:
-    """Full-jitter exponential backoff: uniform in [low, min(high, low * 2**attempt)]."""
-    cap = min(high, low * 2 ** min(attempt, 30))
-    return random.uniform(low, max(low, cap))
 
 
 def with_delayed_flag(payload: str) -> str:
@@ -97,6 +81,9 @@ def with_delayed_flag(payload: str) -> str:
 class Publisher:
     def __init__(self, settings: MqttSettings, outbox: Outbox | None = None, config_path: Path | None = None) -> None:
         self.outbox = outbox
+        self.durable = Durable(outbox) if outbox is not None else None
+        # Utterances from this seq on wait in the outbox only (the memory queue was full).
+        self._on_disk_from: int | None = None
         config_path = config_path or Path.cwd() / "config.toml"
         self.settings = settings
         self.prefix = settings.prefix.rstrip("/")
@@ -118,31 +105,42 @@ class Publisher:
         # Called after every (re)connect, before anything queued is sent (discovery messages).
         self.on_connect: list[Callable[[], None]] = []
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
-        # The outbox's disk work (an fsync per insert) runs here, in order, off the event loop.
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="outbox")
 
     @staticmethod
     def encode(payload: dict[str, Any]) -> str:
-        return json.dumps(payload, ensure_ascii=False)
+        return safe_text(json.dumps(payload, ensure_ascii=False))
 
     async def restore(self) -> int:
-        """Queue what the outbox still holds from before this start, oldest first, flagged delayed."""
-        if self.outbox is None:
+        """Queue what the outbox still holds from before this start, oldest first, flagged
+        delayed (up to ``max_pending`` of it now, the rest as the queue empties)."""
+        if self.durable is None:
             return 0
-        stored = await asyncio.wrap_future(self._disk.submit(self.outbox.pending))
-        for row in stored:
+        self._on_disk_from = 0
+        await self._refill()
+        return len(self.durable)
+
+    async def _refill(self) -> None:
+        """The next utterances waiting in the outbox into the memory queue. Caught up when
+        fewer come back than asked for: an insert the read did not see finishes after it,
+        so its ``submit`` runs after this and finds ``_on_disk_from`` cleared."""
+        assert self.durable is not None and self._on_disk_from is not None
+        limit = self.settings.max_pending
+        rows = await self.durable.rows(self._on_disk_from, limit)
+        self._on_disk_from = rows[-1].seq + 1 if len(rows) >= limit else None
+        for row in rows:
             self.pending.append(
                 Outgoing(
                     row.topic,
                     row.payload,
-                    qos=1,
                     utterance_id=row.utterance_id,
                     room=row.room,
                     seq=row.seq,
                     delayed=True,
+                    durable=True,
                 )
             )
-        return len(stored)
+        if rows:
+            self._wake.set()
 
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
         self.handlers[topic_filter] = (qos, handler)
@@ -152,39 +150,66 @@ class Publisher:
 
     async def submit_durable(self, message: Outgoing) -> None:
         """An utterance: on disk (on the outbox's thread) before it is queued, so a crash from
-        here on loses nothing; then ``submit``."""
-        if self.outbox is not None and message.seq is None:
-            add = self.outbox.add
-            stored = self._disk.submit(add, message.topic, message.payload, message.utterance_id, message.room)
-            seq, gone = await asyncio.wrap_future(stored)
-            message.seq = seq
-            if gone:  # past the outbox's bounds: out of the memory queue too (the outbox logged them)
-                dropped = set(gone)
-                self.pending = deque(m for m in self.pending if m.seq not in dropped)
-                self.counters.dropped += len(dropped)
-            self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
+        here on loses nothing; then ``submit``. A degraded outbox keeps it in memory only."""
+        message.durable = True
+        if self.durable is not None and message.seq is None:
+            recovering = self.durable.degraded is not None
+            if await self._store(message):
+                self.log.info("utterance stored", utterance_id=message.utterance_id, room=message.room, seq=message.seq)
+                if recovering:  # the disk takes writes again: what waited in memory goes there too
+                    for waiting in [m for m in self.pending if m.durable and m.seq is None]:
+                        await self._store(waiting)
+            else:
+                self.log.error("utterance kept in memory only: outbox degraded", utterance_id=message.utterance_id)
         self.submit(message)
 
-    def _forget(self, seq: int | None) -> None:
-        """Out of the outbox, on its thread (acknowledged, or dropped from a full queue)."""
-        if self.outbox is not None and seq is not None:
-            self._disk.submit(self.outbox.remove, seq).add_done_callback(self._disk_done)
+    async def _store(self, message: Outgoing) -> bool:
+        assert self.durable is not None
+        stored = await self.durable.store(message.topic, message.payload, message.utterance_id, message.room)
+        if stored is None:
+            return False
+        message.seq, gone = stored
+        if gone:  # past the outbox's bounds: out of the memory queue too (the outbox logged them)
+            dropped = set(gone)
+            self.pending = deque(m for m in self.pending if m.seq not in dropped)
+            self.counters.dropped += len(dropped)
+        return True
 
-    def _disk_done(self, future: Future[None]) -> None:
-        if (exc := future.exception()) is not None:
-            self.log.error("outbox update failed", error=str(exc))
+    def _forget(self, seq: int | None) -> None:
+        """Out of the outbox, on its thread (acknowledged)."""
+        if self.durable is not None and seq is not None:
+            self.durable.forget(seq)
+
+    def _on_disk_only(self, message: Outgoing) -> bool:
+        """A stored utterance past the memory bound waits in the outbox instead (in order:
+        once one waits there, the later ones do too until the queue has caught up)."""
+        if not message.durable or message.seq is None:
+            return False
+        if self._on_disk_from is None:
+            if sum(1 for m in self.pending if m.seq is not None) < self.settings.max_pending:
+                return False
+            self._on_disk_from = message.seq
+            self.log.warning("publish queue full: utterances wait in the outbox", from_seq=message.seq)
+        self.counters.waited_on_disk += 1
+        self._wake.set()
+        return True
 
     def submit(self, message: Outgoing) -> None:
-        """Queue a message; never blocks. Past ``max_pending`` the oldest one is dropped.
-        QoS 0 messages (partials) are only worth sending now: without a broker they are skipped."""
+        """Queue a message; never blocks. QoS 0 messages (partials) are only worth sending
+        now: without a broker they are skipped. Past ``max_pending``: a stored utterance waits
+        on disk; any other message drops the oldest message that is not on disk."""
+        message.topic, message.payload = safe_text(message.topic), safe_text(message.payload)
         if message.qos == 0 and not self.connected.is_set():
             self.counters.skipped += 1
             return
         if not self.connected.is_set():
             message.delayed = True
-        if len(self.pending) >= self.settings.max_pending:
-            lost = self.pending.popleft()
-            self._forget(lost.seq)
+        if self._on_disk_only(message):
+            return
+        in_memory_only = [m for m in self.pending if m.seq is None]
+        if message.seq is None and len(in_memory_only) >= self.settings.max_pending:
+            lost = in_memory_only[0]
+            self.pending.remove(lost)
             self.counters.dropped += 1
             self.log.error(
                 "publish queue full: oldest message dropped",
@@ -212,13 +237,14 @@ class Publisher:
             self._give_up()
         await self._done.wait()
         # The outbox's last removals are on disk before the process goes.
-        await asyncio.wrap_future(self._disk.submit(lambda: None))
-        self._disk.shutdown(wait=False)
+        if self.durable is not None:
+            await self.durable.close()
 
     def _give_up(self) -> None:
         if not self._done.is_set():
-            kept = len(self.outbox) if self.outbox is not None else 0
-            self.log.warning("broker unreachable at shutdown", kept_in_outbox=kept, lost_other=len(self.pending) - kept)
+            kept = len(self.durable) if self.durable is not None else 0
+            lost = sum(1 for m in self.pending if m.seq is None)
+            self.log.warning("broker unreachable at shutdown", kept_in_outbox=kept, lost_other=lost)
             self._done.set()
 
     def _client(self) -> aiomqtt.Client:
@@ -251,7 +277,11 @@ class Publisher:
                     for announce in self.on_connect:
                         announce()
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
-                    await self._session(client)
+                    try:
+                        await self._session(client)
+                    except BaseException:
+                        await self._say_offline(client)
+                        raise
                     self._done.set()
                     self.log.info("mqtt disconnected cleanly", status="stopped")
                     return
@@ -279,6 +309,11 @@ class Publisher:
                 if self._closing:
                     self._give_up()
                     return
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        """Before a failing exit's DISCONNECT; on a dead connection the will does it."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.publish(self.status_topic, "offline", qos=1, retain=True), OFFLINE_TIMEOUT_S)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Send until closing; a dropped connection (seen by the watcher) ends it with MqttError."""
@@ -312,10 +347,19 @@ class Publisher:
 
     async def _send_all(self, client: aiomqtt.Client) -> None:
         while True:
-            while self.pending:
+            while self.pending or self._on_disk_from is not None:
+                if not self.pending:
+                    await self._refill()
+                    continue
                 item = self.pending[0]
                 payload = with_delayed_flag(item.payload) if item.delayed and item.utterance_id else item.payload
-                await client.publish(item.topic, payload, qos=item.qos, retain=item.retain)
+                try:
+                    await client.publish(item.topic, payload, qos=item.qos, retain=item.retain)
+                except (aiomqtt.MqttError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # this message can never go (too large...): it alone is dropped
+                    self._unpublishable(item, exc)
+                    continue
                 # Acknowledged (PUBACK for QoS 1): only now does it leave the queue and the outbox.
                 if self.pending and self.pending[0] is item:
                     self.pending.popleft()
@@ -338,3 +382,12 @@ class Publisher:
                 return
             self._wake.clear()
             await self._wake.wait()
+
+    def _unpublishable(self, item: Outgoing, exc: Exception) -> None:
+        if self.pending and self.pending[0] is item:
+            self.pending.popleft()
+        self._forget(item.seq)
+        self.counters.dropped += 1
+        self.log.error(
+            "message cannot be published: dropped", topic=item.topic, utterance_id=item.utterance_id, error=repr(exc)
+        )

@@ -4,7 +4,19 @@ SQLite in WAL mode with ``synchronous=FULL`` (each utterance is on disk before i
 published, at our rate of at most a few a second), so a broker outage, a SIGKILL or a reboot
 loses nothing: what is still here at start is published first, oldest first, with its
 original id and ``"delayed": true``. Bounded by count and age; what falls out is counted and
-logged as an error, never dropped silently.
+logged as an error, never dropped silently. These bounds are the only ones that drop a
+stored utterance (the publisher's memory queue never deletes from here).
+
+Faults have a mode each (docs/mqtt.md):
+
+- a damaged file (not a database, a bad page) is moved aside as ``outbox.sqlite3.damaged-<time>``
+  (named in the log), every row that can still be read is copied into a fresh outbox, and
+  the daemon starts;
+- a full or failing disk makes the outbox *degraded*: ``add`` raises ``OutboxUnavailable``,
+  the publisher keeps the utterance in memory and says so (log, ``<prefix>/stats``), and
+  every later ``add`` tries the disk again, so the outbox recovers by itself when space returns;
+- a state directory we may not write to is a start-up error (``OutboxError``, exit 3): it is
+  a set-up mistake, not a fault that passes.
 
 Every call does disk I/O (an fsync per insert): the publisher makes them all on one thread
 of its own, never on the event loop. ``len()`` is a count kept in memory.
@@ -12,12 +24,28 @@ of its own, never on the event loop. ``len()`` is a count kept in memory.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from daemon.outbox_repair import Damaged, damaged, move_aside, salvage
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+    "payload TEXT NOT NULL, utterance_id TEXT, room TEXT, created REAL NOT NULL)"
+)
+
+
+class OutboxError(Exception):
+    """The state directory cannot hold an outbox at all (permissions, read-only); names the path."""
+
+
+class OutboxUnavailable(Exception):
+    """The disk refused this write (full, I/O error); the outbox is degraded until one succeeds."""
 
 
 @dataclass(frozen=True)
@@ -30,39 +58,116 @@ class Stored:
     created: float  # epoch seconds
 
 
+def prepare_state_dir(folder: Path) -> None:
+    """The state directory, owner-only whatever the umask; ``OutboxError`` naming it if we
+    cannot write there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise OutboxError(f"state directory {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutboxError(f"state directory {folder}: not writable by this user (uid {os.getuid()})")
+
+
 class Outbox:
     def __init__(self, path: Path, max_entries: int = 100_000, max_age_s: float = 7 * 86400) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(path.parent)
         self.path = path
         self.max_entries = max_entries
         self.max_age_s = max_age_s
         self.dropped = 0
-        self.log = structlog.get_logger().bind(component="outbox")
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
-            "payload TEXT NOT NULL, utterance_id TEXT, room TEXT, created REAL NOT NULL)"
-        )
-        self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.degraded: str | None = None  # why the disk refused the last write, until one succeeds
+        self.salvaged = 0  # rows copied out of a damaged file at start
+        self.log = structlog.get_logger().bind(component="outbox", path=str(path))
+        self._db: sqlite3.Connection | None = None
+        self._count = 0
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:  # full disk, I/O error: start degraded, retry on add
+            self._degrade(exc)
+
+    def _open(self) -> None:
+        try:
+            db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            self._replace_damaged(exc)
+            db = self._connect()
+        self._db = db
+        self._count = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._trim()
 
-    def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
-        """Store a message; returns its seq and the seqs the bounds pushed out (already logged)."""
-        cursor = self._db.execute(
-            "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
-            (topic, payload, utterance_id, room, time.time()),
+    def _connect(self) -> sqlite3.Connection:
+        old_umask = os.umask(0o077)  # the database and its -wal/-shm files: owner-only
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        finally:
+            os.umask(old_umask)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(SCHEMA)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise Damaged(f"integrity check: {check}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _replace_damaged(self, exc: sqlite3.DatabaseError) -> None:
+        aside = move_aside(self.path)
+        rows = salvage(aside)
+        db = self._connect()
+        with db:
+            db.executemany(
+                "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
+                [row[1:] for row in rows],  # new seqs, the same order
+            )
+        db.close()
+        self.salvaged = len(rows)
+        self.log.error(
+            "outbox damaged: moved aside, readable rows kept", error=str(exc), moved_to=str(aside), kept=len(rows)
         )
+
+    def _degrade(self, exc: Exception) -> None:
+        if self.degraded is None:
+            self.log.error("outbox degraded: utterances kept in memory until the disk takes writes", error=str(exc))
+        self.degraded = str(exc)  # the connection stays: reads and removals may still work
+
+    def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
+        """Store a message; returns its seq and the seqs the bounds pushed out (already logged).
+        Raises ``OutboxUnavailable`` when the disk refuses (the outbox is then degraded)."""
+        try:
+            if self._db is None:
+                self._open()
+            assert self._db is not None
+            cursor = self._db.execute(
+                "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
+                (topic, payload, utterance_id, room, time.time()),
+            )
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._degrade(exc)
+            raise OutboxUnavailable(str(exc)) from None
         self._count += 1
+        if self.degraded is not None:
+            self.log.warning("outbox recovered: utterances on disk again", was=self.degraded)
+            self.degraded = None
         return int(cursor.lastrowid or 0), self._trim()
 
     def remove(self, seq: int) -> None:
+        if self._db is None:
+            return  # degraded: the row stays, and is published again after a restart at worst
         self._count -= self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
 
-    def pending(self) -> list[Stored]:
+    def pending(self, from_seq: int = 0, limit: int = -1) -> list[Stored]:
+        """Stored rows, oldest first: all of them, or ``limit`` from ``from_seq`` on."""
+        if self._db is None:
+            return []
         rows = self._db.execute(
-            "SELECT seq, topic, payload, utterance_id, room, created FROM outbox ORDER BY seq"
+            "SELECT seq, topic, payload, utterance_id, room, created FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
+            (from_seq, limit),
         ).fetchall()
         return [Stored(*row) for row in rows]
 
@@ -70,10 +175,12 @@ class Outbox:
         return self._count
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def _trim(self) -> list[int]:
         """Past the bounds, the oldest go: counted and logged as an error; returns their seqs."""
+        assert self._db is not None
         old = self._db.execute(
             "SELECT seq, utterance_id FROM outbox WHERE created < ? ORDER BY seq", (time.time() - self.max_age_s,)
         ).fetchall()

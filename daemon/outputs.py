@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.safe import safe_text
 from pipeline.batch import FileResult
 from pipeline.messages import Transcript
 
@@ -107,16 +109,41 @@ def render(result: FileResult, fmt: str) -> str:
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(encode_text(text))
     os.replace(tmp, path)
 
 
-def output_path(path: Path, root: Path, out_dir: Path | None, fmt: str) -> Path:
-    """Beside the input, or under ``out_dir`` mirroring the input's place below its root."""
-    if out_dir is None:
-        return path.with_suffix(f".{fmt}")
+def encode_text(text: str) -> bytes:
+    """UTF-8; a file name that was not UTF-8 (held as surrogate escapes) goes back to its own
+    bytes, and any other lone surrogate becomes U+FFFD: writing never fails on text."""
     try:
-        relative = path.relative_to(root)
-    except ValueError:
-        relative = Path(path.name)
-    return (out_dir / relative).with_suffix(f".{fmt}")
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return safe_text(text).encode("utf-8")
+
+
+def output_bases(files: list[tuple[Path, Path]], out_dir: Path | None) -> dict[Path, Path]:
+    """Each input's output path without the format's suffix: beside the input, or under
+    ``out_dir`` mirroring its place below its root. Inputs whose outputs would share a name
+    (``talk.wav`` and ``talk.flac``) keep their own suffix in it (``talk.wav.txt``,
+    ``talk.flac.txt``), whatever order they come in, so no output overwrites another."""
+    placed: dict[Path, Path] = {}
+    for path, root in files:
+        if out_dir is None:
+            placed[path] = path
+            continue
+        try:
+            placed[path] = out_dir / path.relative_to(root)
+        except ValueError:
+            placed[path] = out_dir / path.name
+    sharing = Counter(p.with_suffix("") for p in placed.values())
+    return {path: p.with_suffix("") if sharing[p.with_suffix("")] == 1 else p for path, p in placed.items()}
+
+
+def shared_names(bases: dict[Path, Path]) -> list[Path]:
+    """The inputs whose outputs keep the input's suffix (their names are shared)."""
+    return [path for path, base in bases.items() if base.name == path.name]
+
+
+def output_path(base: Path, fmt: str) -> Path:
+    return base.with_name(f"{base.name}.{fmt}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from daemon.errors import StartupError
 from daemon.notify import Notifier, watchdog_interval_s
 from daemon.runtime import Runtime
 from daemon.stats import serve_metrics
@@ -30,6 +31,7 @@ class Service:
         self.bad_audio_frames = bad_audio_frames
         self.last_snapshot: dict[str, Any] = {}
         self.log = structlog.get_logger().bind(component="service")
+        self._stop_metrics: Callable[[], None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.rt, self.bad_audio_frames())
@@ -41,7 +43,6 @@ class Service:
         watchdog = watchdog_interval_s()
         daemon = self.rt.config.daemon
         tick = min(watchdog or SERVICE_TICK_S, SERVICE_TICK_S)
-        stop_metrics = serve_metrics(daemon.metrics_port, lambda: self.last_snapshot) if daemon.metrics_port else None
         next_stats = time.monotonic() + daemon.stats_interval_s
         last_status = ""
         try:
@@ -60,8 +61,25 @@ class Service:
                     publisher.submit_json(publisher.topic("stats"), self.last_snapshot, qos=0)
                 await asyncio.sleep(tick)
         finally:
-            if stop_metrics is not None:
-                stop_metrics()
+            self.stop_metrics()
+
+    def stop_metrics(self) -> None:
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+            self._stop_metrics = None
+
+    def start_metrics(self) -> None:
+        """The Prometheus endpoint, bound before anything runs: a port in use is a start-up
+        error that names it (exit 3), not a service loop that dies unseen."""
+        port = self.rt.config.daemon.metrics_port
+        if not port:
+            return
+        try:
+            self._stop_metrics = serve_metrics(port, lambda: self.last_snapshot)
+        except OSError as exc:
+            raise StartupError(
+                f"daemon.metrics_port = {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})"
+            ) from None
 
     async def _wait_until_up(self) -> None:
         rooms = self.rt.rooms

@@ -49,6 +49,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "dropped": ("roomscribe_dropped", "Messages dropped (queue or outbox full, too old)", True),
     "dropped_frames": ("roomscribe_dropped_frames", "Audio frames dropped because the VAD was behind", True),
     "outbox": ("roomscribe_outbox_entries", "Utterances on disk waiting for the broker", False),
+    "outbox_memory_only": ("roomscribe_outbox_memory_only", "Utterances kept in memory: the outbox was degraded", True),
     "mqtt_connected": ("roomscribe_mqtt_connected", "1 while connected to the broker", False),
     "rss_bytes": ("roomscribe_resident_memory_bytes", "Resident memory", False),
     "open_fds": ("roomscribe_open_fds", "Open file descriptors", False),
@@ -70,6 +71,9 @@ class SnapshotCollector(Collector):
             family = CounterMetricFamily(name, doc) if counter else GaugeMetricFamily(name, doc)
             family.add_metric([], float(s[key]))
             yield family
+        if "outbox" in s:
+            degraded = 1.0 if s.get("outbox_degraded") else 0.0
+            yield GaugeMetricFamily("roomscribe_outbox_degraded", "1 while the outbox refuses writes", value=degraded)
         queues = GaugeMetricFamily("roomscribe_queue_depth", "Items waiting per queue", labels=["queue"])
         for queue, depth in s.get("queues", {}).items():
             queues.add_metric([queue], float(depth))

@@ -64,7 +64,7 @@ def snapshot(rt: Runtime, bad_audio_frames: int = 0) -> dict[str, Any]:
         }
         for room in rt.rooms
     }
-    outbox = rt.publisher.outbox
+    durable = rt.publisher.durable
     return {
         "time": iso_utc(time.time()),
         "uptime_s": round(time.monotonic() - rt.started_at, 1),
@@ -73,7 +73,11 @@ def snapshot(rt: Runtime, bad_audio_frames: int = 0) -> dict[str, Any]:
         "dropped_frames": sum(r["dropped_frames"] for r in rooms.values()),
         "published": rt.publisher.counters.published,
         "dropped": rt.publisher.counters.dropped,
-        "outbox": len(outbox) if outbox is not None else 0,
+        "outbox": len(durable) if durable is not None else 0,
+        # Why the disk refuses writes (utterances then wait in memory only), or null.
+        "outbox_degraded": durable.degraded if durable is not None else None,
+        "outbox_memory_only": durable.memory_only if durable is not None else 0,
+        "waited_on_disk": rt.publisher.counters.waited_on_disk,
         "mqtt_connected": int(rt.publisher.connected.is_set()),
         "queues": rt.queue_depths(),
         "recognize_ms": percentiles(counters.latencies_ms if counters else []),
@@ -96,5 +100,8 @@ def status_line(rt: Runtime) -> str:
     queued = sum(depths.values()) - depths["mqtt_pending"]  # the pipeline's own queues
     broker = "connected" if rt.publisher.connected.is_set() else "broker unreachable"
     stalled = f", STALLED: {', '.join(rt.stalled)}" if rt.stalled else ""
+    durable = rt.publisher.durable
+    if durable is not None and durable.degraded is not None:
+        stalled += ", OUTBOX DEGRADED (utterances in memory only)"
     rooms = f"{len(rt.rooms)} room" + ("s" if len(rt.rooms) != 1 else "")
     return f"{rooms}, {utterances} utterances, queue {queued}, MQTT {broker}{stalled}"

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from daemon.config import Config
 from daemon.config_file import ConfigError, load_config
 from daemon.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
-from daemon.outputs import FORMATS, output_path, render, write_atomically
+from daemon.outputs import FORMATS, output_bases, output_path, render, shared_names, write_atomically
 from daemon.wiring import load_recognizer_in_thread, pipeline_from_config, room_states, silero_factory
 from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
 from pipeline.chunks import chunk_seconds
@@ -58,11 +58,15 @@ class Plan:
     formats: list[str]
     out_dir: Path | None
     force: bool
+    bases: dict[Path, Path] = field(init=False)  # output path without the format, per input
+
+    def __post_init__(self) -> None:
+        self.bases = output_bases(self.files, self.out_dir)
 
     def outputs(self, path: Path, root: Path) -> list[Path]:
         if self.streaming:
             return []
-        return [output_path(path, root, self.out_dir, fmt) for fmt in self.formats]
+        return [output_path(self.bases[path], fmt) for fmt in self.formats]
 
     @property
     def streaming(self) -> bool:
@@ -230,6 +234,11 @@ def transcribe_main(args: argparse.Namespace) -> int:
     todo, skipped = plan.todo()
     runner = Runner(config, args.config or Path.cwd() / "config.toml", plan, args.jobs or default_jobs(), args.language)
     console = runner.console
+    if (shared := shared_names(plan.bases)) and not plan.streaming:
+        names = ", ".join(output_path(plan.bases[path], formats[0]).name for path in shared[:4])
+        console.print(
+            f"roomscribe: {len(shared)} input(s) share a name: their outputs keep the input's suffix ({names})"
+        )
     if skipped:
         console.print(f"roomscribe: {len(skipped)} file(s) already done (outputs exist; --force redoes them)")
     code = 0

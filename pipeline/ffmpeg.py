@@ -16,6 +16,12 @@ import numpy as np
 from pipeline.messages import SAMPLE_RATE
 from pipeline.sources import CHUNK_MS, AudioFileError, CaptureError, SourceLost
 
+# A file is read as itself and nothing else: only the file protocol (no http:, no pipes; the
+# "file:" prefix keeps a name with a colon from naming a protocol), and only demuxers of
+# plain media, so a playlist or concat list (HLS, ffconcat) cannot pull in other files.
+MEDIA_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,aac,asf,avi,amr,mp3,ogg,wav,flac,aiff,au,caf,w64"
+FILE_INPUT_LIMITS = ("-protocol_whitelist", "file", "-format_whitelist", MEDIA_DEMUXERS)
+
 
 def ffmpeg_path() -> str | None:
     import shutil
@@ -53,7 +59,8 @@ class FfmpegSource:
         binary = ffmpeg_path()
         if binary is None:
             raise AudioFileError(f"{self.path}: not a format soundfile reads, and ffmpeg is not installed")
-        args = [binary, "-nostdin", "-v", "error", "-i", str(self.path), "-vn", "-f", "f32le", "-ac", "1"]
+        args = [binary, "-nostdin", "-v", "error", *FILE_INPUT_LIMITS, "-i", f"file:{self.path}"]
+        args += ["-vn", "-f", "f32le", "-ac", "1"]
         proc = await asyncio.create_subprocess_exec(
             *args, "-ar", str(SAMPLE_RATE), "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import Mosquitto
+from tests.helpers import Mosquitto, SmallDisk
 
 if TYPE_CHECKING:
     from models.recognizer import WhisperRecognizer
@@ -28,3 +28,16 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A real tmpfs that fills (the tests run as root; skipped where mounting is not allowed)."""
+    try:
+        disk = SmallDisk(tmp_path / "small")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield disk
+    finally:
+        disk.unmount()

@@ -592,3 +592,32 @@ class HttpAudioServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only): a disk that fills for real.
+    ``fill()`` takes every byte left; ``free()`` gives them back."""
+
+    def __init__(self, folder: Path, size: str = "256k") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)])
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot mount a tmpfs on {folder} (needs root)")
+        self.filler = folder / "filler"
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (65536, 4096, 512, 1):  # down to the last byte
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * size) == size:
+                        pass
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.folder)], check=False)

@@ -198,6 +198,9 @@ def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
     secret.mkdir()
     shutil.copy(path, secret / "private.flac")
     (allowed / "escape").symlink_to(secret)  # a link out of the allowed folder
+    (allowed / "monday" / "l.flac").symlink_to(secret / "private.flac")  # a file in the folder, linked out
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:{secret / 'private.flac'}\n#EXT-X-ENDLIST\n"
+    (allowed / "evil.m3u8").write_text(playlist)  # a playlist that would read a file outside
     out = tmp_path / "transcripts"
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     live = tmp_path / "live.wav"
@@ -217,6 +220,9 @@ def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
             {"command": "transcribe", "path": "../secret", "transaction": "dotdot"},
             {"command": "transcribe", "path": "escape/private.flac", "transaction": "link"},
             {"command": "transcribe", "path": "tuesday", "transaction": "missing"},
+            {"command": "transcribe", "path": "evil.m3u8", "transaction": "playlist"},
+            {"command": "transcribe", "path": "monday\0/a.flac", "transaction": "null"},
+            {"command": "transcribe", "path": "x" * 4096, "transaction": "long"},
         ]
         for command in commands:
             sub.client.publish(f"{prefix}/set", json.dumps(command).encode(), qos=1)
@@ -228,9 +234,17 @@ def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
         for refused in ("outside", "dotdot", "link"):
             assert answers[refused]["status"] == "error" and "outside batch.allowed_dir" in answers[refused]["error"]
         assert answers["missing"]["status"] == "error" and "no such file" in answers["missing"]["error"]
+        assert answers["null"]["status"] == "error" and "null byte" in answers["null"]["error"]
+        assert answers["long"]["status"] == "error" and "too long" in answers["long"]["error"]
+        assert len(answers["long"]["error"]) < 400  # the path is cut short in the answer
+        assert not daemon.events("command failed")  # each a clear answer, no traceback
+        playlist_failed = answers["playlist"]["result"]["failed"]
+        assert list(playlist_failed) == [str(allowed / "evil.m3u8")]
+        assert "not on whitelist" in playlist_failed[str(allowed / "evil.m3u8")]
         done = answers["ok"]
         assert done["status"] == "ok", done
-        assert done["result"]["files"] == 2 and done["result"]["failed"] == {}
+        assert done["result"]["files"] == 2
+        assert "outside batch.allowed_dir" in done["result"]["failed"][str(allowed / "monday" / "l.flac")]
         assert sorted(Path(p).relative_to(out).as_posix() for p in done["result"]["outputs"]) == [
             "monday/a.srt", "monday/a.txt", "monday/b.srt", "monday/b.txt"
         ]  # fmt: skip

@@ -92,3 +92,30 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("run", "demo", "transcribe", "check-config", "devices"):
         assert command in result.stdout
+
+
+def test_inputs_that_share_a_name_each_get_their_own_output(tmp_path: Path) -> None:
+    """talk.wav and talk.flac used to write one talk.txt (the second over the first)."""
+    first, _ = speech_with_pauses(["Please turn on the kitchen lights."])
+    second, _ = speech_with_pauses(["Open the garage door please."])
+    sf.write(tmp_path / "talk.wav", first, 16000)
+    sf.write(tmp_path / "talk.flac", second, 16000)
+    sf.write(tmp_path / "other.wav", first, 16000)
+    result = roomscribe("transcribe", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "2 input(s) share a name" in result.stderr
+    assert wer(["Please turn on the kitchen lights."], [(tmp_path / "talk.wav.txt").read_text()]) <= 0.15
+    assert wer(["Open the garage door please."], [(tmp_path / "talk.flac.txt").read_text()]) <= 0.15
+    assert (tmp_path / "other.txt").exists() and not (tmp_path / "talk.txt").exists()
+
+
+def test_output_names_do_not_depend_on_the_order_of_the_inputs(tmp_path: Path) -> None:
+    from daemon.outputs import output_bases
+
+    files = [(tmp_path / "a" / "talk.wav", tmp_path), (tmp_path / "a" / "talk.flac", tmp_path)]
+    files.append((tmp_path / "b" / "talk.wav", tmp_path))  # another folder: no clash under --out
+    for order in (files, files[::-1]):
+        bases = output_bases(order, tmp_path / "out")
+        assert sorted(str(b.relative_to(tmp_path / "out")) for b in bases.values()) == [
+            "a/talk.flac", "a/talk.wav", "b/talk"
+        ]  # fmt: skip

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from daemon.mqtt import with_delayed_flag
 from daemon.outbox import Outbox
+from tests.helpers import SmallDisk
 
 
 def test_oldest_first_and_removed_on_acknowledgement(tmp_path: Path) -> None:
@@ -64,3 +69,90 @@ def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> N
     assert threading.current_thread().name not in threads
     # Stored before it was queued: the queued message knows its row.
     assert publisher.pending[0].seq is not None and publisher.outbox is not None and len(publisher.outbox) == 1
+
+
+def _damage_one_page(path: Path, page: int) -> None:
+    """Overwrite one page in the middle of the file with random bytes (a bad sector)."""
+    import os
+    import random
+
+    page_size = 4096
+    with path.open("r+b") as f:
+        f.seek(page * page_size)
+        f.write(random.Random(page).randbytes(page_size))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_the_outbox_starts(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(__import__("random").Random(1).randbytes(50_000))
+    box = Outbox(path)
+    box.add("t", "{}", "k-1", "kitchen")
+    aside = list(tmp_path.glob("outbox.sqlite3.damaged-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 50_000  # kept, for a person to look at
+    assert [row.utterance_id for row in box.pending()] == ["k-1"] and box.salvaged == 0
+
+
+def test_a_bad_page_loses_only_the_rows_on_it(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    payload = json.dumps({"text": "x" * 500})  # about 8 rows per page: the table spans many pages
+    for i in range(200):
+        box.add("p/kitchen/utterance", payload, f"k-{i}", "kitchen")
+    box.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # everything in the main file, as after a checkpoint
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = path.stat().st_size // 4096
+    _damage_one_page(path, pages // 2)
+    again = Outbox(path)
+    kept = [row.utterance_id for row in again.pending()]
+    assert 150 <= len(kept) < 200, len(kept)  # one page's rows gone, not all 200
+    assert kept == sorted(kept, key=lambda k: int(k.split("-")[1]))  # still oldest first
+    assert again.salvaged == len(kept) and list(tmp_path.glob("outbox.sqlite3.damaged-*"))
+
+
+def test_a_full_disk_degrades_the_outbox_and_it_recovers_when_space_returns(small_disk: SmallDisk) -> None:
+    from daemon.outbox import OutboxUnavailable
+
+    box = Outbox(small_disk.folder / "outbox.sqlite3")
+    box.add("t", "{}", "k-0", "kitchen")
+    small_disk.fill()
+    with pytest.raises(OutboxUnavailable):
+        for i in range(1, 200):  # the WAL has some room left in its last page
+            box.add("t", json.dumps({"text": "y" * 2000}), f"k-{i}", "kitchen")
+    assert box.degraded is not None and "full" in box.degraded
+    small_disk.free()
+    box.add("t", "{}", "k-last", "kitchen")
+    assert box.degraded is None and box.pending()[-1].utterance_id == "k-last"
+
+
+def test_a_state_directory_we_cannot_write_is_a_start_up_error_naming_it(tmp_path: Path) -> None:
+    from daemon.outbox import OutboxError
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], check=False)
+    try:
+        if not os.path.ismount(folder):
+            pytest.skip("cannot mount a read-only tmpfs here")
+        with pytest.raises(OutboxError, match=str(folder)):
+            Outbox(folder / "state" / "outbox.sqlite3")
+        with pytest.raises(OutboxError, match="not writable"):
+            Outbox(folder / "outbox.sqlite3")
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_the_state_directory_and_database_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        box = Outbox(tmp_path / "state" / "outbox.sqlite3")
+        box.add("t", "{}", "k-1", "kitchen")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    for part in (tmp_path / "state").iterdir():
+        assert part.stat().st_mode & 0o077 == 0, (part, oct(part.stat().st_mode))

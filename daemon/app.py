@@ -36,7 +36,7 @@ from daemon.publish import Partials, PublishStage
 from daemon.runtime import Runtime
 from daemon.service import Service
 from daemon.status import status, status_line
-from daemon.wiring import build_rooms, load_recognizer_in_thread, pipeline_from_config, room_states
+from daemon.wiring import build_rooms, check_languages, load_recognizer_in_thread, pipeline_from_config, room_states
 from pipeline.room import Room
 from pipeline.text.dictionary import DictionaryError
 
@@ -93,6 +93,7 @@ class App:
             dtype=recognizer.dtype,
             load_s=round(time.monotonic() - started, 2),
         )
+        check_languages(config, recognizer)
         rt.recognizer = recognizer
         rt.pipeline = pipeline_from_config(
             config, rt.config_path, recognizer, rt.model_executor, rt.states, on_partial=self.partials, watch=rt.watch

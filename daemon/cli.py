@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 from daemon import __version__
 from daemon.app import App
 from daemon.config import Config
-from daemon.config_file import ConfigError, default_config_path, load_config
+from daemon.config_file import ConfigError, default_config_path, load_config, runnable_problems
 from daemon.errors import EXIT_CONFIG_ERROR, EXIT_RUNTIME_ERROR, EXIT_STARTUP_FAILURE, StartupError
 from daemon.logs import setup_logging
 
@@ -32,6 +33,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config, path, code = load_or_report(args.config)
     if config is None:
         return code
+    if problems := runnable_problems(config):
+        return report_config_error(ConfigError(path, problems))
     print(f"{path}: ok ({len(config.rooms)} room(s))")
     return 0
 
@@ -41,9 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return code
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    if not any(r.enabled for r in config.rooms):
-        print(f"{path}: rooms: no enabled room; add a [[rooms]] entry", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    if problems := runnable_problems(config):
+        return report_config_error(ConfigError(path, problems))
+    os.umask(0o077)  # the outbox, recordings and transcripts: owner-only, whatever the caller's umask
     return asyncio.run(_run_app(config, path))
 
 

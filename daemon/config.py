@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from models.api import DecodingOptions
+from models.api import LANGUAGE_CODES, DecodingOptions
 from pipeline.recognize import RecognizeSettings
 from pipeline.stitch import StitchSettings
 from pipeline.text.processor import TextSettings
@@ -42,7 +42,9 @@ def by_keyword(cls: type[DataclassT], section: BaseModel, **extra: Any) -> Datac
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real types, so "1883" for a port is a mistake to name, not to coerce;
+    # no inf/nan: an infinite delay or limit makes arithmetic (backoff, deadlines) nan.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DaemonSettings(Section):
@@ -300,6 +302,14 @@ class RoomSettings(Section):
     enabled: bool = Field(True, description="A disabled room is not started.")
     language: str | None = Field(None, description="Language code for multilingual models.")
     hotwords: list[str] = Field([], description="Words to expect in this room, besides recognizer.hotwords.")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is not None and value not in LANGUAGE_CODES:
+            raise ValueError("not a language code a model knows (two letters like en, zh, de; or yue, haw)")
+        return value
+
     prompt_previous: bool | None = Field(None, description="Overrides recognizer.prompt_previous for this room.")
     stitch: bool = Field(True, description="false: publish every piece as it is, never joined.")
     partials: bool = Field(False, description="Publish interim text to <prefix>/<room>/partial while speaking.")

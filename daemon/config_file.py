@@ -153,13 +153,27 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 def load_config(path: Path) -> Config:
     """Read and validate a config file; raises ConfigError with one line per problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, ["config file not found"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot read config file: {exc.strerror}"]) from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text (byte {exc.start}): is this the config file?"]) from None
+    try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ConfigError(path, ["not valid TOML: arrays or tables nested too deeply"]) from None
     return parse_config(data, path)
+
+
+def runnable_problems(config: Config) -> list[str]:
+    """What ``run`` needs beyond a valid config (``transcribe`` and the demo need no rooms);
+    ``check-config`` reports the same."""
+    if not any(r.enabled for r in config.rooms):
+        return ["rooms: no enabled room; add a [[rooms]] entry"]
+    return []

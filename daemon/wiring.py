@@ -62,6 +62,17 @@ def load_recognizer_in_thread(config: Config) -> Recognizer:
         raise StartupError(str(exc)) from exc
 
 
+def check_languages(config: Config, recognizer: Recognizer) -> None:
+    """Each room's fixed language is one the loaded model writes (StartupError naming the
+    key otherwise): an English-only model told "fr" would write English quietly."""
+    caps = recognizer.capabilities
+    known = set(caps.languages) if caps.multilingual else {"en"}
+    for i, room in enumerate(config.rooms):
+        if room.enabled and room.language is not None and room.language not in known:
+            what = "is English-only" if not caps.multilingual else "does not know it"
+            raise StartupError(f"rooms[{i}].language = {room.language!r}: the model {recognizer.name} {what}")
+
+
 def silero_factory() -> Callable[[np.ndarray], float]:
     from models.vad import SileroVad
 

@@ -188,3 +188,40 @@ def test_each_default_lives_in_the_settings_it_feeds_and_maps_by_keyword(tmp_pat
     )
     assert changed.stitch.settings() == StitchSettings(max_gap_ms=1500, max_hold_ms=6000, complete_wait_ms=700)
     assert changed.vad.params() == VadParams(hangover_ms=900)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes(range(256)) * 8, "not UTF-8 text (byte 128)"),  # a binary file given by mistake
+        (("a = " + "[" * 5000 + "]" * 5000).encode(), "nested too deeply"),
+        (b"[daemon]\nlog_level = 'info'\n", "rooms: no enabled room"),
+        (b"[mqtt]\nport = '1883'\n", "mqtt.port = '1883': Input should be a valid integer"),
+        (b"[mqtt]\nreconnect_min_s = inf\n", "mqtt.reconnect_min_s = inf: Input should be a finite number"),
+        (b"[vad]\nthreshold = nan\n", "Input should be a finite number"),
+        (
+            b"[[rooms]]\nname = 'k'\nlanguage = 'klingon'\nsource = { type = 'mic' }\n",
+            "rooms[0].language = 'klingon': not a language code",
+        ),
+    ],
+)
+def test_check_config_names_what_run_would_reject(tmp_path: Path, content: bytes, message: str) -> None:
+    """Each used to pass check-config (or trace back with exit 1) and then fail or misbehave in run."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_room_language_the_model_does_not_write_is_a_start_up_error(tmp_path: Path) -> None:
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    config = tmp_path / "c.toml"
+    config.write_text(f"[[rooms]]\nname='a'\nlanguage = 'fr'\nsource={{type='file', path='{wav}'}}\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "rooms[0].language = 'fr'" in result.stderr and "English-only" in result.stderr

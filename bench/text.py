@@ -74,6 +74,33 @@ def wetext_normalizers() -> dict[str, Callable[[str], str]] | None:
     return {lang: Normalizer(lang=lang, operator="itn").normalize for lang in ("zh", "en")}
 
 
+# Inputs that once took quadratic time (runs of numerals) and ordinary dense ones: the time
+# per character at 10k and 1M characters; linear when the ratio stays near 1.
+SCALING_SHAPES = {
+    "digit run": "一二三四五六七八九零",
+    "magnitudes": "一千二百",
+    "dates": "三月五号，",
+    "decimals": "一点",
+}
+
+
+def scaling_rows(ours: TextProcessor) -> list[dict[str, Any]]:
+    rows = []
+    for name, shape in SCALING_SHAPES.items():
+        per_char = {}
+        for n in (10_000, 1_000_000):
+            text = (shape * (n // len(shape) + 1))[:n]
+            start = time.perf_counter()
+            ours(text, "zh")
+            per_char[n] = (time.perf_counter() - start) / n * 1e6
+        rows.append({
+            "set": f"scaling zh: {name}", "cases": 2, "us_per_char_10k": round(per_char[10_000], 3),
+            "us_per_char_1m": round(per_char[1_000_000], 3),
+            "ratio_1m_to_10k": round(per_char[1_000_000] / per_char[10_000], 2),
+        })  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=Path, default=SHARED / "data" / "itn" / "cases.tsv")
@@ -121,6 +148,7 @@ def main() -> None:
         row["long_line_ms"] = round((time.perf_counter() - start) * 1000, 2)
         rows.append(row)
 
+    rows += scaling_rows(ours)
     write_results("text", rows, {"failures": failures})
     for line in failures:
         print("FAIL", line)

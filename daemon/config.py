@@ -92,7 +92,7 @@ class MqttSettings(Section):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to the max.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
     max_pending: int = Field(
-        10000, ge=1, description="Utterances held in memory while the broker is away; oldest dropped past this."
+        10000, ge=1, description="Messages in memory while the broker is away; past it, utterances wait on disk."
     )
     outbox_max_entries: int = Field(100_000, ge=1, description="Unacknowledged utterances kept on disk at most.")
     outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Older unacknowledged utterances are dropped.")

@@ -14,7 +14,7 @@ from daemon.safe import safe_text
 from tests.helpers import Mosquitto, SmallDisk, Subscriber, free_port
 
 
-def settings(port: int, prefix: str, **extra: object) -> MqttSettings:
+def settings(port: int, prefix: str, max_pending: int = 1000) -> MqttSettings:
     return MqttSettings(
         host="127.0.0.1",
         port=port,
@@ -22,8 +22,8 @@ def settings(port: int, prefix: str, **extra: object) -> MqttSettings:
         client_id=f"{prefix}-pub",
         reconnect_min_s=0.1,
         reconnect_max_s=0.3,
-        **extra,
-    )  # type: ignore[arg-type]
+        max_pending=max_pending,
+    )
 
 
 def utterance(publisher: Publisher, i: int) -> Outgoing:

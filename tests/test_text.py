@@ -358,3 +358,19 @@ def test_the_stage_corrects_with_the_rooms_hotwords() -> None:
 
     out = asyncio.run(go())
     assert out is not None and out.text == "We run it on Kubernetes." and out.raw_text == "We run it on Cooper Netties."
+
+
+def test_numeral_runs_longer_than_any_number_keep_the_rules_exact() -> None:
+    """Long runs of numerals go through the rules piece by piece (linear time, bench/text.py):
+    the same result as one pass over the whole, around and inside the run."""
+    from pipeline.text.zh_itn import LONG_RUN, zh_itn
+
+    digits = "一二三四五六七八九零" * 20
+    mixed = "一千二百" * 30
+    assert len(digits) > LONG_RUN and len(mixed) > LONG_RUN
+    assert zh_itn(f"号码是{digits}。") == f"号码是{'1234567890' * 20}。"
+    assert zh_itn(f"三月五号{mixed}，三月五号") == f"3月5日{mixed}，3月5日"
+    assert zh_itn(f"{mixed}三月五号") == f"{mixed}三月五号"  # its 三 touches the run
+    assert zh_itn(f"十{mixed}") == f"十{mixed}"  # the 十 belongs to the run: no number
+    assert zh_itn(f"5{digits}") == f"5{digits}"  # touches written form: left alone
+    assert zh_itn(f"{mixed}块钱，二十个") == f"{mixed}块钱，20个"

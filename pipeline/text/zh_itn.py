@@ -163,9 +163,11 @@ class _Pass:
         self.replace = replace
         self.needs = needs  # the rule cannot match without one of these characters
 
-    def apply(self, text: str) -> str:
+    def apply(self, text: str, lo: int = 0, hi: int | None = None) -> str:
+        """``lo``/``hi``: matches reaching outside them are declined (guards, see zh_itn)."""
         if self.needs and not any(c in text for c in self.needs):
             return text
+        hi = len(text) if hi is None else hi
         protected: list[tuple[int, int]] = []
         starts: list[int] = []
 
@@ -178,6 +180,8 @@ class _Pass:
                 protected.append((len(text) + 1, len(text) + 1))  # a sentinel: found, even if none
                 starts.append(len(text) + 1)
             start, end = match.span()
+            if start < lo or end > hi:
+                return match.group(0)
             last = bisect.bisect_left(starts, end) - 1
             if last >= 0 and protected[last][1] > start:
                 return match.group(0)
@@ -316,16 +320,16 @@ def _cardinal(m: re.Match[str]) -> str | None:
     if not has_magnitude(text):
         return None  # single digits stay words; digit runs have their own rule
     before = m.string[m.start() - 1] if m.start() else ""
-    rest = m.string[m.end() :]
-    if before in ("第", "几", "数") or rest[:1] in ("几", "来"):
+    after = m.string[m.end() : m.end() + 1]  # one character: copying the rest is quadratic
+    if before in ("第", "几", "数") or after in ("几", "来"):
         return None  # 第二十 without a classifier, 几十, 十几, 二十来个: approximate or ordinal
-    if text == "十" and not re.match(_BARE_TEN_NEXT, rest):
+    if text == "十" and not _BARE_TEN_NEXT.match(m.string, m.end()):
         return None  # a lone 十 starts many words (十足, 十字); only before a classifier or unit
     value = cardinal(text)
     return None if value is None else write_number(value)
 
 
-_BARE_TEN_NEXT = f"[{CLASSIFIERS}日号]|{UNITS}|[，。、！？；：,.!?;:\\s]|$"
+_BARE_TEN_NEXT = re.compile(f"[{CLASSIFIERS}日号]|{UNITS}|[，。、！？；：,.!?;:\\s]|$")
 _PAUSE = "[，。、！？；：,.!?;:\\s]"
 
 _PASSES = [
@@ -360,12 +364,54 @@ def zh_itn(text: str) -> str:
     """Spoken-form numbers in Chinese text to written form; everything else unchanged."""
     if not any(c in NUM_CHARS or c == "幺" for c in text):
         return text  # the common case (Whisper writes digits): nothing to do
+    if _LONG_RUN.search(text) is None:
+        return _rules(text)
+    # A rule tried at each start inside a numeral run scans to the run's end: quadratic in
+    # its length. So the pieces between runs longer than any spoken number go through the
+    # rules one by one, each with a numeral on the sides that stand for the run (no match
+    # may touch a guard: exactly as no match may start inside, or end inside, a run).
+    out: list[str] = []
+    last = 0
+    for run in _LONG_RUN.finditer(text):
+        out.append(_guarded(text[last : run.start()], left=last > 0, right=True))
+        out.append(_long_run(text, run))
+        last = run.end()
+    out.append(_guarded(text[last:], left=True, right=False))
+    return "".join(out)
+
+
+# No spoken number is this long (the longest well-formed cardinal is about 30 characters).
+LONG_RUN = 64
+_LONG_RUN = re.compile(f"[{_NUMERAL}]{{{LONG_RUN + 1},}}")
+_GUARD = "九"
+
+
+def _rules(text: str, lo: int = 0, right_guard: int = 0) -> str:
     # A rule declines next to a numeral that a later rule may turn into digits, so run the
     # rules again until nothing changes: that makes the result stable (idempotent).
     for _ in range(4):
         before = text
         for rule in _PASSES:
-            text = rule.apply(text)
+            text = rule.apply(text, lo, len(text) - right_guard)
         if text == before:
             break
     return text
+
+
+def _guarded(piece: str, left: bool, right: bool) -> str:
+    if not piece:
+        return piece
+    left_guard, right_guard = _GUARD if left else "", _GUARD if right else ""
+    done = _rules(left_guard + piece + right_guard, len(left_guard), len(right_guard))
+    return done[len(left_guard) : len(done) - len(right_guard)]
+
+
+def _long_run(text: str, run: re.Match[str]) -> str:
+    """Digit by digit when it is all digits and touches no written form (as a shorter run
+    would be); with magnitudes in it, no number: as it is."""
+    before = text[run.start() - 1] if run.start() else ""
+    after = text[run.end()] if run.end() < len(text) else ""
+    digits = all(c in SPELLED for c in run.group(0))
+    if digits and before not in _WRITTEN_BEFORE and after not in "0123456789":
+        return spelled(run.group(0))
+    return run.group(0)

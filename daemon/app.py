@@ -29,6 +29,7 @@ from daemon.errors import EXIT_INTERRUPTED, EXIT_OK, StartupError
 from daemon.integrations.hermes import HermesIngress
 from daemon.integrations.homeassistant import Discovery
 from daemon.jobs import BatchJobs
+from daemon.journal import PieceJournal
 from daemon.mqtt import Publisher
 from daemon.notify import Notifier
 from daemon.outbox import Outbox, OutboxError
@@ -37,6 +38,7 @@ from daemon.runtime import Runtime
 from daemon.service import Service
 from daemon.status import status, status_line
 from daemon.wiring import build_rooms, check_languages, load_recognizer_in_thread, pipeline_from_config, room_states
+from pipeline.messages import Transcript
 from pipeline.room import Room
 from pipeline.text.dictionary import DictionaryError
 
@@ -57,6 +59,7 @@ class App:
         self.partials = Partials(self.rt)
         self.publish: PublishStage | None = None  # once the graph is built
         self._signals = 0
+        self._replay: list[Transcript] = []  # the journal's pieces from before this start
         self._background: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -95,9 +98,22 @@ class App:
         )
         check_languages(config, recognizer)
         rt.recognizer = recognizer
+        journal = PieceJournal(rt.publisher.durable) if rt.publisher.durable is not None else None
         rt.pipeline = pipeline_from_config(
-            config, rt.config_path, recognizer, rt.model_executor, rt.states, on_partial=self.partials, watch=rt.watch
+            config,
+            rt.config_path,
+            recognizer,
+            rt.model_executor,
+            rt.states,
+            on_partial=self.partials,
+            watch=rt.watch,
+            journal=journal,
         )
+        if journal is not None and (replayed := await journal.restore()):
+            # Recognized before the last exit, never stored: through text and stitch again
+            # (once the stages run: the queue is bounded).
+            self.log.warning("journal: publishing pieces recognized before this start", count=len(replayed))
+            self._replay = replayed
         self.publish = PublishStage(rt.pipeline.transcripts, rt, jobs=self.jobs, partials=self.partials)
         rt.rooms = build_rooms(
             config,
@@ -123,6 +139,7 @@ class App:
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(rt.publisher.run(), name="mqtt")
                 stage_tasks = [*rt.pipeline.tasks(group), group.create_task(self.publish.run(), name="publish")]
+                group.create_task(rt.pipeline.replay(self._replay), name="replay")
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in rt.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 service = group.create_task(self.service.run(), name="service")

@@ -7,13 +7,14 @@ value and what is allowed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from daemon.config_base import Section, by_keyword
+from daemon.config_sources import SourceSettings
 from models.api import LANGUAGE_CODES, DecodingOptions
 from pipeline.recognize import RecognizeSettings
 from pipeline.stitch import StitchSettings
@@ -28,23 +29,6 @@ D, R, V, T, S = DecodingOptions, RecognizeSettings, VadParams, TextSettings, Sti
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 # Whisper sees at most 30 s at once.
 MAX_UTTERANCE_LIMIT_MS = 30000
-
-
-DataclassT = TypeVar("DataclassT")
-
-
-def by_keyword(cls: type[DataclassT], section: BaseModel, **extra: Any) -> DataclassT:
-    """``cls`` (a dataclass) from the section's keys of the same names, plus ``extra``; a list
-    becomes a tuple (the dataclasses are frozen)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.model_dump().items() if k in names}
-    return cls(**{**values, **extra})
-
-
-class Section(BaseModel):
-    # strict: TOML has real types, so "1883" for a port is a mistake to name, not to coerce;
-    # no inf/nan: an infinite delay or limit makes arithmetic (backoff, deadlines) nan.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DaemonSettings(Section):
@@ -244,48 +228,6 @@ class StitchSettingsSection(Section):
     def joint_max_gap_s(self) -> float:
         """How far apart two pieces may be for a joint decode; 0: none."""
         return self.max_gap_ms / 1000 if self.enabled and self.joint_decode else 0.0
-
-
-class FileSourceSettings(Section):
-    type: Literal["file"]
-    path: str = Field(description="WAV or FLAC file; relative paths start at the config file's folder.")
-    realtime: bool = Field(True, description="Pace like a microphone (true) or read as fast as possible.")
-    loop: bool = Field(False, description="Start again at the end of the file.")
-
-
-class MicSourceSettings(Section):
-    type: Literal["mic"]
-    device: str | int = Field("default", description="default, a device index, or part of its name.")
-    retry_max_s: float = Field(
-        10.0, ge=0.5, le=600, description="A lost device is reopened after 0.5 s, 1 s, 2 s... up to this."
-    )
-
-
-class StreamSourceSettings(Section):
-    type: Literal["stream"]
-    url: str = Field(min_length=1, description="rtsp://, http(s):// or anything ffmpeg opens; a file plays as live.")
-    stall_s: float = Field(10.0, ge=1, le=600, description="No audio for this long counts as a dropped stream.")
-    retry_max_s: float = Field(
-        10.0, ge=0.5, le=600, description="A dropped stream is reopened after 0.5 s, 1 s, 2 s... up to this."
-    )
-
-
-class HermesSourceSettings(Section):
-    type: Literal["hermes"]
-    site_id: str = Field(
-        "", pattern=r"^[^#+/]*$", description="Hermes siteId whose audio frames to hear; empty: the room's name."
-    )
-
-
-SourceSettings = Annotated[
-    FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings, Field(discriminator="type")
-]
-SOURCE_TYPES = {
-    "file": FileSourceSettings,
-    "mic": MicSourceSettings,
-    "stream": StreamSourceSettings,
-    "hermes": HermesSourceSettings,
-}
 
 
 # Per-room changes to [vad]: the same keys and bounds, each optional; what a room leaves out

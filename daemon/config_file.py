@@ -13,7 +13,8 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
-from daemon.config import SOURCE_TYPES, Config, FileSourceSettings, RoomSettings, credential_path, resolve_path
+from daemon.config import Config, RoomSettings, credential_path, resolve_path
+from daemon.config_sources import SOURCE_TYPES, FileSourceSettings
 from pipeline.text.dictionary import Dictionary, DictionaryError
 
 

@@ -8,7 +8,7 @@ by it (their completions also reach the event loop in that order).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,15 +37,29 @@ class Durable:
         return await asyncio.wrap_future(self._disk.submit(fn, *args))
 
     async def store(
-        self, topic: str, payload: str, utterance_id: str | None, room: str | None
+        self, topic: str, payload: str, utterance_id: str | None, room: str | None, settles: Sequence[str] = ()
     ) -> tuple[int, list[int]] | None:
         """(seq, seqs the bounds pushed out), or None when the disk refused: the caller keeps
-        the message in memory (the outbox logged that it is degraded)."""
+        the message in memory (the outbox logged that it is degraded). ``settles``: journal
+        pieces it is made of, settled in the same transaction."""
         try:
-            return await self._call(self.outbox.add, topic, payload, utterance_id, room)
+            return await self._call(self.outbox.add, topic, payload, utterance_id, room, settles)
         except OutboxUnavailable:
             self.memory_only += 1
             return None
+
+    async def keep_piece(self, piece_id: str, record: str) -> bool:
+        try:
+            await self._call(self.outbox.keep_piece, piece_id, record)
+        except OutboxUnavailable:
+            return False
+        return True
+
+    def settle_pieces(self, piece_ids: Sequence[str]) -> None:
+        self._disk.submit(self.outbox.settle_pieces, piece_ids).add_done_callback(self._done)
+
+    async def kept_pieces(self) -> list[str]:
+        return await self._call(self.outbox.kept_pieces)
 
     async def rows(self, from_seq: int = 0, limit: int = -1) -> list[Stored]:
         return await self._call(self.outbox.pending, from_seq, limit)

@@ -52,6 +52,7 @@ class Outgoing:
     queued_at: float = field(default_factory=time.monotonic)
     seq: int | None = None  # its row in the durable outbox
     durable: bool = False  # an utterance: stored in the outbox when the disk takes it
+    settles: tuple[str, ...] = ()  # the journal's pieces it is made of (settled as it is stored)
     delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
     summary: dict[str, Any] | None = None  # more fields for the "utterance published" log line
 
@@ -165,7 +166,8 @@ class Publisher:
 
     async def _store(self, message: Outgoing) -> bool:
         assert self.durable is not None
-        stored = await self.durable.store(message.topic, message.payload, message.utterance_id, message.room)
+        m = message
+        stored = await self.durable.store(m.topic, m.payload, m.utterance_id, m.room, m.settles)
         if stored is None:
             return False
         message.seq, gone = stored

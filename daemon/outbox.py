@@ -24,9 +24,11 @@ of its own, never on the event loop. ``len()`` is a count kept in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
     "payload TEXT NOT NULL, utterance_id TEXT, room TEXT, created REAL NOT NULL)"
 )
+# The journal (pipeline/journal.py): recognized pieces not yet stored as part of an utterance.
+PIECES_SCHEMA = "CREATE TABLE IF NOT EXISTS pieces (id TEXT PRIMARY KEY, record TEXT NOT NULL, created REAL NOT NULL)"
 
 
 class OutboxError(Exception):
@@ -56,6 +60,18 @@ class Stored:
     utterance_id: str | None
     room: str | None
     created: float  # epoch seconds
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """An explicit transaction (the connection autocommits each statement otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def prepare_state_dir(folder: Path) -> None:
@@ -108,6 +124,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(SCHEMA)
+            db.execute(PIECES_SCHEMA)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise Damaged(f"integrity check: {check}")
@@ -136,17 +153,20 @@ class Outbox:
             self.log.error("outbox degraded: utterances kept in memory until the disk takes writes", error=str(exc))
         self.degraded = str(exc)  # the connection stays: reads and removals may still work
 
-    def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
-        """Store a message; returns its seq and the seqs the bounds pushed out (already logged).
+    def add(
+        self, topic: str, payload: str, utterance_id: str | None, room: str | None, settles: Sequence[str] = ()
+    ) -> tuple[int, list[int]]:
+        """Store a message, and settle the journal's ``settles`` pieces in the same
+        transaction; returns its seq and the seqs the bounds pushed out (already logged).
         Raises ``OutboxUnavailable`` when the disk refuses (the outbox is then degraded)."""
         try:
-            if self._db is None:
-                self._open()
-            assert self._db is not None
-            cursor = self._db.execute(
-                "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, utterance_id, room, time.time()),
-            )
+            db = self._writable()
+            with transaction(db):  # stored and settled, or neither
+                cursor = db.execute(
+                    "INSERT INTO outbox (topic, payload, utterance_id, room, created) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, utterance_id, room, time.time()),
+                )
+                db.executemany("DELETE FROM pieces WHERE id = ?", [(piece,) for piece in settles])
         except (sqlite3.OperationalError, OSError) as exc:
             self._degrade(exc)
             raise OutboxUnavailable(str(exc)) from None
@@ -155,6 +175,33 @@ class Outbox:
             self.log.warning("outbox recovered: utterances on disk again", was=self.degraded)
             self.degraded = None
         return int(cursor.lastrowid or 0), self._trim()
+
+    def _writable(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._open()
+        assert self._db is not None
+        return self._db
+
+    def keep_piece(self, piece_id: str, record: str) -> None:
+        """A recognized piece into the journal; ``OutboxUnavailable`` when the disk refuses."""
+        try:
+            self._writable().execute(
+                "INSERT OR REPLACE INTO pieces (id, record, created) VALUES (?, ?, ?)", (piece_id, record, time.time())
+            )
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._degrade(exc)
+            raise OutboxUnavailable(str(exc)) from None
+
+    def settle_pieces(self, piece_ids: Sequence[str]) -> None:
+        if self._db is not None:
+            with transaction(self._db):
+                self._db.executemany("DELETE FROM pieces WHERE id = ?", [(piece,) for piece in piece_ids])
+
+    def kept_pieces(self) -> list[str]:
+        """The journal's records, oldest first."""
+        if self._db is None:
+            return []
+        return [row[0] for row in self._db.execute("SELECT record FROM pieces ORDER BY created, rowid")]
 
     def remove(self, seq: int) -> None:
         if self._db is None:

@@ -22,6 +22,7 @@ from daemon.jobs import BatchJobs
 from daemon.mqtt import Outgoing
 from daemon.recording import UtteranceRecorder
 from daemon.runtime import Runtime
+from pipeline.journal import pieces
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
 from pipeline.partials import PartialTracker
 from pipeline.stage import Stage
@@ -111,6 +112,8 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
             room=u.room,
             decided_at=u.decided_at,
             summary=summary,
+            delayed=u.restored,
+            settles=pieces(item),
         )
         await publisher.submit_durable(message)
         self.counters.utterances += 1

@@ -13,19 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.config import (
-    Config,
-    FileSourceSettings,
-    HermesSourceSettings,
-    MicSourceSettings,
-    StreamSourceSettings,
-    resolve_path,
-)
+from daemon.config import Config, resolve_path
+from daemon.config_sources import FileSourceSettings, HermesSourceSettings, MicSourceSettings, StreamSourceSettings
 from daemon.errors import StartupError
 from daemon.integrations import hermes
 from pipeline.ffmpeg import StreamSource
 from pipeline.graph import Pipeline, build_pipeline
 from pipeline.health import BusyWatch
+from pipeline.journal import Journal
 from pipeline.messages import Utterance
 from pipeline.room import Room
 from pipeline.roomstate import RoomState, RoomStates
@@ -100,6 +95,7 @@ def pipeline_from_config(
     stitch: bool = True,
     on_partial: Callable[[Utterance, Recognition], None] | None = None,
     watch: BusyWatch | None = None,
+    journal: Journal | None = None,
 ) -> Pipeline:
     """The graph with the config's settings; ``stitch`` False for batch work (never stitched)."""
     return build_pipeline(
@@ -111,6 +107,7 @@ def pipeline_from_config(
         config.stitch.settings() if stitch else None,
         on_partial=on_partial,
         watch=watch,
+        journal=journal,
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.health import BusyWatch
+from pipeline.journal import Journal
 from pipeline.messages import Transcript, Utterance
 from pipeline.recognize import RecognizeSettings, RecognizeStage
 from pipeline.roomstate import RoomStates
@@ -67,6 +68,12 @@ class Pipeline:
         """Everything inside the graph not yet handed out (the drain reports it when lost)."""
         return sum(self.queue_depths().values()) + (len(self.stitch.held) if self.stitch else 0)
 
+    async def replay(self, transcripts: list[Transcript]) -> None:
+        """Pieces recognized before a crash (the journal's), into the text stage as if just
+        recognized; before the rooms start, so they come out first."""
+        for t in transcripts:
+            await self.text.inbox.put(t)
+
     def tasks(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         return [group.create_task(stage.run(), name=stage.name) for stage in self.stages]
 
@@ -82,9 +89,11 @@ def build_pipeline(
     on_partial: Callable[[Utterance, Recognition], None] | None = None,
     watch: BusyWatch | None = None,
     clock: Callable[[], float] = time.monotonic,
+    journal: Journal | None = None,
 ) -> Pipeline:
     """The graph for ``recognizer`` (run on ``model_executor``, one thread). ``stitch`` None:
-    no stitcher and no joint decoding (batch work is never stitched)."""
+    no stitcher and no joint decoding (batch work is never stitched). ``journal``: live
+    pieces are kept on disk from recognition until they are stored (pipeline/journal.py)."""
     if stitch is None or not stitch.enabled:
         recognize = dataclasses.replace(recognize, joint_max_gap_s=0.0)
     utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(UTTERANCE_QUEUE_SIZE)
@@ -100,7 +109,8 @@ def build_pipeline(
         rooms=rooms,
         on_partial=on_partial,
         watch=watch,
+        journal=journal,
     )
-    text_stage = TextStage(recognized, texts, text, rooms=rooms)
+    text_stage = TextStage(recognized, texts, text, rooms=rooms, journal=journal)
     stitch_stage = StitchStage(texts, transcripts, stitch, rooms=rooms, clock=clock) if stitch else None
     return Pipeline(utterances, transcripts, rooms, recognize_stage, text_stage, stitch_stage)

@@ -67,6 +67,7 @@ class Utterance:
     # VAD's speech spans in it (seconds from its start) to place them on.
     timestamps: bool = False
     speech: tuple[tuple[float, float], ...] = ()
+    restored: bool = False  # recognized before a crash, replayed from the journal at start
 
     @property
     def partial(self) -> bool:
@@ -116,6 +117,7 @@ class Transcript:
     joint_text: str = ""
     error: str | None = None  # batch work: recognition failed; the segment has no text
     segments: tuple[TimedText, ...] = ()  # a chunk recognized with timestamps
+    pieces: tuple[str, ...] = ()  # ids of the recognized pieces joined into it (none: just its own)
 
 
 def iso_utc(epoch_s: float) -> str:

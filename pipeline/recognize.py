@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.chunks import settle, timed_segments
 from pipeline.health import BusyWatch
+from pipeline.journal import Journal
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
@@ -78,9 +79,11 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         rooms: RoomStates,
         on_partial: Callable[[Utterance, Recognition], None] | None = None,
         watch: BusyWatch | None = None,
+        journal: Journal | None = None,
     ) -> None:
         super().__init__(inbox, output)
         self.settings = settings
+        self.journal = journal
         self.recognizer = recognizer
         self.capabilities = recognizer.capabilities
         self.executor = executor
@@ -222,6 +225,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         transcripts = [t for utt, result in pairs if (t := self._transcript(utt, result, elapsed_ms, len(batch)))]
         transcripts = await self._fill_gaps(transcripts, language)
         for t in await self._with_joint(transcripts, language):
+            if self.journal is not None and not t.utterance.batch:
+                await self.journal.keep(t)  # on disk before it waits in the stitcher
             await self.emit(t)
 
     async def _failed(self, batch: list[Utterance], language: str | None) -> None:

@@ -29,6 +29,7 @@ import re
 
 import numpy as np
 
+from pipeline.journal import pieces
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
 
 JOIN_SCORE = 1.5
@@ -216,6 +217,7 @@ def join(first: Transcript, second: Transcript) -> Transcript:
         recognize_ms=first.recognize_ms + second.recognize_ms,
         parts=first.parts + second.parts,
         raw_parts=(*first.raw_parts, *second.raw_parts),
+        pieces=(*pieces(first), *pieces(second)),
     )
 
 

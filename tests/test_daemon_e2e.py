@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import uuid
@@ -318,3 +319,52 @@ def test_broker_away_longer_than_the_outbox_age_drops_the_oldest_loudly(tmp_path
     finally:
         daemon.kill()
         server.stop()
+
+
+def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL after recognition, before the utterance is stored (the stitcher holds the
+    piece, here for 10 s): the journal has it, and the next start publishes it."""
+    import sqlite3
+    import time
+
+    audio = tmp_path / "room.wav"
+    spoken = speech_file(audio, TEXTS[:1])
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000 * 3, dtype=np.float32), 16000)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    server = Mosquitto(tmp_path / "broker", port=free_port())
+    server.start()
+    hold = "[stitch]\ncomplete_wait_ms = 10000\nmax_gap_ms = 10000\nmax_hold_ms = 20000\n"
+    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=False), extra=hold)
+    daemon = Daemon(config)
+    database = tmp_path / "state" / "outbox.sqlite3"
+
+    def kept() -> list[str]:
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            return [row[0] for row in db.execute("SELECT id FROM pieces")]
+
+    try:
+        recognized = daemon.wait_log("utterance recognized", 1, timeout_s=120)
+        deadline = time.monotonic() + 10
+        while not kept() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the journal's table, not waiting for luck
+        assert kept() == [recognized[0]["utterance_id"]]
+        assert not daemon.events("utterance stored")  # still held by the stitcher
+        daemon.proc.kill()
+        daemon.proc.wait()
+    finally:
+        daemon.kill()
+    sub = Subscriber(server.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    write_config(tmp_path / "c.toml", server.port, prefix, file_room(silence, realtime=False))
+    daemon = Daemon(config)
+    try:
+        records = check_utterances(sub.wait_for("/kitchen/utterance", 1, timeout_s=120), spoken)
+        assert records[0]["id"] == recognized[0]["utterance_id"] and records[0]["delayed"] is True
+        daemon.wait_log("utterance published", 1)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+        server.stop()
+    assert kept() == []  # stored, so settled: a third start replays nothing

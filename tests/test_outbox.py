@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,11 @@ def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> N
     threads: list[str] = []
 
     class Watched(Outbox):
-        def add(self, topic: str, payload: str, utterance_id: str | None, room: str | None) -> tuple[int, list[int]]:
+        def add(
+            self, topic: str, payload: str, utterance_id: str | None, room: str | None, settles: Sequence[str] = ()
+        ) -> tuple[int, list[int]]:
             threads.append(threading.current_thread().name)
-            return super().add(topic, payload, utterance_id, room)
+            return super().add(topic, payload, utterance_id, room, settles)
 
     async def store() -> Publisher:
         publisher = Publisher(MqttSettings(), Watched(tmp_path / "o.sqlite3"))

@@ -15,7 +15,8 @@ import numpy as np
 import soundfile as sf
 import structlog
 
-from daemon.config import Config, HermesSourceSettings
+from daemon.config import Config
+from daemon.config_sources import HermesSourceSettings
 
 if TYPE_CHECKING:
     from daemon.mqtt import Publisher

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pipeline.journal import Journal, pieces
 from pipeline.messages import Transcript
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
@@ -35,16 +36,20 @@ class TextStage(Stage[Transcript, Transcript, TextCounters]):
         processor: TextProcessor,
         *,
         rooms: RoomStates,
+        journal: Journal | None = None,
     ) -> None:
         super().__init__(inbox, output)
         self.processor = processor
         self.rooms = rooms
+        self.journal = journal
         self.counters = TextCounters()
 
     async def handle(self, item: Transcript) -> None:
         out = self.process(item)
         if out is not None:
             await self.emit(out)
+        elif self.journal is not None:
+            self.journal.settle(pieces(item))  # nothing left to publish: nothing to keep
 
     def reload_dictionary(self) -> dict[str, Any]:
         """Re-read the dictionary now (the ``reload`` command); raises DictionaryError."""

@@ -1,0 +1,86 @@
+"""The journal of recognized pieces (pipeline/journal.py), in the outbox's database.
+
+A piece is kept as JSON with what the text and stitch stages and the record need; not its
+audio (a replayed piece has none: its debug recording, if any, is silent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+
+from daemon.durable import Durable
+from pipeline.messages import Transcript, Utterance, Work
+
+UTTERANCE_FIELDS = ("room", "id", "start_s", "end_s", "start_wall", "end_wall", "reason", "language")
+TRANSCRIPT_FIELDS = (
+    "text",
+    "raw_text",
+    "language",
+    "confidence",
+    "model",
+    "recognize_ms",
+    "parts",
+    "raw_parts",
+    "pieces",
+)
+
+
+def encode_piece(t: Transcript) -> str:
+    u = t.utterance
+    record: dict[str, Any] = {"utterance": {k: getattr(u, k) for k in UTTERANCE_FIELDS}}
+    record.update({k: getattr(t, k) for k in TRANSCRIPT_FIELDS})
+    return json.dumps(record, ensure_ascii=False)
+
+
+def decode_piece(text: str) -> Transcript:
+    record = json.loads(text)
+    fields = record["utterance"]
+    utterance = Utterance(
+        audio=np.zeros(0, np.float32), decided_at=time.monotonic(), kind=Work.LIVE, restored=True, **fields
+    )
+    return Transcript(
+        utterance,
+        text=str(record["text"]),
+        raw_text=str(record["raw_text"]),
+        language=str(record["language"]),
+        confidence=float(record["confidence"]),
+        model=str(record["model"]),
+        recognize_ms=float(record["recognize_ms"]),
+        parts=int(record["parts"]),
+        raw_parts=tuple(record["raw_parts"]),
+        pieces=tuple(record["pieces"]),
+    )
+
+
+class PieceJournal:
+    """The pipeline's ``Journal``: writes on the outbox's thread; a refused write (a degraded
+    outbox) is logged there and the piece goes on, kept in memory only."""
+
+    def __init__(self, durable: Durable) -> None:
+        self.durable = durable
+        self.kept = 0
+        self.log = structlog.get_logger().bind(component="journal")
+
+    async def keep(self, t: Transcript) -> None:
+        if await self.durable.keep_piece(t.utterance.id, encode_piece(t)):
+            self.kept += 1
+
+    def settle(self, piece_ids: Sequence[str]) -> None:
+        self.durable.settle_pieces(list(piece_ids))
+
+    async def restore(self) -> list[Transcript]:
+        """What was recognized and never stored before the last exit, oldest first; a record
+        that cannot be read is logged and left on disk for a person to look at."""
+        out = []
+        for text in await self.durable.kept_pieces():
+            try:
+                out.append(decode_piece(text))
+            except (ValueError, KeyError, TypeError) as exc:
+                self.log.error("journal record unreadable: skipped", error=str(exc), record=text[:200])
+        return out

@@ -301,7 +301,7 @@ class Subscriber:
 class Daemon:
     """``roomscribe run`` as a subprocess; its JSON log lines are parsed as they come."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, umask: int = -1) -> None:
         import json
         import sys
 
@@ -315,6 +315,7 @@ class Daemon:
             text=True,
             cwd=REPO,
             env={**os.environ, **(env or {})},
+            umask=umask,
         )
 
         def read() -> None:

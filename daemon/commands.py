@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from daemon.config_base import Hotword
+
 MAX_COMMAND_BYTES = 64 * 1024
-Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
 class _Command(BaseModel):
@@ -38,7 +39,7 @@ class Hotwords(_Command):
     """Replace the hotwords of the room (on ``<room>/set``) or the global ones (on ``set``)."""
 
     command: Literal["hotwords"]
-    words: list[Word] = Field(max_length=1000)
+    words: list[Hotword] = Field(max_length=1000)
 
 
 class Language(_Command):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from daemon.config_base import Section, by_keyword
+from daemon.config_base import Hotword, Section, by_keyword
 from daemon.config_sources import SourceSettings
 from models.api import LANGUAGE_CODES, DecodingOptions
 from pipeline.recognize import RecognizeSettings
@@ -124,7 +124,9 @@ class RecognizerSettings(Section):
     max_prompt_tokens: int = Field(
         D.max_prompt_tokens, ge=0, le=223, description="Most tokens of context (prompt + hotwords)."
     )
-    hotwords: list[str] = Field([], description="Words to expect in every room (names, jargon).")
+    hotwords: list[Hotword] = Field(
+        [], max_length=1000, description="Words to expect in every room (names, jargon); 50 reach the model."
+    )
     hotword_weight: float = Field(
         D.hotword_weight,
         ge=0,
@@ -243,7 +245,9 @@ class RoomSettings(Section):
     name: str = Field(pattern=ROOM_NAME_PATTERN, description="Room name; used in MQTT topics.")
     enabled: bool = Field(True, description="A disabled room is not started.")
     language: str | None = Field(None, description="Language code for multilingual models.")
-    hotwords: list[str] = Field([], description="Words to expect in this room, besides recognizer.hotwords.")
+    hotwords: list[Hotword] = Field(
+        [], max_length=1000, description="Words to expect in this room, besides recognizer.hotwords."
+    )
 
     @field_validator("language")
     @classmethod

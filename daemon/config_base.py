@@ -4,9 +4,9 @@ dataclasses the settings feed."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 DataclassT = TypeVar("DataclassT")
 
@@ -23,3 +23,7 @@ class Section(BaseModel):
     # strict: TOML has real types, so "1883" for a port is a mistake to name, not to coerce;
     # no inf/nan: an infinite delay or limit makes arithmetic (backoff, deadlines) nan.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# A hotword, as the config and the hotwords command (daemon/commands.py) take it.
+Hotword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]

@@ -71,6 +71,12 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
     return list(model.model_fields)
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as the error line shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_errors(exc: ValidationError, data: Any) -> list[str]:
     lines: dict[str, str] = {}
     for err in exc.errors(include_url=False):
@@ -87,7 +93,7 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
             lines[key] = err["msg"].removeprefix("Value error, ")
         else:
             message = err["msg"].removeprefix("Value error, ")
-            lines[key] = f"{key} = {err['input']!r}: {message}"
+            lines[key] = f"{key} = {shown(err['input'])}: {message}"
     return list(lines.values())
 
 

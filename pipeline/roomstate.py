@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 # Previous texts kept for prompts: live rooms and the files of batch jobs (one "room" each).
 MAX_ROOMS_REMEMBERED = 1024
+# What the model is given of a room's hotwords (prompt and decoding boost): a prompt holds
+# at most 223 tokens, and the boost checks every hotword at every decoding step. Text
+# correction still sees them all.
+DECODING_HOTWORDS_MAX = 50
+DECODING_HOTWORDS_MAX_CHARS = 400
 
 
 @dataclass
@@ -69,7 +74,20 @@ class RoomStates:
         that writes only English (``latin_only``) those in Latin script (Chinese hotwords in
         its prompt made tiny.en write Chinese); text correction still gets them all."""
         words = self.hotwords_for(name)
-        return tuple(w for w in words if latin_script(w)) if latin_only else words
+        if latin_only:
+            words = tuple(w for w in words if latin_script(w))
+        if len(words) <= DECODING_HOTWORDS_MAX and sum(map(len, words)) <= DECODING_HOTWORDS_MAX_CHARS:
+            return words
+        # Too many for the prompt and the per-step boost: the room's own words first.
+        room = self.rooms.get(name)
+        own = set(room.hotwords) if room else set()
+        chosen: list[str] = []
+        chars = 0
+        for word in sorted(words, key=lambda w: w not in own):  # stable: each group keeps its order
+            if len(chosen) < DECODING_HOTWORDS_MAX and chars + len(word) <= DECODING_HOTWORDS_MAX_CHARS:
+                chosen.append(word)
+                chars += len(word)
+        return tuple(chosen)
 
     def set_hotwords(self, name: str | None, words: Iterable[str]) -> tuple[str, ...]:
         """Replace the global hotwords (``name`` None) or a room's; returns them, deduplicated."""

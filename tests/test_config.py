@@ -225,3 +225,10 @@ def test_a_room_language_the_model_does_not_write_is_a_start_up_error(tmp_path: 
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 3
     assert "rooms[0].language = 'fr'" in result.stderr and "English-only" in result.stderr
+
+
+def test_hotwords_in_the_config_are_bounded_like_the_command() -> None:
+    with pytest.raises(ConfigError, match=r"recognizer.hotwords = \[.*\.\.\.: List should have at most 1000"):
+        parse_config({"recognizer": {"hotwords": [f"w{i}" for i in range(1001)]}}, Path("c.toml"))
+    with pytest.raises(ConfigError, match=r"recognizer.hotwords\[0\]"):
+        parse_config({"recognizer": {"hotwords": ["x" * 101]}}, Path("c.toml"))

@@ -278,3 +278,19 @@ def test_settle_finds_speech_a_timestamped_decode_left_out() -> None:
     # Words enough for the speech they span: nothing left out.
     dense = [TimedText(0.0, 8.7, " ".join(["word"] * 20)), TimedText(10.8, 21.3, " ".join(["word"] * 25))]
     assert settle(dense, speech) == (tuple(dense), [])
+
+
+def test_the_model_gets_a_bounded_share_of_many_hotwords_the_rooms_own_first() -> None:
+    """600 long hotwords on a room used to fill the prompt and the per-step boost."""
+    from pipeline.roomstate import DECODING_HOTWORDS_MAX, DECODING_HOTWORDS_MAX_CHARS, RoomState, RoomStates
+
+    few = RoomStates.of(["Kubernetes"], [RoomState("kitchen", hotwords=("Shivonne",))])
+    assert few.decoding_hotwords("kitchen", latin_only=True) == ("Kubernetes", "Shivonne")  # as before
+    many_global = [f"GlobalTerm{i:03d}" for i in range(600)]
+    own = tuple(f"Room specific phrase number {i:03d}" for i in range(600))
+    states = RoomStates.of(many_global, [RoomState("kitchen", hotwords=own)])
+    words = states.decoding_hotwords("kitchen", latin_only=True)
+    assert len(words) <= DECODING_HOTWORDS_MAX and sum(map(len, words)) <= DECODING_HOTWORDS_MAX_CHARS
+    kinds = [w in own for w in words]
+    assert words[0] == own[0] and kinds == sorted(kinds, reverse=True)  # the room's own words first
+    assert len(states.hotwords_for("kitchen")) == 1200  # text correction still sees them all

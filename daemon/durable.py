@@ -8,6 +8,7 @@ by it (their completions also reach the event loop in that order).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -59,10 +60,19 @@ class Durable:
         self._disk.submit(self.outbox.settle_pieces, piece_ids).add_done_callback(self._done)
 
     async def kept_pieces(self) -> list[str]:
-        return await self._call(self.outbox.kept_pieces)
+        try:
+            return await self._call(self.outbox.kept_pieces)
+        except sqlite3.Error as exc:
+            self.log.error("journal unreadable: its pieces stay on disk", error=str(exc))
+            return []
 
     async def rows(self, from_seq: int = 0, limit: int = -1) -> list[Stored]:
-        return await self._call(self.outbox.pending, from_seq, limit)
+        """Stored rows from ``from_seq`` on; [] (logged) when the disk cannot be read."""
+        try:
+            return await self._call(self.outbox.pending, from_seq, limit)
+        except sqlite3.Error as exc:
+            self.log.error("outbox unreadable: what waits there goes out after a restart", error=str(exc))
+            return []
 
     def forget(self, seq: int) -> None:
         """Out of the outbox (acknowledged), without waiting."""

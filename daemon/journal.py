@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from daemon.durable import Durable
+from daemon.safe import safe_text
 from pipeline.messages import Transcript, Utterance, Work
 
 UTTERANCE_FIELDS = ("room", "id", "start_s", "end_s", "start_wall", "end_wall", "reason", "language")
@@ -35,7 +36,14 @@ def encode_piece(t: Transcript) -> str:
     u = t.utterance
     record: dict[str, Any] = {"utterance": {k: getattr(u, k) for k in UTTERANCE_FIELDS}}
     record.update({k: getattr(t, k) for k in TRANSCRIPT_FIELDS})
-    return json.dumps(record, ensure_ascii=False)
+    return safe_text(json.dumps(record, ensure_ascii=False, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (a confidence, a time) as the Python numbers they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def decode_piece(text: str) -> Transcript:
@@ -68,7 +76,12 @@ class PieceJournal:
         self.log = structlog.get_logger().bind(component="journal")
 
     async def keep(self, t: Transcript) -> None:
-        if await self.durable.keep_piece(t.utterance.id, encode_piece(t)):
+        try:
+            record = encode_piece(t)
+        except (TypeError, ValueError) as exc:  # never raised into the recognize stage
+            self.log.error("piece not journaled", utterance_id=t.utterance.id, error=str(exc))
+            return
+        if await self.durable.keep_piece(t.utterance.id, record):
             self.kept += 1
 
     def settle(self, piece_ids: Sequence[str]) -> None:

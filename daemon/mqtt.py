@@ -281,6 +281,8 @@ class Publisher:
                     self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
                     try:
                         await self._session(client)
+                    except aiomqtt.MqttError:
+                        raise  # the connection is gone: the broker sends the will
                     except BaseException:
                         await self._say_offline(client)
                         raise

@@ -167,7 +167,7 @@ class Outbox:
                     (topic, payload, utterance_id, room, time.time()),
                 )
                 db.executemany("DELETE FROM pieces WHERE id = ?", [(piece,) for piece in settles])
-        except (sqlite3.OperationalError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:  # full, failing or damaged under us
             self._degrade(exc)
             raise OutboxUnavailable(str(exc)) from None
         self._count += 1
@@ -188,7 +188,7 @@ class Outbox:
             self._writable().execute(
                 "INSERT OR REPLACE INTO pieces (id, record, created) VALUES (?, ?, ?)", (piece_id, record, time.time())
             )
-        except (sqlite3.OperationalError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:  # full, failing or damaged under us
             self._degrade(exc)
             raise OutboxUnavailable(str(exc)) from None
 

@@ -159,3 +159,34 @@ def test_the_state_directory_and_database_are_owner_only_whatever_the_umask(tmp_
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     for part in (tmp_path / "state").iterdir():
         assert part.stat().st_mode & 0o077 == 0, (part, oct(part.stat().st_mode))
+
+
+def test_a_journaled_piece_comes_back_as_it_went_and_is_settled_with_its_utterance(tmp_path: Path) -> None:
+    import asyncio
+
+    import numpy as np
+
+    from daemon.durable import Durable
+    from daemon.journal import PieceJournal
+    from pipeline.messages import Transcript, Utterance
+
+    utterance = Utterance("kitchen", "kitchen-x-1", np.zeros(1600, np.float32), 1.0, 2.0, 1e9, 1e9 + 1, "silence", 0.0)
+    piece = Transcript(utterance, "Turn on the", "turn on the", "en", np.float32(0.5), "m", 12.0)  # type: ignore[arg-type]
+    box = Outbox(tmp_path / "o.sqlite3")
+
+    async def scenario() -> list[Transcript]:
+        journal = PieceJournal(Durable(box))
+        await journal.keep(piece)
+        restored = await PieceJournal(Durable(Outbox(tmp_path / "o.sqlite3"))).restore()  # as after a crash
+        box.add("t", "{}", "kitchen-x-1", "kitchen", settles=["kitchen-x-1"])
+        return restored
+
+    (back,) = asyncio.run(scenario())
+    assert (back.utterance.id, back.text, back.raw_text, back.confidence) == (
+        "kitchen-x-1",
+        "Turn on the",
+        "turn on the",
+        0.5,
+    )
+    assert back.utterance.restored and back.utterance.start_wall == 1e9
+    assert box.kept_pieces() == [] and len(box) == 1  # stored and settled in one transaction

@@ -19,6 +19,7 @@ from models.api import LANGUAGE_CODES, DecodingOptions
 from pipeline.recognize import RecognizeSettings
 from pipeline.stitch import StitchSettings
 from pipeline.text.processor import TextSettings
+from pipeline.text.script import Script
 from pipeline.vad import VadParams
 
 # Every default below is read from the dataclass that the setting feeds (VadParams,
@@ -201,6 +202,9 @@ class TextSettingsSection(Section):
     hotword_threshold: float = Field(
         T.hotword_threshold, ge=0.5, le=1.0, description="Similarity (0-1) a near miss needs; higher rewrites less."
     )
+    zh_script: Script = Field(
+        T.zh_script, description="Chinese output in one script: simplified, traditional or as-is (the model's mix)."
+    )
 
     def settings(self, config_path: Path) -> TextSettings:
         path = resolve_path(self.dictionary, config_path) if self.dictionary else None
@@ -248,6 +252,7 @@ class RoomSettings(Section):
     hotwords: list[Hotword] = Field(
         [], max_length=1000, description="Words to expect in this room, besides recognizer.hotwords."
     )
+    zh_script: Script | None = Field(None, description="Overrides text.zh_script for this room.")
 
     @field_validator("language")
     @classmethod

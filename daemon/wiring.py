@@ -78,7 +78,14 @@ def room_states(config: Config) -> RoomStates:
     """Every enabled room's runtime state, from its settings (a disabled room does not exist
     for commands either)."""
     rooms = (
-        RoomState(r.name, tuple(r.hotwords), r.language, prompt_previous=r.prompt_previous, stitch=r.stitch)
+        RoomState(
+            r.name,
+            tuple(r.hotwords),
+            r.language,
+            prompt_previous=r.prompt_previous,
+            stitch=r.stitch,
+            zh_script=r.zh_script,
+        )
         for r in config.rooms
         if r.enabled
     )

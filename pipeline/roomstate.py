@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from models.tokenizer import latin_script
+from pipeline.text.script import Script
 
 if TYPE_CHECKING:
     from pipeline.messages import Utterance
@@ -35,6 +36,7 @@ class RoomState:
     paused: bool = False
     prompt_previous: bool | None = None  # None: recognizer.prompt_previous
     stitch: bool = True  # the stitcher joins this room's pieces (joint decoding is for it)
+    zh_script: Script | None = None  # None: text.zh_script
     # time.monotonic() when the room's current speech began (the stitcher waits for it).
     speech_started_at: float | None = None
     # The last finished piece and its recognized text (a joint decode pairs it with the next).

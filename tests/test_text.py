@@ -21,6 +21,7 @@ from pipeline.text.dictionary import Dictionary, DictionaryError
 from pipeline.text.en_itn import en_itn
 from pipeline.text.fillers import FillerRemover
 from pipeline.text.processor import TextProcessor, TextSettings, route
+from pipeline.text.script import Script
 from pipeline.text.stage import TextStage
 from pipeline.text.zh_itn import cardinal, zh_itn
 from tests.helpers import SHARED
@@ -247,7 +248,9 @@ def test_stage_keeps_raw_text_drops_all_filler_and_survives_a_broken_rule() -> N
     assert stage.counters.emptied == 1
 
     class Broken(TextProcessor):
-        def __call__(self, text: str, language: str | None, hotwords: Sequence[str] = ()) -> str:
+        def __call__(
+            self, text: str, language: str | None, hotwords: Sequence[str] = (), zh_script: Script | None = None
+        ) -> str:
             raise RuntimeError("a bug in a rule")
 
     out, stage = asyncio.run(run(Broken(), [transcript("twenty five")]))
@@ -374,3 +377,19 @@ def test_numeral_runs_longer_than_any_number_keep_the_rules_exact() -> None:
     assert zh_itn(f"十{mixed}") == f"十{mixed}"  # the 十 belongs to the run: no number
     assert zh_itn(f"5{digits}") == f"5{digits}"  # touches written form: left alone
     assert zh_itn(f"{mixed}块钱，二十个") == f"{mixed}块钱，20个"
+
+
+def test_chinese_output_comes_in_one_script_before_the_other_rules() -> None:
+    from pipeline.text.processor import TextProcessor, TextSettings
+    from pipeline.text.script import to_script
+
+    mixed = "廣州市明天换一首歌"  # as Whisper writes it: both scripts in one sentence
+    assert to_script(mixed, "simplified") == "广州市明天换一首歌"
+    assert to_script(mixed, "traditional") == "廣州市明天換一首歌"
+    assert to_script(mixed, "as-is") == mixed
+    assert to_script("Kubernetes 2025", "simplified") == "Kubernetes 2025"
+    processor = TextProcessor(TextSettings())
+    # 號 becomes 号 first, so the date rule (written for Simplified) sees it.
+    assert processor("二零二五年十月五號開會", "zh") == "2025年10月5日开会"
+    assert processor("二零二五年十月五號開會", "zh", zh_script="traditional") == "2025年10月5日開會"
+    assert processor("廣州 is big", "en") == "廣州 is big"  # only Chinese transcripts are converted

@@ -10,6 +10,7 @@ from pipeline.text.dictionary import Dictionary
 from pipeline.text.en_itn import en_itn
 from pipeline.text.fillers import DEFAULT_EN, DEFAULT_ZH, FillerRemover
 from pipeline.text.hotwords import DEFAULT_THRESHOLD, HotwordCorrector, corrector
+from pipeline.text.script import Script, to_script
 from pipeline.text.zh_itn import zh_itn
 
 ITN = {"zh": zh_itn, "en": en_itn}
@@ -34,6 +35,8 @@ class TextSettings:
     dictionary: Path | None = None
     hotword_correction: bool = True
     hotword_threshold: float = DEFAULT_THRESHOLD
+    # Chinese output in one script; the rules themselves run on Simplified (their word lists are).
+    zh_script: Script = "simplified"
 
 
 @dataclass
@@ -46,11 +49,18 @@ class TextProcessor:
         self.dictionary = Dictionary(s.dictionary)
         self._correctors: dict[tuple[str, ...], HotwordCorrector | None] = {}
 
-    def __call__(self, text: str, language: str | None, hotwords: Sequence[str] = ()) -> str:
+    def __call__(
+        self, text: str, language: str | None, hotwords: Sequence[str] = (), zh_script: Script | None = None
+    ) -> str:
         """Written form of ``text``. Rules only touch their own script, so English words in a
-        Chinese sentence (or the reverse) are left as they are. Near misses of ``hotwords``
-        are corrected after ITN; the dictionary comes last and has the final word."""
+        Chinese sentence (or the reverse) are left as they are. Chinese goes through the rules
+        in Simplified (their word lists are), then into ``zh_script`` (else the settings').
+        Near misses of ``hotwords`` are corrected after ITN; the dictionary comes last and has
+        the final word."""
         lang = route(language)
+        script = zh_script or self.settings.zh_script
+        if lang == "zh" and script != "as-is":
+            text = to_script(text, "simplified")
         if lang is not None:
             if self.settings.fillers:
                 text = self.fillers(text, lang)
@@ -60,6 +70,8 @@ class TextProcessor:
             fix = self._corrector(tuple(hotwords))
             if fix is not None:
                 text = fix(text)
+        if lang == "zh" and script == "traditional":
+            text = to_script(text, "traditional")
         return self.dictionary.apply(text)
 
     def _corrector(self, words: tuple[str, ...]) -> HotwordCorrector | None:

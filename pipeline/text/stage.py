@@ -57,7 +57,7 @@ class TextStage(Stage[Transcript, Transcript, TextCounters]):
 
     def write(self, room: str, text: str, language: str) -> str:
         """One text through the rules with the room's hotwords (partials use this too)."""
-        return self.processor(text, language, self.rooms.hotwords_for(room))
+        return self.processor(text, language, self.rooms.hotwords_for(room), self.rooms[room].zh_script)
 
     def process(self, t: Transcript) -> Transcript | None:
         try:

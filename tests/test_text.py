@@ -23,7 +23,8 @@ from pipeline.text.fillers import FillerRemover
 from pipeline.text.processor import TextProcessor, TextSettings, route
 from pipeline.text.script import Script
 from pipeline.text.stage import TextStage
-from pipeline.text.zh_itn import cardinal, zh_itn
+from pipeline.text.zh_itn import zh_itn
+from pipeline.text.zh_numbers import cardinal
 from tests.helpers import SHARED
 
 CASES = SHARED / "data" / "itn" / "cases.tsv"

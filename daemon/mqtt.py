@@ -81,7 +81,6 @@ def with_delayed_flag(payload: str) -> str:
 
 class Publisher:
     def __init__(self, settings: MqttSettings, outbox: Outbox | None = None, config_path: Path | None = None) -> None:
-        self.outbox = outbox
         self.durable = Durable(outbox) if outbox is not None else None
         # Utterances from this seq on wait in the outbox only (the memory queue was full).
         self._on_disk_from: int | None = None

@@ -71,7 +71,7 @@ def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> N
     assert threads and all(name.startswith("outbox") for name in threads), threads
     assert threading.current_thread().name not in threads
     # Stored before it was queued: the queued message knows its row.
-    assert publisher.pending[0].seq is not None and publisher.outbox is not None and len(publisher.outbox) == 1
+    assert publisher.pending[0].seq is not None and publisher.durable is not None and len(publisher.durable) == 1
 
 
 def _damage_one_page(path: Path, page: int) -> None:

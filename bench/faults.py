@@ -19,12 +19,10 @@ the parts of what was received: the target is 0 lost. Writes bench/results/fault
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,7 +37,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
-from tests.helpers import REPO, Daemon, Mosquitto, SmallDisk, Subscriber, speech_with_pauses, write_config
+from tests.helpers import REPO, Daemon, Mosquitto, SmallDisk, Subscriber, journal_ids, speech_with_pauses, write_config
 
 SENTENCES = ["Please turn on the kitchen lights.", "What is the weather like today?", "Open the garage door please."]
 Row = dict[str, Any]
@@ -253,7 +251,7 @@ def crash_case(work: Path, broker: Mosquitto) -> Row:
     try:
         piece = str(daemon.wait_log("utterance recognized", 1, timeout_s=120)[0]["utterance_id"])
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not journaled(database):
+        while time.monotonic() < deadline and not journal_ids(database):
             time.sleep(0.05)
         daemon.proc.kill()
         daemon.proc.wait()
@@ -272,12 +270,6 @@ def crash_case(work: Path, broker: Mosquitto) -> Row:
     return row(
         "SIGKILL while the stitcher holds a piece", f"after restart published {got}, exit {code}", got == [piece]
     )
-
-
-def journaled(database: Path) -> bool:
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(database)) as db:
-        return bool(db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0])
-    return False
 
 
 CHECK_CONFIG: list[tuple[str, bytes, str]] = [

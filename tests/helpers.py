@@ -622,3 +622,11 @@ class SmallDisk:
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.folder)], check=False)
+
+
+def journal_ids(database: Path) -> list[str]:
+    """The recognized pieces the daemon's journal keeps (the outbox database's pieces table)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return [row[0] for row in db.execute("SELECT id FROM pieces")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import uuid
@@ -21,6 +20,7 @@ from tests.helpers import (
     Subscriber,
     check_schema,
     free_port,
+    journal_ids,
     normalize,
     speech_with_pauses,
     wer,
@@ -325,7 +325,6 @@ def test_broker_away_longer_than_the_outbox_age_drops_the_oldest_loudly(tmp_path
 def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL after recognition, before the utterance is stored (the stitcher holds the
     piece, here for 10 s): the journal has it, and the next start publishes it."""
-    import sqlite3
     import time
 
     audio = tmp_path / "room.wav"
@@ -340,16 +339,12 @@ def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) 
     daemon = Daemon(config)
     database = tmp_path / "state" / "outbox.sqlite3"
 
-    def kept() -> list[str]:
-        with contextlib.closing(sqlite3.connect(database)) as db:
-            return [row[0] for row in db.execute("SELECT id FROM pieces")]
-
     try:
         recognized = daemon.wait_log("utterance recognized", 1, timeout_s=120)
         deadline = time.monotonic() + 10
-        while not kept() and time.monotonic() < deadline:
+        while not journal_ids(database) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the journal's table, not waiting for luck
-        assert kept() == [recognized[0]["utterance_id"]]
+        assert journal_ids(database) == [recognized[0]["utterance_id"]]
         assert not daemon.events("utterance stored")  # still held by the stitcher
         daemon.proc.kill()
         daemon.proc.wait()
@@ -368,4 +363,4 @@ def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) 
         daemon.kill()
         sub.close()
         server.stop()
-    assert kept() == []  # stored, so settled: a third start replays nothing
+    assert journal_ids(database) == []  # stored, so settled: a third start replays nothing

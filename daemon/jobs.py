@@ -15,7 +15,7 @@ from daemon.outputs import output_bases, output_path, render, write_atomically
 from daemon.runtime import Runtime
 from daemon.wiring import silero_factory
 from pipeline.batch import BatchJob, FileResult, expand_paths
-from pipeline.chunks import chunk_seconds
+from pipeline.chunks import chunk_seconds, whole_seconds
 from pipeline.messages import Transcript
 
 
@@ -102,6 +102,7 @@ class BatchJobs:
             files_in_flight=b.files_in_flight,
             max_segments_in_flight=rt.config.recognizer.max_batch,
             chunk_s=chunk_seconds(rt.recognizer.device, rt.recognizer.capabilities),
+            whole_s=whole_seconds(rt.recognizer.capabilities),
         )
         self.running[job_id] = job
         self.log.info("batch job started", job=job_id, files=len(files), path=str(path))

@@ -30,7 +30,7 @@ from daemon.logs import setup_logging
 from daemon.outputs import FORMATS, output_bases, output_path, render, shared_names, write_atomically
 from daemon.wiring import load_recognizer_in_thread, pipeline_from_config, room_states, silero_factory
 from pipeline.batch import BatchJob, FileResult, expand_paths, open_source
-from pipeline.chunks import chunk_seconds
+from pipeline.chunks import chunk_seconds, whole_seconds
 from pipeline.graph import Pipeline
 from pipeline.sources import AudioFileError
 
@@ -148,9 +148,11 @@ class Runner:
             self.file_done,
             files_in_flight=self.jobs,
             language=self.language,
-            # The serial loop recognizes each VAD segment on its own; the queue merges a
-            # file's segments into chunks recognized with timestamps where that pays (CPU).
+            # The serial loop recognizes each VAD segment on its own; the queue recognizes a
+            # short file whole and merges a long file's segments into chunks recognized with
+            # timestamps where that pays (CPU).
             chunk_s=0.0 if self.jobs == 1 else chunk_seconds(recognizer.device, recognizer.capabilities),
+            whole_s=0.0 if self.jobs == 1 else whole_seconds(recognizer.capabilities),
         )
         return pipeline, job
 

@@ -22,7 +22,7 @@ from typing import cast
 import numpy as np
 import structlog
 
-from pipeline.chunks import chunk
+from pipeline.chunks import KeptAudio, chunk, whole
 from pipeline.ffmpeg import FfmpegSource, ffmpeg_path
 from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
@@ -85,6 +85,7 @@ def open_source(path: Path) -> tuple[AudioSource, float | None]:
 @dataclass(frozen=True)
 class _FileEnd:
     index: int
+    audio: np.ndarray | None = None  # all of a short file (``whole_s``), else None
 
 
 class BatchJob:
@@ -101,6 +102,7 @@ class BatchJob:
         language: str | None = None,
         max_segments_in_flight: int | None = None,
         chunk_s: float = 0.0,
+        whole_s: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.files = files
@@ -126,6 +128,9 @@ class BatchJob:
         # this many seconds and recognized with timestamps: one encoder pass per chunk
         # instead of one per segment (the encoder always sees 30 s).
         self.chunk_s = chunk_s
+        # A file at most this long is recognized whole (its own audio, silences and all, as
+        # one utterance without timestamps); 0: never.
+        self.whole_s = whole_s
         self.log = structlog.get_logger().bind(job=job_id)
         if not files:
             self.finished.set()
@@ -157,12 +162,13 @@ class BatchJob:
         async def one(index: int, path: Path) -> None:
             result = self.results[index] = FileResult(path)
             try:
-                source, _ = open_source(path)
+                opened, _ = open_source(path)
             except AudioFileError as exc:
                 result.error = str(exc).removeprefix(f"{path}: ")
                 self._expected[index] = 0
                 self._maybe_done(index)
                 return
+            source = KeptAudio(opened, self.whole_s)
             async with slots:
                 room = Room(
                     RoomState(self.room_name(index), language=self.language),
@@ -179,7 +185,7 @@ class BatchJob:
             self.vad_seconds += room.counters.vad_seconds
             if room.counters.last_error:
                 result.error = room.counters.last_error.removeprefix(f"{path}: ")
-            await self._local.put(_FileEnd(index))  # after all of its segments
+            await self._local.put(_FileEnd(index, source.audio))  # after all of its segments
 
         async with asyncio.TaskGroup() as group:
             merger = group.create_task(self._merge(), name=f"{self.job_id}:merge")
@@ -189,34 +195,55 @@ class BatchJob:
             await merger
 
     async def _merge(self) -> None:
-        """Segments -> chunks of at most ``chunk_s`` of a file's timeline (or as they are)."""
+        """Segments -> one utterance of a short file's whole audio (``whole_s``), or chunks of
+        at most ``chunk_s`` of a file's timeline, or the segments as they are."""
         pending: dict[int, list[Utterance]] = {}
+        held: dict[int, list[Utterance]] = {}  # a file's segments while it may be short
+        long: set[int] = set()  # files with speech past whole_s
         sent: dict[int, int] = {}
 
         async def send(index: int, pieces: list[Utterance]) -> None:
             if not pieces:
                 return
             item = pieces[0] if not self.chunk_s else chunk(pieces)
+            await put(index, item)
+
+        async def put(index: int, item: Utterance) -> None:
             sent[index] = sent.get(index, 0) + 1
             if self._slots is not None:
                 await self._slots.acquire()
             await self.out.put(item)
 
+        async def place(index: int, item: Utterance) -> None:
+            waiting = pending.setdefault(index, [])
+            if waiting and (not self.chunk_s or item.end_s - waiting[0].start_s > self.chunk_s):
+                await send(index, waiting)
+                waiting = pending[index] = []
+            waiting.append(item)
+            if not self.chunk_s:
+                await send(index, pending.pop(index))
+
         while (item := await self._local.get()) is not None:
             if isinstance(item, _FileEnd):
+                short = held.pop(item.index, [])
+                long.discard(item.index)
+                if short and item.audio is not None:
+                    await put(item.index, whole(short, item.audio))
+                for piece in short if item.audio is None else []:  # silence made it long
+                    await place(item.index, piece)
                 await send(item.index, pending.pop(item.index, []))
                 self._expected[item.index] = sent.pop(item.index, 0)
                 self._maybe_done(item.index)
                 continue
             assert item.file is not None
             index = item.file.index
-            held = pending.setdefault(index, [])
-            if held and (not self.chunk_s or item.end_s - held[0].start_s > self.chunk_s):
-                await send(index, held)
-                held = pending[index] = []
-            held.append(item)
-            if not self.chunk_s:
-                await send(index, pending.pop(index))
+            if index not in long and item.end_s <= self.whole_s:
+                held.setdefault(index, []).append(item)
+                continue
+            long.add(index)
+            for piece in held.pop(index, []):  # past whole_s: a long file
+                await place(index, piece)
+            await place(index, item)
 
     def _maybe_done(self, index: int) -> None:
         expected = self._expected.get(index)

@@ -8,8 +8,9 @@ found (``settle``) and recognized on its own, so a chunk loses no words.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,9 +19,14 @@ from pipeline.messages import SAMPLE_RATE, TimedText, Utterance
 
 if TYPE_CHECKING:
     from models.api import Capabilities
+    from pipeline.sources import AudioSource
 
 # Chunks span at most this much of a file's timeline: Whisper's 30 s window, less a margin.
 CHUNK_S = 28.0
+# A file at most this long is recognized whole, as one utterance without timestamps: what
+# one would get decoding it alone. Timestamped decoding and cutting at the VAD's bounds cost
+# words (bench/batch.py, bench/chinese.py; docs/architecture.md "Batch transcription").
+WHOLE_FILE_S = 30.0
 
 
 def chunk_seconds(device: str, capabilities: Capabilities) -> float:
@@ -37,6 +43,12 @@ def chunk_seconds(device: str, capabilities: Capabilities) -> float:
     if not capabilities.timestamps:
         return 0.0
     return CHUNK_S if device.startswith("cpu") else 0.0
+
+
+def whole_seconds(capabilities: Capabilities) -> float:
+    """Files at most this long are recognized whole: WHOLE_FILE_S, or less for a model that
+    takes less audio at once."""
+    return min(WHOLE_FILE_S, capabilities.max_audio_s)
 
 
 def chunk(pieces: list[Utterance]) -> Utterance:
@@ -61,6 +73,44 @@ def chunk(pieces: list[Utterance]) -> Utterance:
         timestamps=True,
         speech=speech,
     )
+
+
+class KeptAudio:
+    """A source that keeps what it yields while that is at most ``limit_s`` long, so a short
+    file's whole audio (its silences too) is there once its VAD has finished with it."""
+
+    def __init__(self, source: AudioSource, limit_s: float) -> None:
+        self.source = source
+        self.realtime = source.realtime
+        self.description = source.description
+        self._limit = round(limit_s * SAMPLE_RATE)
+        self._kept: list[np.ndarray] | None = [] if limit_s > 0 else None
+        self._length = 0
+
+    @property
+    def overflows(self) -> int:
+        return self.source.overflows
+
+    @property
+    def audio(self) -> np.ndarray | None:
+        """All of it, or None when it ran past the limit."""
+        return None if self._kept is None else np.concatenate([np.zeros(0, np.float32), *self._kept])
+
+    async def chunks(self, stop: asyncio.Event) -> AsyncGenerator[np.ndarray, None]:
+        async for piece in self.source.chunks(stop):
+            self._length += len(piece)
+            if self._kept is not None and self._length > self._limit:
+                self._kept = None  # a long file: chunks of its segments instead
+            elif self._kept is not None:
+                self._kept.append(piece)
+            yield piece
+
+
+def whole(pieces: list[Utterance], audio: np.ndarray) -> Utterance:
+    """A short file's segments as one utterance of the file's whole audio, decoded without
+    timestamps; its times are those of the speech in it (first start to last end)."""
+    first, last = pieces[0], pieces[-1]
+    return dataclasses.replace(first, audio=audio, end_s=last.end_s, end_wall=last.end_wall, reason=last.reason)
 
 
 # Whisper's own segment times are coarse (tiny models often say whole seconds); a bound
@@ -96,6 +146,24 @@ def timed_segments(
 # Speech runs at 2-3 words a second; a segment with far fewer words than the speech it
 # claims to span skipped some of it (tiny models end a timestamped decode early).
 MIN_WORDS_PER_S = 1.0
+# Chinese and Japanese are written without spaces, at 4-5 characters a second: two
+# characters count as one word.
+CHARS_PER_WORD = 2
+
+
+def spoken_words(text: str) -> float:
+    """About how many words a text says: spaced words, with runs of unspaced CJK script
+    counted by their characters."""
+    cjk = sum(1 for c in text if _unspaced(c))
+    spaced = "".join(" " if _unspaced(c) else c for c in text).split()
+    return len(spaced) + cjk / CHARS_PER_WORD
+
+
+def _unspaced(c: str) -> bool:
+    # CJK ideographs, kana, Hangul syllables (Korean is spaced, but by phrase, not word)
+    return (
+        "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" or "\uf900" <= c <= "\ufaff"
+    )
 
 
 def settle(
@@ -109,7 +177,7 @@ def settle(
     for seg in segments:
         spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
         talk = sum(speech[k][1] - speech[k][0] for k in spans)
-        if len(spans) > 1 and len(seg.raw_text.split()) < MIN_WORDS_PER_S * talk:
+        if len(spans) > 1 and spoken_words(seg.raw_text) < MIN_WORDS_PER_S * talk:
             spans = spans[:1]
             seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
         covered.update(spans)

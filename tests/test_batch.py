@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from pipeline.chunks import WHOLE_FILE_S
 from tests.helpers import (
     REPO,
     Daemon,
@@ -44,10 +45,29 @@ def roomscribe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Spoken]]:
+    """A file longer than WHOLE_FILE_S (silence at its end), so it goes in timed chunks."""
     root = tmp_path_factory.mktemp("speech")
     audio, spoken = speech_with_pauses(TEXTS, pauses=[1.2, 2.5, 1.5])
+    audio = np.concatenate([audio, np.zeros(round((WHOLE_FILE_S + 1) * 16000) - len(audio), np.float32)])
     sf.write(root / "talk.flac", audio, 16000)
     return root / "talk.flac", spoken
+
+
+def test_a_short_file_is_recognized_whole(tmp_path: Path) -> None:
+    """A file of at most WHOLE_FILE_S is one utterance of all its audio, without timestamps:
+    one record from its first speech to its last, the words the serial loop gets."""
+    audio, spoken = speech_with_pauses(TEXTS, pauses=[1.2, 2.5, 1.5])
+    assert len(audio) / 16000 < WHOLE_FILE_S
+    sf.write(tmp_path / "short.flac", audio, 16000)
+    queued = roomscribe(str(tmp_path / "short.flac"), "--format", "jsonl")
+    serial = roomscribe(str(tmp_path / "short.flac"), "--format", "jsonl", "--jobs", "1")
+    assert queued.returncode == serial.returncode == 0, queued.stderr
+    records = [json.loads(x) for x in queued.stdout.splitlines()]
+    assert len(records) == 1 and len(serial.stdout.splitlines()) == len(spoken)
+    assert abs(records[0]["start"] - spoken[0].start_s) <= TOLERANCE_S
+    assert abs(records[0]["end"] - spoken[-1].end_s) <= TOLERANCE_S
+    serial_text = " ".join(json.loads(x)["text"] for x in serial.stdout.splitlines())
+    assert wer([" ".join(TEXTS)], [records[0]["text"]]) <= 0.15 and wer([serial_text], [records[0]["text"]]) <= 0.1
 
 
 def clock(text: str) -> float:
@@ -74,7 +94,7 @@ def test_srt_vtt_json_timestamps_match_the_speech(speech: tuple[Path, list[Spoke
     ]
     document = json.loads((tmp_path / "talk.json").read_text())
     assert [round(s["start"], 3) for s in document["segments"]] == [clock(b[1].split(" --> ")[0]) for b in blocks]
-    assert document["audio_s"] == pytest.approx(spoken[-1].end_s + 1.5, abs=0.6)
+    assert document["audio_s"] == pytest.approx(sf.info(str(path)).duration, abs=0.6)
     # Text with ITN applied: "ten minutes" is written as digits.
     assert "10 minutes" in (tmp_path / "talk.txt").read_text()
 
@@ -172,8 +192,8 @@ def test_video_containers_go_through_ffmpeg(speech: tuple[Path, list[Spoken]], t
 
 
 def test_serial_loop_and_chunked_queue_agree(speech: tuple[Path, list[Spoken]], tmp_path: Path) -> None:
-    """--jobs 1 recognizes each VAD segment alone; the queue recognizes the file's segments
-    as one timed chunk. Same words, and the chunk's cues are on the speech."""
+    """--jobs 1 recognizes each VAD segment alone; the queue recognizes a long file's
+    segments as one timed chunk. Same words, and the chunk's cues are on the speech."""
     path, spoken = speech
     serial = roomscribe(str(path), "--format", "jsonl", "--jobs", "1")
     queued = roomscribe(str(path), "--format", "jsonl")

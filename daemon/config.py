@@ -105,6 +105,10 @@ class RecognizerSettings(Section):
     quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 linear layers (CPU only).")
     threads: int = Field(0, ge=0, le=256, description="CPU threads for the model; 0 lets torch decide.")
     beam_size: int = Field(D.beam_size, ge=1, le=16, description="1 is greedy decoding; more is beam search.")
+    language_beams: dict[str, int] = Field(
+        dict(D.language_beams),
+        description="Beam size per language where it differs from beam_size (measured: zh 5).",
+    )
     temperatures: list[float] = Field(
         list(D.temperatures), min_length=1, description="Fallback temperatures, tried in order."
     )
@@ -143,7 +147,17 @@ class RecognizerSettings(Section):
     )
 
     def decoding_options(self) -> DecodingOptions:
-        return by_keyword(DecodingOptions, self)
+        return by_keyword(DecodingOptions, self, language_beams=tuple(sorted(self.language_beams.items())))
+
+    @field_validator("language_beams")
+    @classmethod
+    def _language_beams(cls, values: dict[str, int]) -> dict[str, int]:
+        for language, beam in values.items():
+            if language not in LANGUAGE_CODES:
+                raise ValueError(f"{language!r} is not a language code (en, zh, de, ...)")
+            if not 1 <= beam <= 16:
+                raise ValueError(f"the beam size for {language!r} must be 1 to 16")
+        return values
 
     def stage_settings(self, joint_max_gap_s: float) -> RecognizeSettings:
         """The recognize stage's settings; ``joint_max_gap_s`` comes from [stitch]."""

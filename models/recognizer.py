@@ -132,7 +132,7 @@ class WhisperRecognizer:
             max(dims.n_encoder_layers, dims.n_decoder_layers),
             dims.n_text_ctx,
             torch.finfo(getattr(torch, dtype)).bits // 8,
-            self.options.beam_size,
+            self.options.widest_beam,
         )
         self.batch_policy = BatchPolicy(batch_size, per_item, lambda: free_device_bytes(device))
         self.capabilities = Capabilities(
@@ -264,12 +264,24 @@ class WhisperRecognizer:
         budgets = [
             token_budget(len(a) / SAMPLE_RATE) + (int(len(a) / SAMPLE_RATE) if timestamps else 0) for a in audios
         ]
-        attempts = self._decode_with_fallback(memory_kv, prefixes, budgets, hotwords, timestamps)
+        # Each language with its beam (``DecodingOptions.language_beams``): one decode per beam.
+        attempts: list[_Attempt] = [_Attempt() for _ in audios]
+        by_beam: dict[int, list[int]] = {}
+        for i, (lang, _) in enumerate(languages):
+            by_beam.setdefault(self.options.beam_for(lang), []).append(i)
+        for beam, items in by_beam.items():
+            kv = memory_kv if len(items) == len(audios) else select_memory(memory_kv, self._index(items))
+            picked = ([prefixes[i] for i in items], [budgets[i] for i in items], [hotwords[i] for i in items])
+            for i, attempt in zip(items, self._decode_with_fallback(kv, *picked, timestamps, beam), strict=True):
+                attempts[i] = attempt
         durations = [len(a) / SAMPLE_RATE for a in audios]
         return [
             self._result(attempt, lang, prob, timestamps, duration)
             for attempt, (lang, prob), duration in zip(attempts, languages, durations, strict=True)
         ]
+
+    def _index(self, items: list[int]) -> torch.Tensor:
+        return torch.tensor(items, device=self._torch_device)
 
     def _encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder output for a batch of log-mel windows. On a CPU a few windows at a time:
@@ -290,15 +302,15 @@ class WhisperRecognizer:
         prefixes: list[list[int]],
         budgets: list[int],
         hotwords: list[list[HotwordTokens]],
-        timestamps: bool = False,
+        timestamps: bool,
+        beam_size: int,
     ) -> list[_Attempt]:
         o = self.options
         attempts = [_Attempt() for _ in prefixes]
         pending = list(range(len(prefixes)))
         for temperature in o.temperatures:
-            index = torch.tensor(pending, device=self._torch_device)
-            sub_kv = memory_kv if len(pending) == len(prefixes) else select_memory(memory_kv, index)
-            search = Search(o.beam_size, temperature, self._generator)
+            sub_kv = memory_kv if len(pending) == len(prefixes) else select_memory(memory_kv, self._index(pending))
+            search = Search(beam_size, temperature, self._generator)
             rules = LogitRules(
                 self._suppress,
                 self._suppress_at_begin,

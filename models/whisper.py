@@ -51,6 +51,24 @@ class LayerNorm(nn.LayerNorm):
         )
 
 
+# On a CPU, MKL multiplies a few rows by a weight 2-3x faster as W @ x.T than as x @ W.T
+# (measured on this box's EPYC: 5 rows x 512 -> 2048 in 0.33 against 0.79 ms), and decoding
+# steps are a few rows (items times beams); the encoder's 1500 rows per window are not.
+SMALL_ROWS = 64
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, computed as W @ x.T for a few rows on a CPU. Quantized layers (not
+    ``nn.Linear`` itself) and everything on a GPU go as they are."""
+    rows = x.numel() // x.shape[-1]
+    if type(layer) is not nn.Linear or x.device.type != "cpu" or not 1 < rows <= SMALL_ROWS:
+        out: Tensor = layer(x)
+        return out
+    flat = x.reshape(rows, x.shape[-1]).T
+    product = layer.weight @ flat if layer.bias is None else torch.addmm(layer.bias[:, None], layer.weight, flat)
+    return product.T.contiguous().view(*x.shape[:-1], layer.out_features)
+
+
 class FeedForward(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -59,7 +77,7 @@ class FeedForward(nn.Module):
         self.linear_1 = nn.Linear(4 * width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.linear_1(F.gelu(self.linear_0(self.layer_norm(x))))
+        out: Tensor = linear(self.linear_1, F.gelu(linear(self.linear_0, self.layer_norm(x))))
         return out
 
 
@@ -92,7 +110,7 @@ class SelfAttention(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``mask`` (bool, broadcastable to [batch, heads, new, all keys], True = may attend)
         replaces the causal flag when the batch holds sequences of different lengths."""
-        q, k, v = self.linear_0(self.layer_norm(x)).chunk(3, dim=-1)
+        q, k, v = linear(self.linear_0, self.layer_norm(x)).chunk(3, dim=-1)
         q, k, v = (_split_heads(t, self.n_heads) for t in (q, k, v))
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
@@ -103,7 +121,7 @@ class SelfAttention(nn.Module):
             # A causal mask is only needed while several new positions are processed at
             # once; with a cache, one new query may see every earlier key.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and q.shape[2] > 1)
-        return self.linear_1(_merge_heads(out)), (k, v)
+        return linear(self.linear_1, _merge_heads(out)), (k, v)
 
 
 class CrossAttention(nn.Module):
@@ -125,7 +143,7 @@ class CrossAttention(nn.Module):
         """``x`` [rows, n, width]; ``memory_kv`` per item [items, heads, frames, head_dim],
         where ``rows`` is ``items`` times the beams per item (beams are consecutive rows)."""
         k, v = memory_kv
-        q = _split_heads(self.linear_0(self.layer_norm(x)), self.n_heads)
+        q = _split_heads(linear(self.linear_0, self.layer_norm(x)), self.n_heads)
         rows, items = q.shape[0], k.shape[0]
         if rows == items:
             out = F.scaled_dot_product_attention(q, k, v)
@@ -139,7 +157,7 @@ class CrossAttention(nn.Module):
             grouped = q.view(items, beams, heads, n, dim).transpose(1, 2).reshape(items, heads, beams * n, dim)
             out = F.scaled_dot_product_attention(grouped, k, v)
             out = out.view(items, heads, beams, n, dim).transpose(1, 2).reshape(rows, heads, n, dim)
-        projected: Tensor = self.linear_2(_merge_heads(out))
+        projected: Tensor = linear(self.linear_2, _merge_heads(out))
         return projected
 
 

@@ -60,3 +60,25 @@ def test_mandarin_speech_through_the_daemon_arrives_in_simplified(tmp_path: Path
     finally:
         daemon.kill()
         sub.close()
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/speech")
+def test_each_language_is_decoded_with_its_own_beam() -> None:
+    """language_beams: Chinese with beam 5 while beam_size stays 1 for English. Alone, each
+    item is exactly what a recognizer with that one beam writes; in one batch with the
+    language detected per item, each is still recognized in its own language."""
+    from bench.accuracy import load_clip
+    from models.api import DecodingOptions
+    from models.recognizer import load_recognizer
+    from tests.helpers import speak, wer
+
+    mixed = load_recognizer("bundled:base", "cpu", options=DecodingOptions(beam_size=1, language_beams=(("zh", 5),)))
+    beam5 = load_recognizer("bundled:base", "cpu", options=DecodingOptions(beam_size=5, language_beams=()))
+    greedy = load_recognizer("bundled:base", "cpu", options=DecodingOptions(beam_size=1, language_beams=()))
+    chinese, english = load_clip(CLIP), speak("Please turn on the kitchen lights.")
+    assert mixed.recognize([chinese], language="zh")[0].text == beam5.recognize([chinese], language="zh")[0].text
+    assert mixed.recognize([english], language="en")[0].text == greedy.recognize([english], language="en")[0].text
+    zh, en = mixed.recognize([chinese, english])
+    assert (zh.language, en.language) == ("zh", "en")
+    assert wer(["please turn on the kitchen lights"], [en.text]) <= 0.2
+    assert len([c for c in zh.text if "\u4e00" <= c <= "\u9fff"]) >= 8, zh.text

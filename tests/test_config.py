@@ -232,3 +232,16 @@ def test_hotwords_in_the_config_are_bounded_like_the_command() -> None:
         parse_config({"recognizer": {"hotwords": [f"w{i}" for i in range(1001)]}}, Path("c.toml"))
     with pytest.raises(ConfigError, match=r"recognizer.hotwords\[0\]"):
         parse_config({"recognizer": {"hotwords": ["x" * 101]}}, Path("c.toml"))
+
+
+def test_language_beams_name_the_language_and_reach_the_decoder() -> None:
+    (line,) = problems("[recognizer]\nlanguage_beams = { klingon = 5 }\n")
+    assert line.startswith("recognizer.language_beams") and "'klingon' is not a language code" in line
+    (line,) = problems("[recognizer]\nlanguage_beams = { zh = 50 }\n")
+    assert line.startswith("recognizer.language_beams") and "1 to 16" in line
+    options = parse_config(
+        tomllib.loads("[recognizer]\nbeam_size = 2\nlanguage_beams = { de = 4 }\n"), Path("c.toml")
+    ).recognizer
+    decoding = options.decoding_options()
+    assert (decoding.beam_for("de"), decoding.beam_for("zh"), decoding.beam_for("en")) == (4, 2, 2)
+    assert Config().recognizer.decoding_options().beam_for("zh") == 5

@@ -31,7 +31,8 @@ MAX_S = 30.0
 def load_clip(path: Path) -> np.ndarray:
     audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     mono = audio.mean(axis=1).astype(np.float32)
-    return soxr.resample(mono, sr, 16000).astype(np.float32) if sr != 16000 else mono
+    out = soxr.resample(mono, sr, 16000) if sr != 16000 else mono
+    return np.asarray(out, dtype=np.float32)
 
 
 def recognize_all(recognizer, audios: list[np.ndarray], batch: int) -> tuple[list[str], float]:  # type: ignore[no-untyped-def]

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="zero set-up demo: embedded broker, bundled sample, prints utterances")
     p.add_argument("--mic", action="store_true", help="listen to the default microphone instead")
     p.add_argument("--config", type=Path, help="use this config's broker and recognizer instead")
+    p.add_argument(
+        "--language",
+        choices=["en", "zh"],
+        default="en",
+        help="zh: a Mandarin sample on bundled:base (multilingual extra)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("transcribe", help="transcribe audio and video files and folders")

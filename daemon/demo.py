@@ -29,8 +29,15 @@ from daemon.logs import setup_logging
 VIEWER_GRACE_S = 5.0
 
 
-def demo_sample() -> Path:
-    return Path(str(resources.files("daemon") / "assets" / "demo.flac"))
+# The Chinese demo: four AISHELL-1 recordings (Apache-2.0, daemon/assets/README.md) on the
+# multilingual model, with a hotword that the recognizer writes as a homophone (伙报 -> 火爆).
+ZH_MODEL = "bundled:base"
+ZH_HOTWORDS = ["火爆"]
+
+
+def demo_sample(language: str = "en") -> Path:
+    name = "demo-zh.flac" if language == "zh" else "demo.flac"
+    return Path(str(resources.files("daemon") / "assets" / name))
 
 
 def free_port() -> int:
@@ -39,15 +46,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_config(base: Config | None, mic: bool, port: int | None) -> Config:
+def demo_config(base: Config | None, mic: bool, port: int | None, language: str = "en") -> Config:
     data: dict[str, Any] = base.model_dump() if base else {}
     data.setdefault("daemon", {})["log_level"] = "warning"
     if port is not None:
         data["mqtt"] = {**data.get("mqtt", {}), "host": "127.0.0.1", "port": port, "client_id": "roomscribe-demo"}
+    sample = str(demo_sample(language))
     source: dict[str, Any] = (
-        {"type": "mic", "device": "default"} if mic else {"type": "file", "path": str(demo_sample()), "realtime": True}
+        {"type": "mic", "device": "default"} if mic else {"type": "file", "path": sample, "realtime": True}
     )
-    data["rooms"] = [{"name": "demo", "source": source}]
+    room: dict[str, Any] = {"name": "demo", "source": source}
+    if language == "zh":
+        room |= {"language": "zh", "hotwords": ZH_HOTWORDS}
+        recognizer = data.setdefault("recognizer", {})
+        if recognizer.get("model", Config().recognizer.model) == Config().recognizer.model:
+            recognizer["model"] = ZH_MODEL  # an English-only default cannot write Chinese
+    data["rooms"] = [room]
     return Config.model_validate(data)
 
 
@@ -81,18 +95,20 @@ async def _print_utterances(config: Config, received: list[dict[str, Any]], read
                         f"[{payload['room']}] {payload['text']}   ({payload['duration_s']:.1f} s, {delay} ms)",
                         flush=True,
                     )
+                    if payload["raw_text"].strip() != payload["text"]:  # what the text stage changed
+                        print(f"    recognized: {payload['raw_text'].strip()}", flush=True)
         except aiomqtt.MqttError:
             await asyncio.sleep(1.0)
 
 
-async def _demo(config: Config, embedded: bool, mic: bool) -> int:
+async def _demo(config: Config, embedded: bool, mic: bool, language: str) -> int:
     broker = await _start_broker(config.mqtt.port) if embedded else None
     received: list[dict[str, Any]] = []
     ready = asyncio.Event()
     viewer = asyncio.create_task(_print_utterances(config, received, ready))
     app = App(config, Path.cwd())
     app.install_signal_handlers()
-    where = "the default microphone (Ctrl-C to stop)" if mic else f"the sample {demo_sample().name}"
+    where = "the default microphone (Ctrl-C to stop)" if mic else f"the sample {demo_sample(language).name}"
     broker_name = "embedded broker" if embedded else "broker"
     print(f"roomscribe demo: {where}, {broker_name} at {config.mqtt.host}:{config.mqtt.port}", flush=True)
     await asyncio.wait_for(ready.wait(), timeout=15)
@@ -128,10 +144,10 @@ def demo_main(args: argparse.Namespace) -> int:
             exc.report()
             return EXIT_CONFIG_ERROR
     embedded = base is None
-    config = demo_config(base, args.mic, free_port() if embedded else None)
+    config = demo_config(base, args.mic, free_port() if embedded else None, args.language)
     setup_logging(config.daemon.log_level, config.daemon.log_format)
     try:
-        return asyncio.run(_demo(config, embedded, args.mic))
+        return asyncio.run(_demo(config, embedded, args.mic, args.language))
     except StartupError as exc:
         print(f"roomscribe demo: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE

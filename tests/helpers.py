@@ -50,6 +50,20 @@ def speak(text: str, rate: int = 16000, ssml: bool = False) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+def speak_mandarin(text: str, rate: int = 16000) -> np.ndarray:
+    """espeak-ng Mandarin: Debian's espeak-ng reads Chinese characters without its extended
+    dictionary (it spells them), so the text goes in as pinyin with tone numbers. Whisper base
+    recognizes little of this voice; short phrases such as 下午三点半 come through."""
+    from pypinyin import Style, lazy_pinyin
+
+    pinyin = " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "130", "-w", tmp.name, pinyin], check=True)
+        audio, sr = sf.read(tmp.name, dtype="float32")
+    out = soxr.resample(audio, sr, rate) if sr != rate else audio
+    return np.asarray(out, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Spoken:
     text: str

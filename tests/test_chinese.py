@@ -82,3 +82,79 @@ def test_each_language_is_decoded_with_its_own_beam() -> None:
     assert (zh.language, en.language) == ("zh", "en")
     assert wer(["please turn on the kitchen lights"], [en.text]) <= 0.2
     assert len([c for c in zh.text if "\u4e00" <= c <= "\u9fff"]) >= 8, zh.text
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/speech")
+def test_mixed_room_detects_each_utterance_and_the_text_stage_works_on_recognized_chinese(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A room without a language: a Mandarin recording, then English; each utterance in its
+    own language, the Chinese one in Simplified with the room's hotword and the dictionary
+    applied. A Chinese room: espeak-ng Mandarin with a time, written by the Chinese ITN."""
+    import jiwer
+    import numpy as np
+    import soundfile as sf
+
+    from bench.accuracy import load_clip
+    from pipeline.text.script import to_script
+    from tests.helpers import speak, speak_mandarin, wer
+
+    pause = np.zeros(3 * 16000, np.float32)
+    mixed = [pause, load_clip(SPEECH_DIR / "aishell1_test_BAC009S0764W0129.wav"), pause]  # 也助推了土地市场的火爆
+    mixed += [speak("Please turn on the kitchen lights."), pause]
+    sf.write(tmp_path / "mixed.wav", np.concatenate(mixed), 16000)
+    sf.write(tmp_path / "time.wav", np.concatenate([pause, speak_mandarin("下午三点半开会"), pause]), 16000)
+    (tmp_path / "words.txt").write_text("土地市场 => 地产市场\n", encoding="utf-8")
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    source = f'{{ type = "file", path = "{tmp_path / "mixed.wav"}" }}'
+    rooms = f'[[rooms]]\nname = "office"\nhotwords = ["火爆"]\nsource = {source}\n'
+    rooms += (
+        f'[[rooms]]\nname = "hall"\nlanguage = "zh"\nsource = {{ type = "file", path = "{tmp_path / "time.wav"}" }}\n'
+    )
+    extra = '[recognizer]\nmodel = "bundled:base"\n[text]\ndictionary = "words.txt"\n'
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, rooms, extra=extra)
+    sub = Subscriber(broker.port, f"{prefix}/+/utterance", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        records = [json.loads(p) for p in sub.wait_for("/utterance", 3, timeout_s=240)]
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.close()
+    office = [r for r in records if r["room"] == "office"]
+    (hall,) = [r for r in records if r["room"] == "hall"]
+    assert [r["language"] for r in office] == ["zh", "en"], office
+    chinese = office[0]["text"]
+    assert to_script(chinese, "simplified") == chinese and "火爆" in chinese and "地产市场" in chinese, office[0]
+    plain = "".join(c for c in chinese if c.isalnum())
+    assert jiwer.cer("也助推了地产市场的火爆", plain) <= 0.3, chinese
+    assert wer(["please turn on the kitchen lights"], [office[1]["text"]]) <= 0.2
+    assert "3:30" in hall["text"] and "三点半" not in hall["text"], hall
+
+
+def test_the_chinese_demo_prints_each_sentence_in_simplified() -> None:
+    """``roomscribe demo --language zh``: its four bundled AISHELL-1 recordings, each in
+    Simplified, with what the recognizer wrote shown where the text stage changed it."""
+    import subprocess
+    import sys
+
+    import jiwer
+
+    from pipeline.text.script import to_script
+    from tests.helpers import REPO
+
+    said = [
+        "广州市房地产中介协会分析",
+        "甚至出现交易几乎停滞的情况",
+        "一二线城市虽然也处于调整中",
+        "也助推了土地市场的火爆",
+    ]
+    command = [sys.executable, "-m", "daemon", "demo", "--language", "zh"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    lines = [line.removeprefix("[demo] ").split("   (")[0] for line in result.stdout.splitlines()]
+    texts = [line for line in lines if not line.startswith(("roomscribe", "    recognized:"))]
+    assert len(texts) == 4 and all(to_script(t, "simplified") == t for t in texts), result.stdout
+    assert "    recognized:" in result.stdout  # the model wrote Traditional; the text stage converted it
+    assert jiwer.cer("".join(said), "".join(c for c in "".join(texts) if c.isalnum())) <= 0.25, texts

@@ -1,20 +1,23 @@
-"""Batch transcription speed: our job queue vs our serial loop vs a serial faster-whisper loop.
+"""Batch transcription: our job queue vs our serial loop vs faster-whisper, on two sets.
 
-    python bench/batch.py [--clips 50] [--jobs N] [--repeat N]
+    python bench/batch.py [--clips 50] [--short 40] [--jobs N] [--repeat N]
     python bench/batch.py --pack audio.npz --model DIR   # a GPU machine without espeak-ng
 
-50 clips of 5-60 s, each a run of recorded English clips from ../shared/data/speech/ (when
-present) and espeak-ng sentences with 0.8-2.5 s pauses between them. Three runs over the same
-folder, one after the other on this machine: `roomscribe transcribe` with the default queue
-(several files in flight, segments of different files in one recognizer batch), the same with
---jobs 1 (the plain serial loop: one file at a time, one segment per call), and faster-whisper
-(same CTranslate2 weights, greedy, its own Silero VAD filter) over the files one by one; with
---repeat N the queue and faster-whisper alternate N times and each reports its median wall. Wall
-times include loading the model (printed for faster-whisper; about the same for ours). WER
-against the clips' texts checks that speed was not bought with accuracy. Targets: the queue at
-least 2x our serial loop on a CPU (3x on a GPU) and faster than serial faster-whisper.
-With ``--pack`` (bench/recognizer.py --write-pack) the clips are built from that file's
-utterances instead; faster-whisper is left out where it is not installed (it says so).
+"long": 50 clips of 5-60 s, each a run of recorded English clips from ../shared/data/speech/
+(when present) and espeak-ng sentences with 0.8-2.5 s pauses between them (seed 5).
+"short": 40 recorded English clips of at most 30 s from ../shared/data/speech, drawn at random
+(seed 24) from all 91 of them, each transcribed as its own file. Per set, one after the other
+on this machine: `roomscribe transcribe` with the default queue (several files in flight; a
+file of at most 30 s whole, longer ones in timestamped chunks), the same with --jobs 1 (the
+plain serial loop: one file at a time, one VAD segment per call), and faster-whisper (same
+CTranslate2 weights, greedy) over the files one by one: its serial loop with its Silero VAD
+filter, and its BatchedInferencePipeline at batch 8 and 16. With --repeat N the queue and
+faster-whisper alternate N times and each reports its median wall. Wall times include
+loading the model. WER against the clips' texts checks that speed was not bought with
+accuracy; ``diffs`` in the JSON lists, per set, every file where the queue's words differ
+from the serial loop's. Nothing here is tuned on these sets (the 30 s rule is Whisper's
+window). With ``--pack`` (bench/recognizer.py --write-pack) the long clips are built from
+that file's utterances instead; faster-whisper is left out where it is not installed.
 """
 
 from __future__ import annotations
@@ -112,8 +115,10 @@ def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, di
     return wall, {name: " ".join(t for _, t in sorted(found)) for name, found in texts.items()}, summary
 
 
-def faster_whisper(folder: Path) -> tuple[float, float, dict[str, str]]:
-    from faster_whisper import WhisperModel
+def faster_whisper(folder: Path, batch: int = 0) -> tuple[float, float, dict[str, str]]:
+    """Serial faster-whisper (its VAD filter), or with ``batch`` its BatchedInferencePipeline
+    (VAD segments of a file decoded ``batch`` at a time, without timestamps)."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from models.loading import resolve_model
 
@@ -121,73 +126,128 @@ def faster_whisper(folder: Path) -> tuple[float, float, dict[str, str]]:
     model = WhisperModel(str(resolve_model("bundled:tiny.en").weights.parent), device="cpu", compute_type="float32")
     load = time.perf_counter() - started
     texts = {}
-    for path in sorted(folder.glob("*.flac")):
-        segments, _ = model.transcribe(str(path), beam_size=1, language="en", vad_filter=True)
+    for path in sorted(folder.glob("*.*")):
+        if batch:
+            pipeline = BatchedInferencePipeline(model)
+            segments, _ = pipeline.transcribe(str(path), beam_size=1, language="en", batch_size=batch)
+        else:
+            segments, _ = model.transcribe(str(path), beam_size=1, language="en", vad_filter=True)
         texts[path.name] = " ".join(s.text.strip() for s in segments)
     return time.perf_counter() - started, load, texts
+
+
+def short_clips(folder: Path, count: int, seed: int = 24) -> dict[str, str]:
+    """``count`` recorded English clips of at most 30 s from ../shared/data/speech, drawn at
+    random (fixed seed) from all of them: files a user would transcribe one by one."""
+    manifest = SHARED / "manifest.jsonl"
+    if not manifest.exists():
+        return {}
+    entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    pool = sorted((e for e in entries if e["language"] == "en" and e["duration_s"] <= 30), key=lambda e: e["audio"])
+    references = {}
+    for entry in random.Random(seed).sample(pool, min(count, len(pool))):
+        (folder / entry["audio"]).symlink_to(SHARED / entry["audio"])
+        references[entry["audio"]] = entry["text"]
+    return references
+
+
+RUNS = ["roomscribe queue", "roomscribe serial (--jobs 1)", "faster-whisper serial", "faster-whisper batched 8",
+        "faster-whisper batched 16"]  # fmt: skip
+
+
+def run_set(name: str, folder: Path, config: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Every run over one folder: our serial loop once, then the queue and faster-whisper
+    (serial, batched 8 and 16) alternating ``--repeat`` times (medians)."""
+    runs: dict[str, tuple[float, dict[str, str], dict[str, Any]]] = {}
+    walls: dict[str, list[float]] = {}
+
+    def record(label: str, run: tuple[float, dict[str, str], dict[str, Any]]) -> None:
+        walls.setdefault(label, []).append(round(run[0], 1))
+        # The median run's wall stands for the label; texts and details are the last run's.
+        runs[label] = (statistics.median(walls[label]), run[1], {**run[2], "walls_s": walls[label]})
+        print(f"{name} / {label}: {run[0]:.1f} s {run[2]}", flush=True)
+
+    record("roomscribe serial (--jobs 1)", ours(folder, 1, config))
+    # The queue and faster-whisper alternate: their walls on a shared machine drift by
+    # 10% from run to run, and the ratios between them are the close ones.
+    for _ in range(args.repeat):
+        record("roomscribe queue", ours(folder, args.jobs, config))
+        try:
+            for batch in (0, 8, 16):
+                fw_wall, fw_load, fw_texts = faster_whisper(folder, batch)
+                label = f"faster-whisper batched {batch}" if batch else "faster-whisper serial"
+                record(label, (fw_wall, fw_texts, {"load_s": round(fw_load, 2)}))
+        except ImportError:
+            print("faster-whisper is not installed here: left out", flush=True)
+    return runs
+
+
+def rows_of(name: str, runs: dict[str, Any], references: dict[str, str], audio_s: float) -> list[dict[str, Any]]:
+    names = sorted(references)
+    serial_wall = runs["roomscribe serial (--jobs 1)"][0]
+    peers = {label: runs[label][0] for label in RUNS[2:] if label in runs}
+    rows = []
+    for label in (r for r in RUNS if r in runs):
+        wall, texts, where = runs[label]
+        rows.append({
+            "set": name, "run": label, "wall_s": round(wall, 1), "x_real_time": round(audio_s / wall, 1),
+            "vs_our_serial": round(serial_wall / wall, 2),
+            **{f"vs_{peer.replace('faster-whisper ', 'fw_').replace(' ', '')}": round(w / wall, 2)
+               for peer, w in peers.items()},
+            "wer_pct": round(100 * wer([references[n] for n in names], [texts.get(n, "") for n in names]), 2),
+            **where,
+        })  # fmt: skip
+    return rows
+
+
+def file_diffs(runs: dict[str, Any], references: dict[str, str]) -> list[dict[str, Any]]:
+    """Files where the queue's words differ from the serial loop's, worst for the queue first:
+    where the default path loses (or wins) words."""
+    queue, serial = runs["roomscribe queue"][1], runs["roomscribe serial (--jobs 1)"][1]
+    out = []
+    for n in sorted(references):
+        q, s = wer([references[n]], [queue.get(n, "")]), wer([references[n]], [serial.get(n, "")])
+        if q != s:
+            out.append({"file": n, "queue_wer": round(q, 3), "serial_wer": round(s, 3), "reference": references[n],
+                        "queue": queue.get(n, ""), "serial": serial.get(n, "")})  # fmt: skip
+    return sorted(out, key=lambda d: d["serial_wer"] - d["queue_wer"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=50)
+    parser.add_argument("--short", type=int, default=40, help="short recorded clips (0: leave that set out)")
     parser.add_argument("--jobs", type=int, help="files in flight for the queue run (default: roomscribe's)")
     parser.add_argument("--pack", type=Path, help="build the clips from this audio pack (bench/recognizer.py)")
     parser.add_argument("--model", help="recognizer.model for our runs (default: the bundled tiny.en)")
     parser.add_argument("--device", default="auto", help="recognizer.device for our runs")
     parser.add_argument("--repeat", type=int, default=1, help="queue and faster-whisper runs, alternating (median)")
     args = parser.parse_args()
-    fw_load: float | None = None
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"diffs": {}, "sets": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "clips"
-        folder.mkdir()
         config = Path(tmp) / "config.toml"
         config.write_text(f"[recognizer]\nmodel = {json.dumps(args.model or 'bundled:tiny.en')}\n"
                           f"device = {json.dumps(args.device)}\n")  # fmt: skip
-        references = build(folder, args.clips, pack=args.pack)
-        audio_s = sum(sf.info(folder / name).duration for name in references)
-        print(f"{len(references)} clips, {audio_s / 60:.1f} min of audio", flush=True)
-        runs: dict[str, tuple[float, dict[str, str], dict[str, Any]]] = {}
-        walls: dict[str, list[float]] = {}
-
-        def record(label: str, run: tuple[float, dict[str, str], dict[str, Any]]) -> None:
-            walls.setdefault(label, []).append(round(run[0], 1))
-            # The median run's wall stands for the label; texts and details are the last run's.
-            runs[label] = (statistics.median(walls[label]), run[1], {**run[2], "walls_s": walls[label]})
-            print(f"{label}: {run[0]:.1f} s {run[2]}", flush=True)
-
-        record("roomscribe serial (--jobs 1)", ours(folder, 1, config))
-        # The queue and faster-whisper alternate: their walls on a shared machine drift by
-        # 10% from run to run, and the ratio between the two is the close one.
-        for _ in range(args.repeat):
-            record("roomscribe queue", ours(folder, args.jobs, config))
-            try:
-                fw_wall, fw_load, fw_texts = faster_whisper(folder)
-            except ImportError:
-                print("faster-whisper is not installed here: left out", flush=True)
+        sets = {"long": Path(tmp) / "long", "short": Path(tmp) / "short"}
+        for folder in sets.values():
+            folder.mkdir()
+        built = {
+            "long": build(sets["long"], args.clips, pack=args.pack),
+            "short": short_clips(sets["short"], args.short),
+        }
+        for name, references in built.items():
+            if not references:
                 continue
-            record("faster-whisper serial", (fw_wall, fw_texts, {"load_s": round(fw_load, 2)}))
-    names = sorted(references)
-    serial_wall = runs["roomscribe serial (--jobs 1)"][0]
-    fw = runs["faster-whisper serial"][0] if "faster-whisper serial" in runs else None
-    rows: list[dict[str, Any]] = []
-    for label in ("roomscribe queue", "roomscribe serial (--jobs 1)", "faster-whisper serial"):
-        if label not in runs:
-            continue
-        wall, texts, where = runs[label]
-        rows.append(
-            {
-                "run": label,
-                "wall_s": round(wall, 1),
-                "x_real_time": round(audio_s / wall, 1),
-                "vs_our_serial": round(serial_wall / wall, 2),
-                "vs_faster_whisper": round(fw / wall, 2) if fw else None,
-                "wer_pct": round(100 * wer([references[n] for n in names], [texts.get(n, "") for n in names]), 2),
-                **where,
-            }
-        )
-    extra = {"clips": len(names), "audio_s": round(audio_s, 1), "audio": "pack" if args.pack else "espeak+clips",
-             "faster_whisper_load_s": round(fw_load, 2) if fw_load is not None else None,
-             "targets": {"queue_vs_serial": ">= 2 (CPU), >= 3 (GPU)", "queue_vs_faster_whisper": "> 1"}}  # fmt: skip
+            audio_s = sum(sf.info(sets[name] / n).duration for n in references)
+            print(f"{name}: {len(references)} clips, {audio_s / 60:.1f} min of audio", flush=True)
+            runs = run_set(name, sets[name], config, args)
+            rows += rows_of(name, runs, references, audio_s)
+            extra["diffs"][name] = file_diffs(runs, references)
+            extra["sets"][name] = {"clips": len(references), "audio_s": round(audio_s, 1)}
+    extra |= {"audio": "pack" if args.pack else "espeak+clips",
+              "targets": {"queue_vs_serial": ">= 2 on long (CPU)", "queue_wer": "within 0.3 points of serial and fw",
+                          "queue_vs_fw_batched": "> 1 on long", "queue_vs_fw_serial": "> 1 on short"}}  # fmt: skip
     write_results("batch", rows, extra)
 
 

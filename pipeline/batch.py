@@ -22,7 +22,7 @@ from typing import cast
 import numpy as np
 import structlog
 
-from pipeline.chunks import KeptAudio, chunk, whole
+from pipeline.chunks import KeptAudio, chunk, keep_whole, whole
 from pipeline.ffmpeg import FfmpegSource, ffmpeg_path
 from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
@@ -43,6 +43,13 @@ class FileResult:
     segments: list[Transcript] = field(default_factory=list)
     audio_s: float = 0.0
     error: str | None = None
+    whole: Transcript | None = None  # a short file's whole audio, recognized as one
+
+    def settle_whole(self) -> None:
+        """A short file: its whole-audio transcript, unless the other recognition of its
+        segments says clearly more (chunks.keep_whole)."""
+        if self.whole is not None and keep_whole(self.whole.raw_text, [t.raw_text for t in self.segments]):
+            self.segments = [self.whole]
 
 
 def expand_paths(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
@@ -146,7 +153,10 @@ class BatchJob:
         assert t.utterance.file is not None
         index = t.utterance.file.index
         result = self.results[index]
-        result.segments.append(t)
+        if t.utterance.file.whole:
+            result.whole = t
+        else:
+            result.segments.append(t)
         if self._slots is not None:
             self._slots.release()
         if t.error is not None and result.error is None:
@@ -229,7 +239,9 @@ class BatchJob:
                 long.discard(item.index)
                 if short and item.audio is not None:
                     await put(item.index, whole(short, item.audio))
-                for piece in short if item.audio is None else []:  # silence made it long
+                # A long file (its silence made it so), or a short one of several segments:
+                # those recognized as without the rule too (chunks.WHOLE_KEEPS decides).
+                for piece in short if item.audio is None or len(short) > 1 else []:
                     await place(item.index, piece)
                 await send(item.index, pending.pop(item.index, []))
                 self._expected[item.index] = sent.pop(item.index, 0)
@@ -248,10 +260,12 @@ class BatchJob:
     def _maybe_done(self, index: int) -> None:
         expected = self._expected.get(index)
         result = self.results[index]
-        if expected is None or len(result.segments) < expected or index in self._done:
+        received = len(result.segments) + (result.whole is not None)
+        if expected is None or received < expected or index in self._done:
             return
         self._done.add(index)
         result.segments.sort(key=lambda t: t.utterance.start_s)
+        result.settle_whole()
         # Outputs are disk work: written on a worker thread, never on the event loop.
         written = asyncio.get_running_loop().run_in_executor(None, self._write, result)
         written.add_done_callback(lambda _: self._written())

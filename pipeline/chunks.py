@@ -110,7 +110,28 @@ def whole(pieces: list[Utterance], audio: np.ndarray) -> Utterance:
     """A short file's segments as one utterance of the file's whole audio, decoded without
     timestamps; its times are those of the speech in it (first start to last end)."""
     first, last = pieces[0], pieces[-1]
-    return dataclasses.replace(first, audio=audio, end_s=last.end_s, end_wall=last.end_wall, reason=last.reason)
+    assert first.file is not None
+    return dataclasses.replace(
+        first,
+        audio=audio,
+        end_s=last.end_s,
+        end_wall=last.end_wall,
+        reason=last.reason,
+        file=dataclasses.replace(first.file, whole=True),
+    )
+
+
+# Without timestamps Whisper may end a decode at a pause and leave the speech after it out
+# (a 25 s file of four sentences came back as its first one). So a short file with several
+# segments is recognized both whole and as it would be otherwise (its chunk or segments),
+# and the whole text is kept unless it says clearly less: under this share of the words.
+WHOLE_KEEPS = 0.9
+
+
+def keep_whole(whole_text: str, other_texts: Sequence[str]) -> bool:
+    """Whether a short file's whole-audio text stands for it (see WHOLE_KEEPS)."""
+    other = sum(spoken_words(t) for t in other_texts)
+    return spoken_words(whole_text) >= WHOLE_KEEPS * other
 
 
 # Whisper's own segment times are coarse (tiny models often say whole seconds); a bound

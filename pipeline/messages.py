@@ -45,6 +45,7 @@ class BatchFile:
     job: str
     index: int
     path: str
+    whole: bool = False  # the file's whole audio, recognized beside its segments (pipeline/batch.py)
 
 
 @dataclass(frozen=True, slots=True)

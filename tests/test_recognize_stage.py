@@ -280,6 +280,31 @@ def test_settle_finds_speech_a_timestamped_decode_left_out() -> None:
     assert settle(dense, speech) == (tuple(dense), [])
 
 
+def test_settle_counts_chinese_words_by_characters() -> None:
+    """A Chinese segment has no spaces: 28 characters over two spans of 6 s of speech are
+    words enough (they used to count as one word, and the second span was redone)."""
+    from pipeline.chunks import settle, spoken_words
+    from pipeline.messages import TimedText
+
+    assert spoken_words("首先说一下") == 2.5 and spoken_words("我用 iPhone 打电话") == 3.5
+    text = "首先说一下刚才这个经理说完的这个销售问题咱再说一下咱们的商场问题"
+    segments, gaps = settle([TimedText(0.0, 12.0, text)], [(0.1, 5.6), (6.0, 12.0)])
+    assert gaps == [] and segments[0].end_s == 12.0
+
+
+def test_a_short_files_whole_text_stands_unless_it_says_clearly_less() -> None:
+    """Whisper without timestamps may stop at a pause: the whole-audio text of a short file
+    is kept only when it has at least WHOLE_KEEPS of the words its segments' text has."""
+    from pipeline.chunks import WHOLE_KEEPS, keep_whole
+
+    four = ["Turn the heating down a little bit.", "Had he married a more amiable woman,", "Seven of clubs."]
+    assert not keep_whole(four[0], four)  # stopped after the first sentence
+    assert keep_whole(" ".join(four), four) and keep_whole("anything", [])  # one segment: nothing to compare
+    words = 20
+    assert keep_whole(" ".join(["w"] * round(words * WHOLE_KEEPS)), [" ".join(["w"] * words)])
+    assert not keep_whole(" ".join(["w"] * (round(words * WHOLE_KEEPS) - 1)), [" ".join(["w"] * words)])
+
+
 def test_the_model_gets_a_bounded_share_of_many_hotwords_the_rooms_own_first() -> None:
     """600 long hotwords on a room used to fill the prompt and the per-step boost."""
     from pipeline.roomstate import DECODING_HOTWORDS_MAX, DECODING_HOTWORDS_MAX_CHARS, RoomState, RoomStates

@@ -128,8 +128,14 @@ def test_interrupt_keeps_finished_outputs_and_a_rerun_finishes(
     for n in range(6):
         shutil.copy(path, inputs / f"clip{n}.flac")
     out = tmp_path / "out"
+    # A test run started in the background (``make test &``) ignores SIGINT, and a child
+    # inherits that: the child takes Ctrl-C back, as a terminal user's run has it.
+    interruptible = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['roomscribe', *sys.argv[1:]]; runpy.run_module('daemon', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "transcribe", str(inputs), "--out", str(out), "--jobs", "1"],
+        [sys.executable, "-c", interruptible, "transcribe", str(inputs), "--out", str(out), "--jobs", "1"],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,

@@ -59,7 +59,8 @@ def demo_config(base: Config | None, mic: bool, port: int | None, language: str 
     if language == "zh":
         room |= {"language": "zh", "hotwords": ZH_HOTWORDS}
         recognizer = data.setdefault("recognizer", {})
-        if recognizer.get("model", Config().recognizer.model) == Config().recognizer.model:
+        default = Config().recognizer.model
+        if recognizer.get("model", default) == default:
             recognizer["model"] = ZH_MODEL  # an English-only default cannot write Chinese
     data["rooms"] = [room]
     return Config.model_validate(data)

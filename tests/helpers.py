@@ -40,14 +40,19 @@ SENTENCES = [
 ]
 
 
-def speak(text: str, rate: int = 16000, ssml: bool = False) -> np.ndarray:
-    """espeak-ng speech as float32 mono at ``rate``; ``ssml`` reads <speak> markup, e.g. a
-    <break time="1200ms"/> inside one sentence, which keeps the sentence's intonation."""
+def _espeak(options: list[str], text: str, rate: int) -> np.ndarray:
+    """espeak-ng with ``options`` reading ``text``, as float32 mono at ``rate``."""
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        subprocess.run(["espeak-ng", *(["-m"] if ssml else []), "-s", "150", "-w", tmp.name, text], check=True)
+        subprocess.run(["espeak-ng", *options, "-w", tmp.name, text], check=True)
         audio, sr = sf.read(tmp.name, dtype="float32")
     out = soxr.resample(audio, sr, rate) if sr != rate else audio
     return np.asarray(out, dtype=np.float32)
+
+
+def speak(text: str, rate: int = 16000, ssml: bool = False) -> np.ndarray:
+    """espeak-ng speech as float32 mono at ``rate``; ``ssml`` reads <speak> markup, e.g. a
+    <break time="1200ms"/> inside one sentence, which keeps the sentence's intonation."""
+    return _espeak([*(["-m"] if ssml else []), "-s", "150"], text, rate)
 
 
 def speak_mandarin(text: str, rate: int = 16000) -> np.ndarray:
@@ -57,11 +62,7 @@ def speak_mandarin(text: str, rate: int = 16000) -> np.ndarray:
     from pypinyin import Style, lazy_pinyin
 
     pinyin = " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "130", "-w", tmp.name, pinyin], check=True)
-        audio, sr = sf.read(tmp.name, dtype="float32")
-    out = soxr.resample(audio, sr, rate) if sr != rate else audio
-    return np.asarray(out, dtype=np.float32)
+    return _espeak(["-v", "cmn-latn-pinyin", "-s", "130"], pinyin, rate)
 
 
 @dataclass(frozen=True)

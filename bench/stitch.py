@@ -1,27 +1,32 @@
-"""The stitcher on generated speech: split sentences delivered whole, separate ones kept apart.
+"""The stitcher on speech its tuning never saw: split sentences whole, separate ones apart.
 
-    python bench/stitch.py [--seeds 7 11] [--no-joint]
+    python bench/stitch.py [--seed 19] [--split 320] [--pairs 160]
 
-espeak-ng speaks 40 sentences with a pause of 0.6-1.5 s inside each (an SSML break, so the
-sentence keeps its intonation; where people pause: after an article or preposition, before
-a conjunction, between phrases) and 40 pairs of
-separate sentences with 0.6-3 s between them. Each sample goes through what the daemon does
-to a room: Silero VAD with the default settings, the recognizer with the previous piece as
-prompt, joint decoding as configured, the text stage, and the stitcher with the default
-settings. Pauses are drawn once per seed (default: 7 and 11, so 80 sentences and 80 pairs).
-Targets: 90% or more of the split sentences arrive as one utterance; 5% or fewer of the pairs
-arrive joined. ``--no-joint`` measures the texts alone. Prints a table and writes
-bench/results/stitch-<device>-<date>.json (stitch-textonly-... with --no-joint).
+Sentences come from a broad pool by rule (bench/stitch_pool.py: Home Assistant's own
+command and question sentences, and the shared recordings' prose references), each split at
+a phrase boundary by a rule and spoken by espeak-ng with a voice and speed drawn per sample,
+with a pause of 0.5-1.6 s inside (an SSML break, so the sentence keeps its intonation); and
+pairs of separate sentences 0.6-3 s apart. The draw is seeded; the samples are split in two
+halves: ``stitch.end_threshold`` is tuned on the first, and only the second is reported.
+
+Each sample goes through what the daemon does to a room (its own stages: Silero VAD with the
+room's endpointing, the recognize stage with prompts, sentence-end evidence and joint
+decodes, the text stage, the stitcher). Tuning replays the stitcher's rules on the recorded
+pieces for each threshold; the report runs the stages again at the chosen one. Word error
+rates compare stitching on with stitching off (vad.hangover_ms, every piece published).
+Writes bench/results/stitch-<device>-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,160 +36,199 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
-from daemon.config import Config
+from bench.stitch_pool import draw
+from daemon.config import Config, RoomSettings
 from daemon.wiring import pipeline_from_config, room_states
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
+from pipeline.stitch_rules import ends_sentence, join, joint_opinion
 from pipeline.vad import UtteranceAssembler
-from tests.helpers import speak
+from tests.helpers import SPEECH_DIR, _espeak
 
-SPLIT = [
-    ("Please turn on the", "kitchen lights"), ("I would like to book a table", "for two people tonight"),
-    ("Can you remind me to call", "my sister tomorrow"), ("The train to London leaves", "at nine in the morning"),
-    ("I went to the store", "and bought some milk"), ("We need to finish the report", "before Friday afternoon"),
-    ("Set the thermostat to", "twenty one degrees"), ("My favourite colour is", "dark green"),
-    ("She said that the meeting", "was moved to Thursday"), ("Turn off the music in", "the living room"),
-    ("The weather today is", "cloudy with some rain"), ("I think we should", "leave a little earlier"),
-    ("Could you open the", "garage door please"), ("He forgot his keys", "because he was in a hurry"),
-    ("The children are playing", "in the garden"), ("Add eggs and butter", "to the shopping list"),
-    ("Lock the front door", "when you leave"), ("I can not find my", "reading glasses anywhere"),
-    ("Our flight was delayed", "by almost two hours"), ("Please send the invoice", "to the finance team"),
-    ("The dog needs to go", "for a walk now"), ("We are having pasta", "with tomato sauce tonight"),
-    ("Start the dishwasher", "after dinner"), ("The new office is", "next to the train station"),
-    ("Tell me a joke", "about computers"), ("I have been waiting", "for more than an hour"),
-    ("The package should arrive", "on Monday or Tuesday"), ("Close the blinds in", "the bedroom"),
-    ("Let us meet at the", "coffee shop on the corner"), ("The battery is almost", "empty again"),
-    ("Play some quiet music", "while I read"), ("Water the plants on", "the balcony please"),
-    ("The doctor said I should", "rest for a few days"), ("Turn the heating down", "a little bit"),
-    ("My brother lives in", "a small village"), ("We watched a film", "and then went to bed"),
-    ("Remind me to take", "my medicine at eight"), ("The printer on the second floor", "is out of paper"),
-    ("Switch off all the lights", "except the one in the hall"), ("I will call you back", "in ten minutes"),
-]  # fmt: skip
-SEPARATE = [
-    "The meeting starts at noon.", "Please bring your laptop.", "What time is it?", "The garage door is open.",
-    "I love this song.", "Dinner is ready.", "Where are my keys?", "It is raining outside.",
-    "Turn off the lights.", "The coffee is too hot.", "Open the window please.", "My phone is charging.",
-    "The bus is late again.", "How was your day?", "Lock the back door.", "We are out of milk.",
-    "The baby is sleeping.", "Call me when you arrive.", "This room is very cold.", "I need a new umbrella.",
-    "Good morning everyone.", "The oven is still on.", "Is the shop open today?", "Please feed the cat.",
-    "My computer is very slow.", "The game starts at seven.", "Thank you very much.", "Where is the remote?",
-    "The garden looks lovely.", "I am going to bed now.", "Did you hear that noise?", "The water is boiling.",
-    "Put the kettle on.", "The car needs petrol.", "It is my birthday today.", "Let the dog out.",
-    "The soup needs more salt.", "We leave in five minutes.", "Nobody answered the door.", "Set an alarm for six.",
-]  # fmt: skip
+VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+m3", "en-us+f2"]
+SPEEDS = (135, 185)
+THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(14)]  # 0.30 .. 0.95
 
 
-class Pipeline:
-    """What the daemon does to one room, offline, with the daemon's own stages: VAD, the
-    recognize stage (previous piece as prompt, joint decoding as configured), the text stage
-    and the stitcher. Pieces go to the recognizer one at a time, in order, as they would
-    arrive in a room."""
+@dataclass
+class Sample:
+    kind: str  # split | pair
+    texts: tuple[str, str]
+    pause_s: float
+    voice: str
+    speed: int
 
-    def __init__(self, joint_decode: bool = True) -> None:
+    @functools.cached_property
+    def audio(self) -> np.ndarray:
+        lead = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
+        options = ["-v", self.voice, "-s", str(self.speed)]
+        if self.kind == "split":
+            first, second = self.texts
+            markup = f'<speak>{first} <break time="{round(self.pause_s * 1000)}ms"/> {second}</speak>'
+            body = _espeak(["-m", *options], markup, SAMPLE_RATE)
+        else:
+            gap = np.zeros(int(self.pause_s * SAMPLE_RATE), np.float32)
+            first, second = (_espeak(options, t, SAMPLE_RATE) for t in self.texts)
+            body = np.concatenate([first, gap, second])
+        return np.concatenate([lead, body, lead, lead, lead, lead, lead])
+
+    @property
+    def reference(self) -> str:
+        return " ".join(self.texts)
+
+
+def samples(seed: int, n_split: int, n_pairs: int) -> list[Sample]:
+    rng = random.Random(seed)
+    splits, pairs = draw(SPEECH_DIR, seed, n_split, n_pairs)
+    out = []
+    for kind, texts, pause in [("split", t, (0.5, 1.6)) for t in splits] + [("pair", t, (0.6, 3.0)) for t in pairs]:
+        out.append(Sample(kind, texts, round(rng.uniform(*pause), 2), rng.choice(VOICES), rng.randint(*SPEEDS)))
+    rng.shuffle(out)
+    return out
+
+
+class Harness:
+    """One room of the daemon, offline: the room's VAD, then the daemon's stages."""
+
+    def __init__(self, stitch: dict[str, Any]) -> None:
         from models.recognizer import load_recognizer
         from models.vad import SileroVad
 
         self.vad = SileroVad()
         self.recognizer = load_recognizer("bundled:tiny.en", "cpu", "float32")
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        # The daemon's default config; pieces go to the recognizer one at a time.
-        self.config = Config.model_validate({"recognizer": {"max_batch": 1}, "stitch": {"joint_decode": joint_decode}})
-        self.joint_decodes = 0
+        self.configure(stitch)
 
-    def run(self, audio: np.ndarray) -> list[Transcript]:
+    def configure(self, stitch: dict[str, Any]) -> None:
+        source = {"type": "file", "path": "unused.wav"}
+        self.config = Config.model_validate({"recognizer": {"max_batch": 1}, "stitch": stitch})
+        self.params = self.config.room_vad_params(RoomSettings.model_validate({"name": "bench", "source": source}))
+
+    def run(self, audio: np.ndarray, stitched: bool = True) -> list[Transcript]:
+        """The published utterances (``stitched`` False: the pieces before the stitcher)."""
         self.vad.reset()
-        assembler = UtteranceAssembler(self.config.vad.params(), self.vad)
+        assembler = UtteranceAssembler(self.params, self.vad)
         segments = assembler.push(audio) + assembler.flush()
-        return asyncio.run(self._stages(segments))
+        return asyncio.run(self._stages(segments, stitched))
 
-    async def _stages(self, segments: list[Any]) -> list[Transcript]:
-        # The daemon's graph (daemon/wiring.py) with a clock that stands still: pieces are
-        # released by the join decision, never by time.
+    async def _stages(self, segments: list[Any], stitched: bool) -> list[Transcript]:
         pipeline = pipeline_from_config(
             self.config, Path.cwd() / "config.toml", self.recognizer, self.executor, room_states(self.config)
         )
         assert pipeline.stitch is not None
-        pipeline.stitch.clock = lambda: 0.0
+        pipeline.stitch.clock = lambda: 0.0  # released by decisions, not by time
+        stages = list(pipeline.stages) if stitched else [s for s in pipeline.stages if s is not pipeline.stitch]
+        out_queue = pipeline.transcripts if stitched else pipeline.stitch.inbox
 
         async def feed() -> None:
             for n, seg in enumerate(segments):
                 start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
-                utt = Utterance("bench", f"bench-{n}", seg.audio, start, end, start, end, seg.reason, 1e9)
-                await pipeline.utterances.put(utt)
+                await pipeline.utterances.put(
+                    Utterance("bench", f"b-{n}", seg.audio, start, end, start, end, seg.reason, 1e9)
+                )
             await pipeline.utterances.put(None)
 
-        await asyncio.gather(feed(), *(stage.run() for stage in pipeline.stages))
-        self.joint_decodes += pipeline.recognize.counters.joint
+        await asyncio.gather(feed(), *(stage.run() for stage in stages))
         out = []
-        while (item := pipeline.transcripts.get_nowait()) is not None:
+        while (item := out_queue.get_nowait()) is not None:
             out.append(item)
         return out
 
 
-def split_sample(first: str, second: str, pause_s: float) -> np.ndarray:
-    """One sentence with a pause inside: espeak-ng keeps its intonation across an SSML break,
-    as a person who pauses mid-sentence does (two separate syntheses would each end falling)."""
-    lead = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
-    markup = f'<speak>{first} <break time="{round(pause_s * 1000)}ms"/> {second}.</speak>'
-    return np.concatenate([lead, speak(markup, ssml=True), lead, lead, lead])
+def replay(pieces: list[Transcript], threshold: float, max_gap_ms: int) -> int:
+    """How many utterances the stitcher's rules publish from ``pieces`` at ``threshold``."""
+    published, held, last_id = 0, None, ""
+    for t in pieces:
+        if held is not None:
+            gap_s = t.utterance.start_wall - held.utterance.end_wall
+            joint = joint_opinion(held.text, t) if t.joint_with == last_id and held.parts == 1 else None
+            if gap_s * 1000 <= max_gap_ms and joint is not False:
+                held = join(held, t)
+            else:
+                published, held = published + 1, t
+        else:
+            held = t
+        last_id = t.utterance.id
+        if ends_sentence(held, threshold):
+            published, held = published + 1, None
+    return published + (held is not None)
 
 
-def pair_sample(first: str, second: str, pause_s: float) -> np.ndarray:
-    lead = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
-    gap = np.zeros(int(pause_s * SAMPLE_RATE), np.float32)
-    return np.concatenate([lead, speak(first), gap, speak(second), lead, lead, lead])
+def rates(rows: list[tuple[Sample, int]]) -> tuple[float, float, int, int]:
+    """(% of split sentences published as one utterance, % of pairs published as one, counts)."""
+    split = [c for s, c in rows if s.kind == "split"]
+    pairs = [c for s, c in rows if s.kind == "pair"]
+    whole = 100 * sum(c == 1 for c in split) / max(len(split), 1)
+    joined = 100 * sum(c == 1 for c in pairs) / max(len(pairs), 1)
+    return round(whole, 1), round(joined, 1), len(split), len(pairs)
 
 
-def run_seed(pipeline: Pipeline, seed: int, details: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """One draw of pauses: (split sentences delivered whole, cut by the VAD, pairs joined)."""
-    rng = random.Random(seed)
-    whole = split_by_vad = joined = 0
-    for first, second in SPLIT:
-        pause = rng.uniform(0.6, 1.5)
-        out = pipeline.run(split_sample(first, second, pause))
-        pieces = sum(t.parts for t in out)
-        split_by_vad += pieces > 1
-        whole += len(out) == 1
-        texts = [t.text for t in out]
-        details.append({"seed": seed, "kind": "split", "pause_s": round(pause, 2), "texts": texts, "parts": pieces})
-    for i, first in enumerate(SEPARATE):
-        second = SEPARATE[(i + 1) % len(SEPARATE)]
-        pause = rng.uniform(0.6, 3.0)
-        out = pipeline.run(pair_sample(first, second, pause))
-        joined += len(out) == 1
-        parts = sum(t.parts for t in out)
-        texts = [t.text for t in out]
-        details.append({"seed": seed, "kind": "separate", "pause_s": round(pause, 2), "texts": texts, "parts": parts})
-    return whole, split_by_vad, joined
+def tune(harness: Harness, tuning: list[Sample], max_gap_ms: int) -> tuple[float, list[dict[str, Any]]]:
+    """The threshold with the most split sentences whole while at most 3% of pairs join
+    (the fewest joined pairs if none does), on the tuning half only."""
+    harness.configure({"end_threshold": 1.0})  # every pair of pieces gets its joint decode
+    recorded = [(s, harness.run(s.audio, stitched=False)) for s in tuning]
+    table = []
+    for threshold in THRESHOLDS:
+        whole, joined, _, _ = rates([(s, replay(p, threshold, max_gap_ms)) for s, p in recorded])
+        table.append({"threshold": threshold, "whole_pct": whole, "joined_pct": joined})
+    fitting = [r for r in table if r["joined_pct"] <= 3.0] or sorted(table, key=lambda r: r["joined_pct"])[:1]
+    best = max(fitting, key=lambda r: (r["whole_pct"], -r["joined_pct"]))
+    return float(best["threshold"]), table
+
+
+def wer(pairs: list[tuple[str, str]]) -> float:
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    refs, hyps = [norm(r) for r, _ in pairs], [norm(h) for _, h in pairs]
+    return round(100 * jiwer.wer(refs, hyps), 2)
+
+
+def report(harness: Harness, held_out: list[Sample], threshold: float) -> tuple[list[dict[str, Any]], list[Any]]:
+    details: list[dict[str, Any]] = []
+    on: list[tuple[Sample, int]] = []
+    texts_on, texts_off = [], []
+    harness.configure({"end_threshold": threshold})
+    for s in held_out:
+        out = harness.run(s.audio)
+        on.append((s, len(out)))
+        texts_on.append((s.reference, " ".join(t.text for t in out)))
+        details.append({"kind": s.kind, "pause_s": s.pause_s, "voice": s.voice, "speed": s.speed,
+                        "texts": list(s.texts), "published": [t.text for t in out],
+                        "sentence_end": [t.sentence_end for t in out]})  # fmt: skip
+    harness.configure({"enabled": False})
+    for s in held_out:
+        texts_off.append((s.reference, " ".join(t.text for t in harness.run(s.audio))))
+    whole, joined, n_split, n_pairs = rates(on)
+    rows = [
+        {"set": "held-out split sentences (pause 0.5-1.6 s)", "samples": n_split, "whole_pct": whole,
+         "target": ">= 90%"},
+        {"set": "held-out separate pairs (0.6-3 s apart)", "samples": n_pairs, "joined_pct": joined,
+         "target": "<= 3%"},
+        {"set": "held-out WER, stitching on", "samples": len(held_out), "wer_pct": wer(texts_on)},
+        {"set": "held-out WER, stitching off", "samples": len(held_out), "wer_pct": wer(texts_off)},
+    ]  # fmt: skip
+    return rows, details
 
 
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11], help="one draw of pauses per seed")
-    parser.add_argument("--no-joint", action="store_true", help="stitch by the texts alone (joint_decode = false)")
+    parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--split", type=int, default=320, help="split sentences drawn (half are held out)")
+    parser.add_argument("--pairs", type=int, default=160, help="pairs of separate sentences drawn")
     args = parser.parse_args()
-    pipeline = Pipeline(joint_decode=not args.no_joint)
-    rows: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
-    totals = [0, 0, 0]
-    for seed in args.seeds:
-        whole, cut, joined = run_seed(pipeline, seed, details)
-        totals = [totals[0] + whole, totals[1] + cut, totals[2] + joined]
-        rows.append({"set": f"split sentences, seed {seed}", "samples": len(SPLIT), "cut_by_vad": cut,
-                     "delivered_whole_pct": round(100 * whole / len(SPLIT), 1), "target": ">= 90%"})  # fmt: skip
-        rows.append({"set": f"separate sentences, seed {seed}", "samples": len(SEPARATE),
-                     "wrongly_joined_pct": round(100 * joined / len(SEPARATE), 1), "target": "<= 5%"})  # fmt: skip
-    n = len(args.seeds)
-    rows.append({"set": "split sentences (pause 0.6-1.5 s), all", "samples": n * len(SPLIT), "cut_by_vad": totals[1],
-                 "delivered_whole_pct": round(100 * totals[0] / (n * len(SPLIT)), 1), "target": ">= 90%"})  # fmt: skip
-    rows.append({"set": "separate sentences (pause 0.6-3 s), all", "samples": n * len(SEPARATE),
-                 "wrongly_joined_pct": round(100 * totals[2] / (n * len(SEPARATE)), 1), "target": "<= 5%"})  # fmt: skip
-    # The cost of joint decoding: second recognitions per pair of consecutive pieces.
-    pairs = sum(max(d["parts"] - 1, 0) for d in details)
-    joint_row = {"set": "joint decodes (extra recognitions)", "samples": pairs, "joint_decodes": pipeline.joint_decodes}
-    rows.append(joint_row)
-    extra = {"seeds": args.seeds, "joint_decode": not args.no_joint, "details": details}
-    write_results("stitch" if not args.no_joint else "stitch-textonly", rows, extra)
+    drawn = samples(args.seed, args.split, args.pairs)
+    tuning, held_out = drawn[0::2], drawn[1::2]
+    harness = Harness({})
+    max_gap_ms = harness.config.stitch.max_gap_ms
+    threshold, table = tune(harness, tuning, max_gap_ms)
+    print(f"tuned on {len(tuning)} samples: end_threshold = {threshold}", flush=True)
+    rows, details = report(harness, held_out, threshold)
+    rows.append({"set": "chosen end_threshold (tuning half)", "samples": len(tuning), "threshold": threshold})
+    extra = {"seed": args.seed, "endpoint_ms": harness.config.stitch.endpoint_ms, "tuning": table, "details": details}
+    write_results("stitch", rows, extra)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,9 +160,9 @@ class RecognizerSettings(Section):
                 raise ValueError(f"the beam size for {language!r} must be 1 to 16")
         return values
 
-    def stage_settings(self, joint_max_gap_s: float) -> RecognizeSettings:
-        """The recognize stage's settings; ``joint_max_gap_s`` comes from [stitch]."""
-        return by_keyword(RecognizeSettings, self, joint_max_gap_s=joint_max_gap_s)
+    def stage_settings(self, stitch: StitchSettingsSection) -> RecognizeSettings:
+        """The recognize stage's settings; what it does for the stitcher comes from [stitch]."""
+        return by_keyword(RecognizeSettings, self, **stitch.recognize_settings())
 
     @field_validator("temperatures")
     @classmethod
@@ -227,13 +228,19 @@ class TextSettingsSection(Section):
 
 class StitchSettingsSection(Section):
     enabled: bool = Field(S.enabled, description="Join pieces of one sentence that a pause split.")
+    endpoint_ms: int = Field(
+        S.endpoint_ms, ge=100, le=5000, description="Silence that cuts a piece in a room the stitcher serves."
+    )
+    end_threshold: float = Field(
+        S.end_threshold, ge=0.0, le=1.0, description="Publish a piece at once when P(sentence ends) is this high."
+    )
     max_gap_ms: int = Field(S.max_gap_ms, ge=0, le=10000, description="Never join across a longer silence.")
     max_hold_ms: int = Field(S.max_hold_ms, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
     complete_wait_ms: int = Field(
-        S.complete_wait_ms, ge=0, le=10000, description="How long a piece that looks complete waits for new speech."
+        S.complete_wait_ms, ge=0, le=10000, description="How long a piece that ends its sentence waits for more."
     )
     joint_decode: bool = Field(
-        True, description="When the texts leave it open, recognize both pieces together to decide."
+        True, description="Recognize a piece together with an unfinished one before it, to join their words."
     )
 
     @model_validator(mode="after")
@@ -245,9 +252,13 @@ class StitchSettingsSection(Section):
     def settings(self) -> StitchSettings:
         return by_keyword(StitchSettings, self)
 
-    def joint_max_gap_s(self) -> float:
-        """How far apart two pieces may be for a joint decode; 0: none."""
-        return self.max_gap_ms / 1000 if self.enabled and self.joint_decode else 0.0
+    def recognize_settings(self) -> dict[str, Any]:
+        """What the recognize stage does for the stitcher (sentence-end evidence, joint decodes)."""
+        return {
+            "stitch_max_gap_s": self.max_gap_ms / 1000 if self.enabled else 0.0,
+            "end_threshold": self.end_threshold,
+            "joint_decode": self.joint_decode,
+        }
 
 
 # Per-room changes to [vad]: the same keys and bounds, each optional; what a room leaves out
@@ -349,6 +360,16 @@ class Config(Section):
         """[vad] with the room's own changes, checked like [vad] itself."""
         changes = room.vad.model_dump(exclude_none=True)
         return VadSettings.model_validate({**self.vad.model_dump(), **changes}) if changes else self.vad
+
+    def room_vad_params(self, room: RoomSettings) -> VadParams:
+        """The room's VAD: in a room the stitcher serves, a piece ends after stitch.endpoint_ms
+        of silence (the recognizer then says whether the sentence ended), unless the room sets
+        its own hangover_ms."""
+        params = self.room_vad(room).params()
+        if not (self.stitch.enabled and room.stitch) or room.vad.model_dump(exclude_none=True).get("hangover_ms"):
+            return params
+        endpoint = self.stitch.endpoint_ms
+        return dataclasses.replace(params, hangover_ms=endpoint, post_roll_ms=min(params.post_roll_ms, endpoint))
 
 
 def credential_path(value: str, config_path: Path) -> Path:

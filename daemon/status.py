@@ -42,6 +42,7 @@ def status(rt: Runtime, parts: dict[str, Any]) -> dict[str, Any]:
         "dropped": rt.publisher.counters.dropped,
         "mqtt": dataclasses.asdict(rt.publisher.counters),
         "stitched": p.stitch.counters.joined if p and p.stitch else 0,
+        "stitch": dataclasses.asdict(p.stitch.counters) if p and p.stitch else None,
         "hotwords": {
             "global": list(rt.states.hotwords),
             "rooms": {name: list(rt.states.rooms[name].hotwords) for name in rt.states.names()},

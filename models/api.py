@@ -37,6 +37,7 @@ class Capabilities:
     max_batch: int  # most utterances it decodes at once (it splits longer calls itself)
     max_audio_s: float  # longest audio of one item
     languages: tuple[str, ...] = ()  # the language codes it knows (empty: English only)
+    sentence_end: bool = False  # can say how sure it is that a text ends a sentence
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class Recognition:
     # With timestamps: (start s, end s, text) per segment, in the audio's own time; a
     # segment the model never closed has end == start (its end is unknown).
     segments: tuple[tuple[float, float, str], ...] = ()
+    # With ``sentence_end``: the model's probability that the text ends a sentence where it
+    # stops (models/sentence_end.py); the endpointer's evidence. None when not asked.
+    sentence_end: float | None = None
 
 
 class Recognizer(Protocol):
@@ -106,6 +110,7 @@ class Recognizer(Protocol):
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
+        sentence_end: bool = False,
     ) -> list[Recognition]:
         """Recognize a batch of utterances; returns one result per input, in order.
 
@@ -113,7 +118,7 @@ class Recognizer(Protocol):
         ``prompts`` gives each utterance earlier text as context (ignored without
         ``capabilities.prompt``); ``hotwords`` gives each utterance words to bias decoding
         towards; ``timestamps`` asks for ``Recognition.segments`` (needs
-        ``capabilities.timestamps``).
+        ``capabilities.timestamps``); ``sentence_end`` for ``Recognition.sentence_end``.
         """
         ...
 

@@ -7,6 +7,7 @@ Whisper's timestamp grammar, and the hotword bonus. Each works in place on a flo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -123,3 +124,23 @@ class LogitRules:
         """Items left the batch; ``order`` lists the remaining items' old positions."""
         if self.hotwords:
             self.hotwords = [self.hotwords[i] for i in order]
+
+
+def hotword_tokens(tokenizer: WhisperTokenizer, words: Sequence[str]) -> list[HotwordTokens]:
+    """Each hotword as tokens, in the forms it takes mid-sentence and at the start, with how
+    many tokens must be there before its continuation is boosted. The pipeline passes only
+    hotwords the model can write (pipeline/roomstate.decoding_hotwords)."""
+    out = []
+    for word in words:
+        word = word.strip()
+        if not word:
+            continue
+        for form in {" " + word, word}:
+            tokens = tuple(tokenizer.encode(form))
+            begun = next(
+                (k for k in range(1, len(tokens)) if len(tokenizer.decode(list(tokens[:k])).strip()) >= 3),
+                len(tokens),
+            )
+            if begun < len(tokens):
+                out.append(HotwordTokens(tokens, begun))
+    return out

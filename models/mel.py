@@ -72,3 +72,11 @@ def log_mel_spectrogram(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)
     return (log_spec + 4.0) / 4.0
+
+
+def padded_batch(audios: list[np.ndarray]) -> torch.Tensor:
+    """Audios of different lengths as one float32 [batch, longest] tensor, zero-padded."""
+    batch = torch.zeros(len(audios), max(len(a) for a in audios))
+    for i, audio in enumerate(audios):
+        batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
+    return batch

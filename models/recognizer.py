@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -24,8 +25,8 @@ from models.decoding import (
 )
 from models.device import choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
-from models.logits import HotwordTokens, LogitRules, suppress_mask
-from models.mel import SAMPLE_RATE, log_mel_spectrogram
+from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
+from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
 from models.memory import (
     BatchPolicy,
     bytes_per_item,
@@ -35,7 +36,9 @@ from models.memory import (
     trim_heap,
 )
 from models.search import Search
+from models.sentence_end import final_mark_tokens, sentence_end_probs, strip_final_punctuation
 from models.tokenizer import WhisperTokenizer
+from models.whisper import KVCache
 
 # Above this no-speech probability the text is dropped whatever its log-probability: on
 # silence Whisper confidently writes "you" or "Thank you." (seen: 0.95 with logprob -0.37),
@@ -43,14 +46,6 @@ from models.tokenizer import WhisperTokenizer
 NO_SPEECH_STRONG = 0.8
 # Windows per encoder call on a CPU (see WhisperRecognizer._encode).
 CPU_ENCODER_SLICE = 2
-
-
-def padded_batch(audios: list[np.ndarray]) -> torch.Tensor:
-    """Audios of different lengths as one float32 [batch, longest] tensor, zero-padded."""
-    batch = torch.zeros(len(audios), max(len(a) for a in audios))
-    for i, audio in enumerate(audios):
-        batch[i, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
-    return batch
 
 
 @dataclass
@@ -145,9 +140,11 @@ class WhisperRecognizer:
             max_batch=batch_size if isinstance(batch_size, int) else self.batch_policy.cap,
             max_audio_s=self.max_audio_s,
             languages=tuple(self._languages),
+            sentence_end=True,
         )
         self._owner: int | None = None
         self._hotword_cache: dict[tuple[str, ...], list[HotwordTokens]] = {}
+        self._final_marks: torch.Tensor | None = None  # models/sentence_end.final_mark_tokens
 
     @property
     def multilingual(self) -> bool:
@@ -188,6 +185,7 @@ class WhisperRecognizer:
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
+        sentence_end: bool = False,
     ) -> list[Recognition]:
         self._check_thread()
         all_prompts = prompts or [""] * len(audios)
@@ -200,6 +198,7 @@ class WhisperRecognizer:
                 [all_prompts[i] for i in indices],
                 [self._hotword_tokens(tuple(all_hotwords[i])) for i in indices],
                 timestamps,
+                sentence_end,
             )
 
         results = self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
@@ -212,24 +211,8 @@ class WhisperRecognizer:
         release_cached_memory(self.device)
 
     def _hotword_tokens(self, words: tuple[str, ...]) -> list[HotwordTokens]:
-        """Each hotword as tokens, in the forms it takes mid-sentence and at the start, with
-        how many tokens must be there before its continuation is boosted. The pipeline
-        passes only hotwords the model can write (pipeline/roomstate.decoding_hotwords)."""
         if words not in self._hotword_cache:
-            out = []
-            for word in words:
-                word = word.strip()
-                if not word:
-                    continue
-                for form in {" " + word, word}:
-                    tokens = tuple(self.tokenizer.encode(form))
-                    begun = next(
-                        (k for k in range(1, len(tokens)) if len(self.tokenizer.decode(list(tokens[:k])).strip()) >= 3),
-                        len(tokens),
-                    )
-                    if begun < len(tokens):
-                        out.append(HotwordTokens(tokens, begun))
-            self._hotword_cache[words] = out
+            self._hotword_cache[words] = hotword_tokens(self.tokenizer, words)
             if len(self._hotword_cache) > 256:
                 self._hotword_cache.pop(next(iter(self._hotword_cache)))
         return self._hotword_cache[words]
@@ -242,6 +225,7 @@ class WhisperRecognizer:
         prompts: list[str],
         hotwords: list[list[HotwordTokens]],
         timestamps: bool = False,
+        sentence_end: bool = False,
     ) -> list[Recognition]:
         if not audios:
             return []
@@ -275,10 +259,26 @@ class WhisperRecognizer:
             for i, attempt in zip(items, self._decode_with_fallback(kv, *picked, timestamps, beam), strict=True):
                 attempts[i] = attempt
         durations = [len(a) / SAMPLE_RATE for a in audios]
-        return [
+        results = [
             self._result(attempt, lang, prob, timestamps, duration)
             for attempt, (lang, prob), duration in zip(attempts, languages, durations, strict=True)
         ]
+        return self._with_sentence_end(results, attempts, prefixes, memory_kv) if sentence_end else results
+
+    def _with_sentence_end(
+        self, results: list[Recognition], attempts: list[_Attempt], prefixes: list[list[int]], memory_kv: KVCache
+    ) -> list[Recognition]:
+        """Each result with ``sentence_end`` (models/sentence_end.py); none for an empty text."""
+        if self._final_marks is None:
+            self._final_marks = torch.tensor(final_mark_tokens(self.tokenizer), device=self._torch_device)
+        items = [i for i, r in enumerate(results) if r.text and attempts[i].final is not None]
+        sequences = [prefixes[i] + strip_final_punctuation(self.tokenizer, attempts[i].final.tokens) for i in items]  # type: ignore[union-attr]
+        kv = memory_kv if len(items) == len(results) else select_memory(memory_kv, self._index(items))
+        probs = sentence_end_probs(self.model, kv, sequences, self._final_marks)
+        out = list(results)
+        for i, p in zip(items, probs, strict=True):
+            out[i] = dataclasses.replace(results[i], sentence_end=round(p, 4))
+        return out
 
     def _index(self, items: list[int]) -> torch.Tensor:
         return torch.tensor(items, device=self._torch_device)

@@ -95,7 +95,7 @@ def build_pipeline(
     no stitcher and no joint decoding (batch work is never stitched). ``journal``: live
     pieces are kept on disk from recognition until they are stored (pipeline/journal.py)."""
     if stitch is None or not stitch.enabled:
-        recognize = dataclasses.replace(recognize, joint_max_gap_s=0.0)
+        recognize = dataclasses.replace(recognize, stitch_max_gap_s=0.0)
     utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(UTTERANCE_QUEUE_SIZE)
     recognized: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)
     texts: asyncio.Queue[Transcript | None] = asyncio.Queue(TRANSCRIPT_QUEUE_SIZE)

@@ -119,6 +119,9 @@ class Transcript:
     error: str | None = None  # batch work: recognition failed; the segment has no text
     segments: tuple[TimedText, ...] = ()  # a chunk recognized with timestamps
     pieces: tuple[str, ...] = ()  # ids of the recognized pieces joined into it (none: just its own)
+    # The recognizer's probability that the text ends a sentence (models/sentence_end.py);
+    # the stitcher publishes at once above stitch.end_threshold. None: not asked.
+    sentence_end: float | None = None
 
 
 def iso_utc(epoch_s: float) -> str:

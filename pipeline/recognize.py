@@ -21,7 +21,7 @@ from pipeline.journal import Journal
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
-from pipeline.stitch_rules import JOINT_PAUSE_S, joint_partner
+from pipeline.stitch_rules import END_THRESHOLD, JOINT_PAUSE_S, joint_partner
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.api import Recognition, Recognizer
@@ -34,9 +34,11 @@ class RecognizeSettings:
     prompt_previous: bool = True
     prompt_max_gap_s: float = 60.0
     idle_release_s: float = 30.0
-    # Joint decoding for the stitcher (pipeline/stitch_rules.joint_partner): pieces of a
-    # room at most this far apart; 0 turns it off.
-    joint_max_gap_s: float = 0.0
+    # Stitching (pipeline/stitch_rules): pieces of a room at most this far apart may be
+    # joined; 0: no stitching, so no sentence-end evidence and no joint decodes.
+    stitch_max_gap_s: float = 0.0
+    end_threshold: float = END_THRESHOLD  # stitch.end_threshold
+    joint_decode: bool = True  # a piece after one that did not end its sentence is decoded with it
 
 
 @dataclass
@@ -180,6 +182,10 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             return (", ".join(parts) + ". " if parts else "") + previous[0]
         return ", ".join(parts)
 
+    def _endpointed(self, utt: Utterance) -> bool:
+        """A live piece the stitcher decides on (it ends a sentence or waits for more)."""
+        return not utt.batch and not utt.partial and self.settings.stitch_max_gap_s > 0 and self.rooms[utt.room].stitch
+
     def _decoding_hotwords(self, room: str) -> tuple[str, ...]:
         return self.rooms.decoding_hotwords(room, latin_only=not self.capabilities.multilingual)
 
@@ -196,6 +202,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         call: Callable[..., list[Recognition]] = self.recognizer.recognize
         if batch[0].timestamps:  # batch chunks (the batch holds only those)
             call = functools.partial(call, timestamps=True)
+        elif self.capabilities.sentence_end and any(self._endpointed(u) for u in batch):
+            call = functools.partial(call, sentence_end=True)  # the stitcher's evidence
         results: list[Recognition] = await self._model(call, audios, language, prompts, hotwords)
         return results
 
@@ -278,6 +286,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             model=self.recognizer.name,
             recognize_ms=elapsed_ms,
             segments=timed_segments(result.segments, utt.speech, utt.duration_s),
+            sentence_end=result.sentence_end,
         )
 
     async def _fill_gaps(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
@@ -316,9 +325,10 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             if u.batch:  # batch work is never stitched
                 continue
             room = self.rooms[u.room]
-            previous, room.last_piece = room.last_piece, (u, t.raw_text)
-            max_gap_s = self.settings.joint_max_gap_s if room.stitch else 0.0
-            if (first := joint_partner(previous, t, max_gap_s)) is not None:
+            previous, room.last_piece = room.last_piece, (u, t)
+            s = self.settings
+            max_gap_s = s.stitch_max_gap_s if room.stitch and s.joint_decode else 0.0
+            if (first := joint_partner(previous, t, max_gap_s, s.end_threshold)) is not None:
                 chosen.append((i, first))
         return chosen
 

@@ -17,7 +17,7 @@ from models.tokenizer import latin_script
 from pipeline.text.script import Script
 
 if TYPE_CHECKING:
-    from pipeline.messages import Utterance
+    from pipeline.messages import Transcript, Utterance
 
 # Previous texts kept for prompts: live rooms and the files of batch jobs (one "room" each).
 MAX_ROOMS_REMEMBERED = 1024
@@ -39,8 +39,8 @@ class RoomState:
     zh_script: Script | None = None  # None: text.zh_script
     # time.monotonic() when the room's current speech began (the stitcher waits for it).
     speech_started_at: float | None = None
-    # The last finished piece and its recognized text (a joint decode pairs it with the next).
-    last_piece: tuple[Utterance, str] | None = None
+    # The last finished piece and its transcript (a joint decode pairs it with the next).
+    last_piece: tuple[Utterance, Transcript] | None = None
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The stitch stage: pieces of one sentence that a pause split go out as one utterance.
 
-It holds each finished piece of a room briefly and joins the next piece to it when the
-rules say they are one sentence (pipeline/stitch_rules.py, with the joint decode's opinion
-when the recognize stage made one). A held piece goes out as soon as it can no longer be
-continued: ``max_gap_ms`` after its cut with no new speech in its room, or
-``complete_wait_ms`` when it looks complete, and never later than ``max_hold_ms``.
+In a room it serves, the VAD cuts a piece after ``endpoint_ms`` of silence and the recognizer
+says how sure it is that the text ends a sentence there (pipeline/stitch_rules.py). A piece
+that does is published at once (after ``complete_wait_ms``, 0 by default); one that does not
+is held, and the room's next piece within ``max_gap_ms`` is joined to it. A held piece goes
+out ``max_gap_ms`` after its cut when nobody speaks again in its room, never later than
+``max_hold_ms``. A published utterance is final: nothing is retracted or corrected after.
 """
 
 from __future__ import annotations
@@ -19,32 +20,29 @@ from typing import ClassVar
 from pipeline.messages import Transcript
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
-from pipeline.stitch_rules import (
-    JOIN_SCORE,
-    JOINT_BONUS,
-    JOINT_PENALTY,
-    join,
-    join_score,
-    joint_opinion,
-    looks_complete,
-    moved_final,
-    without_strong_final,
-)
+from pipeline.stitch_rules import END_THRESHOLD, ends_sentence, join, joint_opinion
 
 
 @dataclass(frozen=True)
 class StitchSettings:
     enabled: bool = True
+    # The VAD of a room the stitcher serves cuts a piece after this much silence (instead of
+    # vad.hangover_ms): the sentence-end decision then comes from the recognizer.
+    endpoint_ms: int = 400
+    end_threshold: float = END_THRESHOLD
     max_gap_ms: int = 2000
     max_hold_ms: int = 5000
-    # A piece that looks complete waits only this long after its cut for new speech, so a
-    # finished command is not delayed by the whole max_gap_ms.
-    complete_wait_ms: int = 800
+    # A piece that ends its sentence waits this long after its cut for more (0: published
+    # when recognized).
+    complete_wait_ms: int = 0
 
 
 @dataclass
 class StitchCounters:
     joined: int = 0  # pieces joined onto a held one
+    held: int = 0  # pieces that waited for a continuation (the recognizer heard them unfinished)
+    waited_in_vain: int = 0  # held pieces that went out alone: latency spent, no message changed
+    joint_unused: int = 0  # joint decodes that neither joined nor parted the pieces (lost words)
 
 
 @dataclass
@@ -107,20 +105,15 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
         if not self.enabled(room) or item.utterance.batch:  # batch work: segments as cut
             await self.emit(item)
             return
-        held = self.held.pop(room, None)
+        held = self.held.pop(room, None)  # a held piece did not end its sentence
+        arrived, last_id = self.clock(), item.utterance.id
         if held is not None:
             first = held.transcript
             gap_s = item.utterance.start_wall - first.utterance.end_wall
-            score = join_score(first.text, item.text, gap_s, first.language)
             # The joint decode covers the held piece only while it is a single one.
             joint = joint_opinion(first.text, item) if item.joint_with == held.last_id and first.parts == 1 else None
-            if joint and moved_final(first.text, item.joint_text):
-                # Heard as one sentence with the first piece's ? or ! at its end: the mark
-                # was misplaced on the fragment ("Can you remind me to call?").
-                score = join_score(without_strong_final(first.text), item.text, gap_s, first.language)
-            if joint is not None:
-                score += JOINT_BONUS if joint else -JOINT_PENALTY
-            if gap_s * 1000 <= self.settings.max_gap_ms and score >= JOIN_SCORE:
+            self.counters.joint_unused += joint is None and item.joint_with == held.last_id
+            if gap_s * 1000 <= self.settings.max_gap_ms and joint is not False:
                 joined = join(first, item)
                 if joint:
                     # Heard as one sentence: the joint decode's words, with context both ways.
@@ -129,13 +122,12 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
                 self.log.info(
                     "pieces joined", utterance_id=first.utterance.id, parts=joined.parts, gap_s=round(gap_s, 2)
                 )
-                held = _Held(joined, held.arrived, item.utterance.id)
+                item, arrived = joined, held.arrived
             else:
-                await self.emit(first)
-                held = _Held(item, self.clock(), item.utterance.id)
-        else:
-            held = _Held(item, self.clock(), item.utterance.id)
-        self.held[room] = held
+                await self._alone(first)
+        if not ends_sentence(item, self.settings.end_threshold):
+            self.counters.held += 1
+        self.held[room] = _Held(item, arrived, last_id)
         await self._release_due()
 
     def _deadline(self, room: str, held: _Held) -> float:
@@ -143,10 +135,11 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
         no new speech started in the room in that time."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
-        wait_ms = self.settings.complete_wait_ms if looks_complete(t.text, t.language) else self.settings.max_gap_ms
+        complete = ends_sentence(t, self.settings.end_threshold)
+        wait_ms = self.settings.complete_wait_ms if complete else self.settings.max_gap_ms
         gap_until = t.utterance.decided_at + min(wait_ms, self.settings.max_gap_ms) / 1000
         started = self.rooms[room].speech_started_at
-        if started is not None and held.transcript.utterance.decided_at - 0.5 <= started <= gap_until:
+        if not complete and started is not None and t.utterance.decided_at - 0.5 <= started <= gap_until:
             return hold_until  # someone is speaking again: wait for that piece
         return min(hold_until, gap_until)
 
@@ -160,5 +153,10 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
                 await self._release(room)
 
     async def _release(self, room: str) -> None:
-        held = self.held.pop(room)
-        await self.emit(held.transcript)
+        await self._alone(self.held.pop(room).transcript)
+
+    async def _alone(self, t: Transcript) -> None:
+        """A piece (or joined pieces) going out with nothing more joined to it."""
+        if not ends_sentence(t, self.settings.end_threshold):
+            self.counters.waited_in_vain += 1
+        await self.emit(t)

@@ -1,25 +1,17 @@
-"""The stitcher's rules: do two pieces of a room read as one sentence, and how to join them.
+"""The stitcher's rules: does a piece end its sentence, and how to join two pieces.
 
 The stage that applies them is pipeline/stitch.py; the recognize stage asks
 ``joint_partner`` which pieces to decode once more together with the room's previous one.
 
-A VAD cuts at every pause longer than its hangover, so "turn on the ... kitchen lights"
-arrives as two pieces. The stitcher holds each finished piece briefly and joins the next
-piece from the same room to it when they read as one sentence:
-
-- never across ``max_gap_ms`` of silence, never holding a piece past ``max_hold_ms``;
-- the first piece's ending: a dangling word (the, and, to; 的, 和, 把) or no final mark asks
-  for a continuation; "?" or "!" ends the sentence. A final period counts for little:
-  Whisper puts one at the end of every piece;
-- the next piece's start: lower case, a conjunction or continuation word (and, but, which;
-  然后, 但是, 所以) says it continues;
-- the pause: a short one favours joining, a long one counts against it.
-
-A held piece is released as soon as it can no longer be continued: ``max_gap_ms`` after it
-was cut with no new speech in its room, or ``complete_wait_ms`` when it looks complete (a
-final mark, no dangling word), so a finished command is barely delayed. The joined text drops the spurious full stop and
-uses the language's joiner (a space, or nothing for Chinese and Japanese); ``parts`` and the
-pieces' raw texts go with it.
+In a room the stitcher serves, the VAD cuts a piece after ``stitch.endpoint_ms`` of silence
+(short, so a finished command goes out at once). Whether the sentence ended there is the
+recognizer's call, not a word list's: ``Transcript.sentence_end`` is its probability of a
+sentence-final mark where the text stops (models/sentence_end.py), which follows what it
+heard (a voice that trails off mid-sentence gets a comma or an ellipsis, a finished one a
+full stop). At ``end_threshold`` or above the piece is published; below it the piece waits
+up to ``max_gap_ms`` for its continuation, and the next piece of the room within that gap is
+joined to it, unless the two pieces recognized as one stretch of audio read as two
+sentences (``joint_opinion``). Measured in bench/stitch.py (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -29,50 +21,30 @@ import re
 
 import numpy as np
 
+from pipeline.chunks import spoken_words
 from pipeline.journal import pieces
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
 
-JOIN_SCORE = 1.5
-# The recognizer hearing both pieces as one stretch of audio (pipeline/recognize.py) is a
-# second opinion: one sentence there adds JOINT_BONUS, a sentence end inside subtracts
-# JOINT_PENALTY. It is asked for every pair within max_gap_ms that scores at least
-# JOIN_SCORE - JOINT_BONUS from the texts, and ignored when it lost words (JOINT_MIN_WORDS of
-# the pieces' words at least). Measured in bench/stitch.py (docs/architecture.md).
-JOINT_BONUS = 1.0
-JOINT_PENALTY = 0.5
+# A piece whose sentence_end is at least this is published at once (bench/stitch.py tunes it).
+END_THRESHOLD = 0.5
+# The joint decode is ignored when it lost words: it must have this share of the pieces'.
 JOINT_MIN_WORDS = 0.75
-# Whisper sees 30 s at once; the joint audio is the two pieces with JOINT_PAUSE_S between.
+# ... and at least this share of the second piece's own words (it may correct a word or two).
+JOINT_SHARED_WORDS = 0.5
+# Whisper sees 30 s at once; the joint audio is the two pieces with JOINT_PAUSE_S between
+# (a long pause inside audio makes Whisper end its decode there).
 JOINT_MAX_S = 30.0
 JOINT_PAUSE_S = 0.3
-
-EN_DANGLING = set(
-    "the a an and or but so to of in on at for with from by into onto about than as that which who whose "
-    "my your his her its our their this these those is are was were be been am will would can could should "
-    "if because while when where although though not no very more most some any every each our".split()
-)
-EN_CONTINUATION = set(
-    "and or but so because which who whom whose that than then while when where although though unless "
-    "until to of in on at for with from by into as if nor yet before after except almost about during "
-    "without within since like including instead whether via across around through towards toward upon "
-    "over under near behind beside between beyond".split()
-)
-# A piece that starts with one of these and is not a question continues a sentence ("... the
-# meeting | was moved to Thursday").
-EN_AUXILIARY = set("is are was were has have had will would can could should does did".split())
-# "... | Where are my keys?": a question of its own, not "... where the keys are".
-EN_QUESTION = set("where when which who whom whose".split())
-# Words safe to write in lower case when they no longer start a sentence (never names).
-EN_LOWER_OK = EN_DANGLING | EN_CONTINUATION | set("it there here we they he she you".split())
-ZH_DANGLING = tuple(
-    "的 地 得 和 跟 与 或 在 把 被 给 对 向 从 是 就 也 还 而 但 因为 所以 如果 但是 然后 而且 并且 或者 还有".split()
-)
-ZH_CONTINUATION = tuple(
-    "然后 但是 所以 因为 而且 并且 或者 还有 可是 不过 而是 就是 "
-    "的 地 得 了 吗 呢 吧 和 跟 与 就 也 还 才 而 并".split()
-)
 NO_SPACE_LANGUAGES = ("zh", "ja", "yue", "th", "lo", "my", "km")
 FINAL_STRONG = ("?", "!", "？", "！")
 FINAL_WEAK = (".", "。", "…")
+# Function words whose capital goes when a joined piece no longer starts a sentence
+# (formatting only; never names). The decision to join is not made from words.
+EN_LOWER_OK = set(
+    "the a an and or but so to of in on at for with from by into as that which who is are was were "
+    "be will would can could should if because while when where then it there here we they he she you my "
+    "your his her its our their this these those".split()
+)
 
 
 def _base(language: str) -> str:
@@ -84,45 +56,13 @@ def _first_word(text: str) -> str:
     return match.group(1) if match else ""
 
 
-def _last_word(text: str) -> str:
-    words = re.findall(r"[\w']+", text)
-    return words[-1] if words else ""
-
-
-def join_score(first: str, second: str, gap_s: float, language: str) -> float:
-    """How strongly ``second`` reads as the continuation of ``first``; join at JOIN_SCORE."""
-    first, second = first.strip(), second.strip()
-    if not first or not second:
-        return 0.0
-    score = 0.0
-    chinese = _base(language) in NO_SPACE_LANGUAGES
-    body = first.rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
-    if first.endswith(FINAL_STRONG):
-        score -= 2.0
-    elif not first.endswith(FINAL_WEAK):
-        score += 1.0  # no final mark at all
-    if chinese:
-        if body.endswith(ZH_DANGLING):
-            score += 2.0
-        if second.startswith(ZH_CONTINUATION):
-            score += 1.5
-    else:
-        if _last_word(body).lower() in EN_DANGLING:
-            score += 2.0
-        word = _first_word(second)
-        if word[:1].islower():
-            score += 2.0
-        elif word.lower() in EN_CONTINUATION and not (word.lower() in EN_QUESTION and second.endswith("?")):
-            score += 1.5
-        elif word[:1].isdigit():
-            score += 1.5  # "... set it to | 21 degrees": sentences seldom open with digits
-        elif word.lower() in EN_AUXILIARY and not second.endswith("?"):
-            score += 1.5
-    if gap_s < 1.0:
-        score += 0.5
-    elif gap_s > 1.5:
-        score -= 0.5
-    return score
+def ends_sentence(t: Transcript, threshold: float = END_THRESHOLD) -> bool:
+    """The piece ends its sentence: by the recognizer's probability, or, from a recognizer
+    that gives none, by a final mark that is not an ellipsis."""
+    if t.sentence_end is not None:
+        return t.sentence_end >= threshold
+    text = t.text.strip()
+    return text.endswith(FINAL_STRONG + FINAL_WEAK) and not text.endswith(("...", "…"))
 
 
 def ends_sentence_inside(text: str) -> bool:
@@ -134,45 +74,31 @@ def ends_sentence_inside(text: str) -> bool:
     return bool(re.search(r"(?:[.?!…]\s|[。？！]|\.\.\.)", body))
 
 
-def without_strong_final(text: str) -> str:
-    """The piece with a final ? or ! read as a plain full stop: tiny models put them on
-    fragments ("Can you remind me to call?" + "my sister tomorrow"); the joint decode says
-    whether the mark belonged there."""
-    text = text.rstrip()
-    return text[:-1] + ("。" if text.endswith(("？", "！")) else ".") if text.endswith(FINAL_STRONG) else text
-
-
-def moved_final(first: str, joint: str) -> bool:
-    """The first piece ends with ? or ! and the joint decode ends with the same mark."""
-    first, joint = first.rstrip(), joint.rstrip()
-    return bool(first) and first.endswith(FINAL_STRONG) and joint.endswith(first[-1])
-
-
-def _words(text: str) -> int:
-    return len(re.findall(r"\w+", text))
-
-
 def joint_opinion(first_text: str, second: Transcript) -> bool | None:
     """What the joint decode says: one sentence (True), two (False), or nothing usable (None:
-    there was none, or it dropped words that the pieces have)."""
+    there was none, or it dropped words that the pieces have; Chinese counted as spoken words,
+    pipeline/chunks.spoken_words)."""
     joint = second.joint_text
     if not joint:
         return None
-    if _words(joint) < JOINT_MIN_WORDS * (_words(first_text) + _words(second.text)):
+    if spoken_words(joint) < JOINT_MIN_WORDS * (spoken_words(first_text) + spoken_words(second.text)):
+        return None
+    # Whisper may end a decode at the pause and write a stock phrase for the rest ("Thank
+    # you for watching!"): the joint text must keep most of the second piece's words.
+    if _shared_words(second.text, joint) < JOINT_SHARED_WORDS:
         return None
     return not ends_sentence_inside(joint)
 
 
-def looks_complete(text: str, language: str) -> bool:
-    """Ends with a final mark (not an ellipsis) and no dangling word: only a next piece that
-    itself starts like a continuation could still join it."""
-    text = text.strip()
-    if not text.endswith(FINAL_STRONG + FINAL_WEAK) or text.endswith(("...", "…")):
-        return False
-    body = text.rstrip("".join(FINAL_STRONG + FINAL_WEAK) + " ")
-    if _base(language) in NO_SPACE_LANGUAGES:
-        return not body.endswith(ZH_DANGLING)
-    return _last_word(body).lower() not in EN_DANGLING
+def _tokens(text: str) -> list[str]:
+    """Lower-case words, or single characters of unspaced scripts."""
+    return [w for w in re.findall(r"[^\W\d_]+|\d+", text.lower()) for w in ([w] if w.isascii() else list(w))]
+
+
+def _shared_words(piece: str, joint: str) -> float:
+    """The share of ``piece``'s words (or characters, unspaced) that ``joint`` has too."""
+    words, have = _tokens(piece), set(_tokens(joint))
+    return sum(w in have for w in words) / len(words) if words else 1.0
 
 
 def join_texts(first: str, second: str, language: str) -> str:
@@ -218,26 +144,24 @@ def join(first: Transcript, second: Transcript) -> Transcript:
         parts=first.parts + second.parts,
         raw_parts=(*first.raw_parts, *second.raw_parts),
         pieces=(*pieces(first), *pieces(second)),
+        sentence_end=second.sentence_end,
     )
 
 
-def joint_partner(previous: tuple[Utterance, str] | None, piece: Transcript, max_gap_s: float) -> Utterance | None:
+def joint_partner(
+    previous: tuple[Utterance, Transcript] | None, piece: Transcript, max_gap_s: float, threshold: float
+) -> Utterance | None:
     """The room's previous piece when ``piece`` should be recognized once more together with
-    it, else None.
-
-    The texts of two pieces say a lot ("turn on the | kitchen lights") but tiny models
-    punctuate fragments as sentences; the recognizer hearing both pieces as one stretch is a
-    second opinion: one sentence, or a full stop between them (``joint_opinion``,
-    JOINT_BONUS). Pairs whose texts cannot reach a join even with it cost nothing."""
+    it (the previous one did not end its sentence, the pause is short enough), else None.
+    The joint decode's words replace the pieces' when they join: they were heard with context
+    both ways."""
     if previous is None or max_gap_s <= 0:
         return None
-    first, first_text = previous
+    first, first_t = previous
     u = piece.utterance
     gap_s = u.start_wall - first.end_wall
-    if not 0 <= gap_s <= max_gap_s:
+    if not 0 <= gap_s <= max_gap_s or ends_sentence(first_t, threshold):
         return None
     if first.duration_s + JOINT_PAUSE_S + u.duration_s > JOINT_MAX_S:
         return None
-    # As the stitcher will score it if the joint decode hears one sentence.
-    score = join_score(without_strong_final(first_text), piece.raw_text, gap_s, piece.language)
-    return first if score >= JOIN_SCORE - JOINT_BONUS else None
+    return first

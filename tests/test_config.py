@@ -182,12 +182,36 @@ def test_each_default_lives_in_the_settings_it_feeds_and_maps_by_keyword(tmp_pat
     assert c.stitch.settings() == StitchSettings()
     assert c.text.settings(tmp_path / "config.toml") == TextSettings()
     assert c.recognizer.decoding_options() == DecodingOptions()
-    assert c.recognizer.stage_settings(0.0) == RecognizeSettings()
-    changed = Config.model_validate(
-        {"stitch": {"max_gap_ms": 1500, "max_hold_ms": 6000, "complete_wait_ms": 700}, "vad": {"hangover_ms": 900}}
-    )
-    assert changed.stitch.settings() == StitchSettings(max_gap_ms=1500, max_hold_ms=6000, complete_wait_ms=700)
+    assert c.recognizer.stage_settings(c.stitch) == RecognizeSettings(stitch_max_gap_s=2.0)
+    off = Config.model_validate({"stitch": {"enabled": False}})
+    assert off.recognizer.stage_settings(off.stitch) == RecognizeSettings()
+    stitch = {
+        "max_gap_ms": 1500,
+        "max_hold_ms": 6000,
+        "complete_wait_ms": 700,
+        "endpoint_ms": 300,
+        "end_threshold": 0.7,
+    }
+    changed = Config.model_validate({"stitch": stitch, "vad": {"hangover_ms": 900}})
+    assert changed.stitch.settings() == StitchSettings(**stitch)  # type: ignore[arg-type]
+    assert changed.recognizer.stage_settings(changed.stitch).end_threshold == 0.7
     assert changed.vad.params() == VadParams(hangover_ms=900)
+
+
+def test_a_room_the_stitcher_serves_ends_pieces_after_endpoint_ms() -> None:
+    """Live rooms with stitching cut a piece after stitch.endpoint_ms (the recognizer decides
+    whether the sentence ended); rooms without, or that set their own hangover, keep theirs."""
+    source = {"type": "file", "path": "a.wav"}
+    rooms = [
+        {"name": "kitchen", "source": source},
+        {"name": "hall", "source": source, "stitch": False},
+        {"name": "office", "source": source, "vad": {"hangover_ms": 900}},
+    ]
+    c = Config.model_validate({"stitch": {"endpoint_ms": 300}, "rooms": rooms})
+    assert [c.room_vad_params(r).hangover_ms for r in c.rooms] == [300, 700, 900]
+    assert c.room_vad_params(c.rooms[0]).post_roll_ms == 200
+    off = Config.model_validate({"stitch": {"enabled": False}, "rooms": rooms[:1]})
+    assert off.room_vad_params(off.rooms[0]).hangover_ms == 700
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ class RecordingRecognizer:
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
+        sentence_end: bool = False,
     ) -> list[Recognition]:
         self.threads.add(threading.get_ident())
         self.hotwords.append([tuple(h) for h in hotwords or []])
@@ -186,15 +187,20 @@ def test_a_partial_does_not_become_the_rooms_prompt() -> None:
 
 
 class ScriptedRecognizer(RecordingRecognizer):
-    """Each marker has a text; audio longer than one piece is a joint decode."""
+    """Each marker has a text and a P(sentence ends); audio longer than one piece is a joint decode."""
 
-    TEXTS: ClassVar[dict[int, str]] = {
-        1: "Play some quiet music.",
-        2: "Why I read?",
-        3: "Turn off the lights.",
-        4: "What time is it?",
+    TEXTS: ClassVar[dict[int, tuple[str, float]]] = {
+        1: ("Play some quiet music.", 0.2),  # heard as unfinished
+        2: ("Why I read?", 0.9),
+        3: ("Turn off the lights.", 0.9),
+        4: ("What time is it?", 0.9),
     }
     JOINT = "Play some quiet music while I read."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = dataclasses.replace(self.capabilities, sentence_end=True)
+        self.asked_sentence_end: list[bool] = []
 
     def recognize(
         self,
@@ -203,25 +209,29 @@ class ScriptedRecognizer(RecordingRecognizer):
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
+        sentence_end: bool = False,
     ) -> list[Recognition]:
         super().recognize(audios, language, prompts, hotwords)
-        texts = [self.JOINT if len(a) > 1600 else self.TEXTS[int(a[0])] for a in audios]
-        return [Recognition(t, "en", -0.1, 0.01, 0.9, 3, False) for t in texts]
+        self.asked_sentence_end.append(sentence_end)
+        texts = [(self.JOINT, 0.9) if len(a) > 1600 else self.TEXTS[int(a[0])] for a in audios]
+        return [
+            Recognition(t, "en", -0.1, 0.01, 0.9, 3, False, sentence_end=p if sentence_end else None) for t, p in texts
+        ]
 
 
-def test_undecided_pairs_are_recognized_together_once() -> None:
-    """Only a pair whose texts could join with the joint decode's support, close enough, in
-    a room that stitches, costs a joint decode: both pieces' audio with a short pause between."""
+def test_a_piece_after_an_unfinished_one_is_recognized_with_it_once() -> None:
+    """Only a piece that follows one the recognizer heard as unfinished, close enough, in a
+    room that stitches, costs a joint decode: both pieces' audio with a short pause between."""
     items = [
         utterance(1, start=0.0),
-        utterance(2, start=1.8),  # 0.8 s after piece 1; "music. | Why I read?" is undecided
+        utterance(2, start=1.8),  # 0.8 s after piece 1, which did not end its sentence
         utterance(3, start=10.0),  # 7.2 s later: past the gap
-        utterance(4, start=12.2),  # "lights. | What time is it?": no join, even with a joint decode
+        utterance(4, start=12.2),  # after "Turn off the lights.", which ended its sentence
         utterance(1, room="office", start=0.0),
         utterance(2, room="office", start=1.8),  # a room that does not stitch
     ]
     recognizer = ScriptedRecognizer()
-    settings = RecognizeSettings(max_batch=16, joint_max_gap_s=2.0)
+    settings = RecognizeSettings(max_batch=16, stitch_max_gap_s=2.0, end_threshold=0.5)
     rooms = RoomStates.of((), [RoomState("kitchen"), RoomState("office", stitch=False)])
 
     async def scenario() -> list[Transcript]:
@@ -246,6 +256,8 @@ def test_undecided_pairs_are_recognized_together_once() -> None:
     ]
     # One batch for the six pieces, then one joint decode with both pieces' audio in it.
     assert [len(texts) for texts, _ in recognizer.calls] == [6, 1]
+    assert recognizer.asked_sentence_end[0]  # the stitcher's evidence, for live pieces
+    assert {t.utterance.id: t.sentence_end for t in out}["kitchen-1"] == 0.2
 
 
 def test_timed_segments_land_on_the_speech() -> None:

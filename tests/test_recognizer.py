@@ -58,8 +58,8 @@ def test_cpu_encoder_slices_keep_windows_in_order(recognizer: WhisperRecognizer)
     output must be the one it gets alone, in its place."""
     import torch
 
-    from models.mel import log_mel_spectrogram
-    from models.recognizer import CPU_ENCODER_SLICE, padded_batch
+    from models.mel import log_mel_spectrogram, padded_batch
+    from models.recognizer import CPU_ENCODER_SLICE
 
     audios = [speak(s) for s in SENTENCES[: 2 * CPU_ENCODER_SLICE + 1]]
     with torch.inference_mode():
@@ -120,3 +120,24 @@ def test_recognition_builds_no_autograd_graph(recognizer: WhisperRecognizer) -> 
         hook.remove()
     assert seen == [True]
     assert not any(p.requires_grad for p in recognizer.model.parameters())
+
+
+def test_sentence_end_evidence_follows_what_was_heard(recognizer: WhisperRecognizer) -> None:
+    """P(sentence ends) is high for a finished sentence and low for its first half cut at a
+    pause mid-sentence (espeak-ng's SSML break keeps the voice going on); not asked, none."""
+    from models.sentence_end import final_mark_tokens
+
+    whole = speak("Please turn on the kitchen lights.")
+    paused = speak('<speak>Please turn on the <break time="1500ms"/> kitchen lights.</speak>', ssml=True)
+    quiet = np.flatnonzero(np.abs(paused) < 0.01)
+    # The first piece: up to 0.2 s into the longest silence (what the VAD's post-roll keeps).
+    runs = np.split(quiet, np.flatnonzero(np.diff(quiet) != 1) + 1)
+    pause = max((r for r in runs if r[0] > 0 and r[-1] < len(paused) - 1), key=len)
+    first = paused[: pause[0] + 3200]
+    done, unfinished = recognizer.recognize([whole, first], sentence_end=True)
+    assert "kitchen" in done.text.lower() and "kitchen" not in unfinished.text.lower()
+    assert done.sentence_end is not None and unfinished.sentence_end is not None
+    assert done.sentence_end > 0.5 > unfinished.sentence_end, (done, unfinished)
+    assert recognizer.recognize([whole])[0].sentence_end is None
+    marks = {recognizer.tokenizer.decode([t]).strip() for t in final_mark_tokens(recognizer.tokenizer)}
+    assert {".", "?", "!"} <= marks and not any("..." in m or "…" in m for m in marks)

@@ -1,4 +1,5 @@
-"""The context stitcher over timed pieces: join, no join, max hold, max gap, joiners, periods."""
+"""The context stitcher over timed pieces: the recognizer's sentence-end evidence decides,
+joins within max gap, max hold, joiners, the joint decode's veto."""
 
 from __future__ import annotations
 
@@ -12,14 +13,7 @@ import pytest
 from pipeline.messages import Transcript, Utterance, utterance_record
 from pipeline.roomstate import RoomState, RoomStates
 from pipeline.stitch import StitchSettings, StitchStage
-from pipeline.stitch_rules import (
-    JOIN_SCORE,
-    JOINT_BONUS,
-    JOINT_PENALTY,
-    ends_sentence_inside,
-    join_score,
-    join_texts,
-)
+from pipeline.stitch_rules import ends_sentence, ends_sentence_inside, join_texts, joint_opinion
 from tests.helpers import speak
 
 if TYPE_CHECKING:
@@ -43,27 +37,31 @@ def test_join_texts(first: str, second: str, language: str, joined: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("first", "second", "gap_s", "language", "expected"),
+    ("text", "sentence_end", "ends"),
     [
-        ("Please turn on the.", "Kitchen lights.", 1.2, "en", True),  # dangling article
-        ("I went to the store.", "and bought milk.", 1.2, "en", True),  # lower-case start
-        ("I went to the store.", "But it was closed.", 0.8, "en", True),  # conjunction, short pause
-        ("What time is it?", "And the weather?", 0.8, "en", False),  # a question ends the sentence
-        ("The meeting is at noon.", "Bring your laptop.", 1.2, "en", False),  # two sentences
-        ("Turn off the lights.", "Lock the door.", 0.7, "en", False),
-        ("把客厅的", "灯打开", 1.0, "zh", True),
-        ("今天天气很好。", "我们去公园吧。", 1.2, "zh", False),
-        ("我们先吃饭", "然后去看电影", 1.2, "zh", True),
+        ("Please turn on the kitchen lights.", 0.9, True),
+        ("Please turn on the kitchen lights.", 0.2, False),  # the evidence, not the full stop
+        ("Please turn on the", 0.6, True),  # nor the words: no list of dangling words
+        ("Turn off the lights.", None, True),  # no evidence: a final mark ends it
+        ("Please turn on the...", None, False),  # an ellipsis does not
+        ("把客厅的灯打开。", None, True),
+        ("把客厅的", None, False),
     ],
 )
-def test_join_decision(first: str, second: str, gap_s: float, language: str, expected: bool) -> None:
-    assert (join_score(first, second, gap_s, language) >= JOIN_SCORE) is expected
+def test_a_piece_ends_its_sentence_by_the_recognizers_evidence(
+    text: str, sentence_end: float | None, ends: bool
+) -> None:
+    t = dataclasses.replace(piece(text, 0.0, 1.0), sentence_end=sentence_end)
+    assert ends_sentence(t, threshold=0.5) is ends
 
 
-def piece(text: str, start: float, end: float, room: str = "kitchen", n: int = 1, language: str = "en") -> Transcript:
+def piece(
+    text: str, start: float, end: float, room: str = "kitchen", n: int = 1, language: str = "en", end_p: float = 0.1
+) -> Transcript:
+    """A recognized piece; ``end_p`` is the recognizer's P(sentence ends), low by default."""
     audio = np.zeros(16, np.float32)
     u = Utterance(room, f"{room}-x-{n:06d}", audio, start, end, 1000 + start, 1000 + end, "silence", end)
-    return Transcript(u, text, text, language, 0.8, "whisper-tiny.en", 100.0)
+    return Transcript(u, text, text, language, 0.8, "whisper-tiny.en", 100.0, sentence_end=end_p)
 
 
 class Clock:
@@ -137,22 +135,40 @@ def test_no_join_across_max_gap_even_when_it_reads_as_one() -> None:
     assert s.held["kitchen"].transcript.text == "kitchen lights."
 
 
-def test_nobody_speaks_a_complete_sentence_goes_soon_an_unfinished_one_after_max_gap() -> None:
+def test_a_finished_sentence_goes_at_once_an_unfinished_one_after_max_gap() -> None:
     clock = Clock()
-    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
+    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000)
 
     async def go() -> list[list[str]]:
-        seen = []
         clock.now = 3.0
-        await s.handle(piece("Turn off the lights.", 1.0, 2.5, room="kitchen"))  # decided at 2.5
+        await s.handle(piece("Turn off the lights.", 1.0, 2.5, room="kitchen", end_p=0.9))  # decided at 2.5
+        seen = [[t.text for t in drain(s)]]
         await s.handle(piece("Please turn on the", 1.0, 2.5, room="hall"))
-        for now in (3.2, 3.3, 4.4, 4.5):
+        for now in (3.2, 4.4, 4.5):
             clock.now = now
             await s._release_due()
             seen.append([t.text for t in drain(s)])
         return seen
 
-    assert asyncio.run(go()) == [[], ["Turn off the lights."], [], ["Please turn on the"]]
+    assert asyncio.run(go()) == [["Turn off the lights."], [], [], ["Please turn on the"]]
+    assert (s.counters.held, s.counters.waited_in_vain, s.counters.joined) == (1, 1, 0)
+
+
+def test_complete_wait_delays_a_finished_sentence_and_new_speech_does_not_hold_it() -> None:
+    clock = Clock()
+    s = stage(clock, {"kitchen": 2.6}, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
+
+    async def go() -> list[list[str]]:
+        seen = []
+        clock.now = 2.7
+        await s.handle(piece("Turn off the lights.", 1.0, 2.5, end_p=0.9))
+        for now in (3.2, 3.3):
+            clock.now = now
+            await s._release_due()
+            seen.append([t.text for t in drain(s)])
+        return seen
+
+    assert asyncio.run(go()) == [[], ["Turn off the lights."]]
 
 
 def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
@@ -196,7 +212,7 @@ def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
         s = StitchStage(asyncio.Queue(), asyncio.Queue(), settings, rooms=RoomStates())
         task = asyncio.create_task(s.run())
         # decided_at of 0 lies far in the past: the piece is due at once.
-        await s.inbox.put(piece("Done.", 0.0, 0.0))
+        await s.inbox.put(piece("Done.", 0.0, 0.0, end_p=0.9))
         first = await asyncio.wait_for(output(s).get(), 5)
         await s.inbox.put(piece("Held", 0.0, 1e9))  # cut "in the future": held until max_hold
         await s.inbox.put(None)
@@ -231,21 +247,21 @@ def with_joint(t: Transcript, previous: Transcript, joint: str) -> Transcript:
     return dataclasses.replace(t, joint_with=previous.utterance.id, joint_raw=joint, joint_text=joint)
 
 
-def test_joint_decode_settles_an_undecided_pair() -> None:
-    """The texts "Play some quiet music. | Why I read?" read as two sentences; heard as one
-    stretch, the recognizer wrote one: joined, with the joint words, the pieces' raw texts kept."""
-    first, second = piece("Play some quiet music.", 1.0, 2.5, n=1), piece("Why I read?", 3.3, 4.2, n=2)
-    score = join_score(first.text, second.text, 0.8, "en")
-    assert JOIN_SCORE - JOINT_BONUS <= score < JOIN_SCORE  # no join from the texts alone
+def test_the_joint_decode_gives_its_words_or_vetoes_a_join() -> None:
+    """A held piece did not end its sentence; the next one joins it. Heard as one stretch, the
+    recognizer's words replace the pieces'; when it heard two sentences, they stay two; a
+    joint decode that lost words or wrote something else is no opinion (the texts join)."""
+    first, second = piece("Play some quiet music.", 1.0, 2.5, n=1), piece("Why I read?", 3.3, 4.2, n=2, end_p=0.9)
+    joined_texts = "Play some quiet music Why I read?"
     cases = [
         (with_joint(second, first, "Play some quiet music while I read."), ["Play some quiet music while I read."]),
         (with_joint(second, first, "Play some quiet music. Why I read?"), [first.text, second.text]),
-        (second, [first.text, second.text]),  # no joint decode: the texts decide
-        # A joint decode that lost a piece's words is no opinion.
-        (with_joint(second, first, "Play some music."), [first.text, second.text]),
+        (second, [joined_texts]),  # no joint decode: joined, the held piece was unfinished
+        (with_joint(second, first, "Play some music."), [joined_texts]),  # it lost words
+        (with_joint(second, first, "Play some quiet music. Thank you for watching!"), [joined_texts]),
         # A joint decode made with another piece than the one held does not count.
         (dataclasses.replace(second, joint_with="kitchen-x-000099", joint_text="Play some quiet music while I read."),
-         [first.text, second.text]),
+         [joined_texts]),
     ]  # fmt: skip
     for item, texts in cases:
         s = stage(Clock())
@@ -261,6 +277,15 @@ def test_joint_decode_settles_an_undecided_pair() -> None:
         assert [t.text for t in out] == texts
         if len(out) == 1:
             assert out[0].parts == 2 and out[0].raw_parts == (first.raw_text, second.raw_text)
+            assert out[0].sentence_end == 0.9  # the last piece's evidence
+
+
+def test_joint_opinion_counts_chinese_by_characters() -> None:
+    first = piece("把客厅的", 1.0, 2.0, n=1, language="zh")
+    second = piece("灯打开。", 2.8, 3.5, n=2, language="zh")
+    assert joint_opinion(first.text, with_joint(second, first, "把客厅的灯打开。")) is True
+    assert joint_opinion(first.text, with_joint(second, first, "把客厅的。灯打开。")) is False
+    assert joint_opinion(first.text, with_joint(second, first, "把客厅。")) is None  # lost characters
 
 
 def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recognizer: WhisperRecognizer) -> None:
@@ -274,47 +299,3 @@ def test_recognizer_writes_one_sentence_for_a_split_one_and_two_for_two(recogniz
     )
     assert "sister" in one.text and not ends_sentence_inside(one.text)
     assert "laptop" in two.text and ends_sentence_inside(two.text)
-
-
-def test_joint_decode_that_hears_two_sentences_vetoes_a_weak_join() -> None:
-    """The texts "We are out of milk. | For maybe it is sleeping." score a join from the
-    "For"; the recognizer hearing both writes two sentences, and they stay two."""
-    first, second = piece("We are out of milk.", 1.0, 2.5, n=1), piece("For maybe it is sleeping.", 3.7, 4.9, n=2)
-    assert JOIN_SCORE <= join_score(first.text, second.text, 1.2, "en") < JOIN_SCORE + JOINT_PENALTY
-    s = stage(Clock())
-
-    async def go() -> list[Transcript]:
-        await s.handle(first)
-        await s.handle(with_joint(second, first, "We are out of milk. For maybe sleeping."))
-        for room in list(s.held):
-            await s._release(room)
-        return drain(s)
-
-    assert [t.text for t in asyncio.run(go())] == [first.text, second.text]
-
-
-def test_joint_decode_overrules_a_question_mark_on_a_fragment() -> None:
-    """tiny.en heard "Can you remind me to call?" + "My sister tomorrow."; both together, one
-    question. The fragment's ? counts as a full stop then, and the pieces join."""
-    first, second = piece("Can you remind me to call?", 1.0, 2.5, n=1), piece("My sister tomorrow.", 3.4, 4.3, n=2)
-    joint = "Can you remind me to call my sister tomorrow?"
-    cases = [
-        (second, 2),
-        (with_joint(second, first, joint), 1),
-        # One sentence, but the ? did not move to its end: no evidence it was misplaced.
-        (with_joint(second, first, "Can you remind me to call my sister tomorrow."), 2),
-    ]
-    for item, count in cases:
-        s = stage(Clock())
-
-        async def go(s: StitchStage = s, item: Transcript = item) -> list[Transcript]:
-            await s.handle(first)
-            await s.handle(item)
-            for room in list(s.held):
-                await s._release(room)
-            return drain(s)
-
-        out = asyncio.run(go())
-        assert len(out) == count
-        if count == 1:
-            assert out[0].text == joint

@@ -1,0 +1,145 @@
+"""From the last word to the subscriber, through the real capture path.
+
+    python bench/latency.py [--sentences 20] [--seed 5]
+
+Complete sentences (drawn with ``seed`` from bench/stitch_pool.py's pool: Home Assistant's
+command sentences) are spoken by espeak-ng and played one at a time into a PulseAudio null
+sink; the daemon's microphone room records its monitor through PortAudio's ``pulse`` device,
+publishes to a real Mosquitto, and a subscriber stamps each arrival. The last voiced sample
+is placed from when ``paplay`` returned (it drains the stream) less the trailing silence
+after that sample. Reported: median and p95 of last voiced sample -> arrival, split with the
+payload's own figures (utterance end -> VAD decision, recognition, the rest in the daemon,
+broker delivery). Runs the default config and, side by side, stitching off (the VAD's
+700 ms hangover, every piece published). Needs pulseaudio, pulseaudio-utils and mosquitto.
+Writes bench/results/latency-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_results
+from bench.stitch_pool import commands
+from tests.helpers import Daemon, Mosquitto, PulseServer, Subscriber, speak, write_config
+
+RATE = 16000
+TRAILING_S = 3.0
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    import random
+
+    pool = commands()
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def make_wav(folder: Path, i: int, text: str) -> tuple[Path, float]:
+    """The sentence with 0.5 s before and TRAILING_S after; and the seconds from its last
+    voiced sample to the file's end."""
+    audio = np.concatenate([np.zeros(RATE // 2, np.float32), speak(text), np.zeros(int(TRAILING_S * RATE), np.float32)])
+    voiced = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())
+    path = folder / f"s{i}.wav"
+    sf.write(path, audio, RATE)
+    return path, (len(audio) - 1 - int(voiced[-1])) / RATE
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def run_config(
+    folder: Path, broker: Mosquitto, pulse: PulseServer, texts: list[str], extra: str
+) -> list[dict[str, Any]]:
+    prefix = f"lat-{uuid.uuid4().hex[:6]}"
+    room = '[[rooms]]\nname = "lounge"\nsource = { type = "mic", device = "pulse" }\n'
+    config = write_config(folder / f"{prefix}.toml", broker.port, prefix, room, extra)
+    sub = Subscriber(broker.port, f"{prefix}/lounge/utterance", f"{prefix}-viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config, env={**pulse.env, "PULSE_SOURCE": f"{pulse.sink}.monitor"})
+    rows = []
+    try:
+        daemon.wait_log("room listening", timeout_s=120)
+        time.sleep(2.0)  # the capture stream settles before the first sentence
+        for i, text in enumerate(texts):
+            wav, after_voice = make_wav(folder, i, text)
+            seen = len(sub.payloads("/utterance"))
+            pulse.play(wav)
+            last_voiced = time.time() - after_voice
+            got = sub.wait_for("/utterance", seen + 1, timeout_s=30)
+            payload = json.loads(got[seen])
+            arrival = sub.arrivals[seen]
+            latency = payload["latency_ms"]
+            rows.append({
+                "text": text, "heard": payload["text"], "parts": payload["parts"],
+                "total_s": round(arrival - last_voiced, 3),
+                "recognize_s": latency["recognize"] / 1000,
+                "decided_to_publish_s": latency.get("end_to_publish", 0) / 1000,
+                "voice_to_end_s": round(epoch(payload["end"]) - last_voiced, 3),
+            })  # fmt: skip
+            if len(sub.payloads("/utterance")) > seen + 1:
+                raise RuntimeError(f"one sentence, several utterances: {sub.payloads('/utterance')[seen:]}")
+        daemon.terminate()
+    finally:
+        daemon.kill()
+        sub.close()
+    return rows
+
+
+def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    totals = sorted(r["total_s"] for r in rows)
+    p95 = totals[min(len(totals) - 1, round(0.95 * (len(totals) - 1)))]
+    med = statistics.median
+    return {
+        "config": name, "sentences": len(rows), "median_s": round(med(totals), 3), "p95_s": round(p95, 3),
+        "worst_s": totals[-1],
+        # Where the median goes: the VAD's wait (frames and endpoint silence), recognition,
+        # the rest inside the daemon (text, stitcher, publishing), then the broker.
+        "vad_decision_s": round(med(r["total_s"] - r["decided_to_publish_s"] for r in rows), 3),
+        "recognize_s": round(med(r["recognize_s"] for r in rows), 3),
+        "text_stitch_publish_s": round(med(r["decided_to_publish_s"] - r["recognize_s"] for r in rows), 3),
+        "target": "median <= 1.0 s, p95 <= 1.4 s" if name == "default" else "",
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sentences", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=5)
+    args = parser.parse_args()
+    texts = sentences(args.sentences, args.seed)
+    configs = {"default": "", "stitching off": "[stitch]\nenabled = false\n"}
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        broker = Mosquitto(folder / "broker")
+        pulse = PulseServer(folder / "pulse")
+        broker.start()
+        pulse.start()
+        try:
+            for name, extra in configs.items():
+                results[name] = run_config(folder, broker, pulse, texts, extra)
+                print(f"{name}: done", flush=True)
+        finally:
+            pulse.stop()
+            broker.stop()
+    rows = [summary(name, r) for name, r in results.items()]
+    write_results("latency", rows, {"seed": args.seed, "per_sentence": results})
+
+
+if __name__ == "__main__":
+    main()

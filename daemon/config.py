@@ -234,6 +234,9 @@ class StitchSettingsSection(Section):
     end_threshold: float = Field(
         S.end_threshold, ge=0.0, le=1.0, description="Publish a piece at once when P(sentence ends) is this high."
     )
+    joint_threshold: float = Field(
+        S.joint_threshold, ge=0.0, le=1.0, description="Keep pieces apart when the joint P(sentence ends) is this high."
+    )
     max_gap_ms: int = Field(S.max_gap_ms, ge=0, le=10000, description="Never join across a longer silence.")
     max_hold_ms: int = Field(S.max_hold_ms, ge=0, le=30000, description="Never hold a piece longer, waiting for more.")
     complete_wait_ms: int = Field(

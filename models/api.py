@@ -110,7 +110,7 @@ class Recognizer(Protocol):
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
-        sentence_end: bool = False,
+        sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
         """Recognize a batch of utterances; returns one result per input, in order.
 
@@ -118,7 +118,10 @@ class Recognizer(Protocol):
         ``prompts`` gives each utterance earlier text as context (ignored without
         ``capabilities.prompt``); ``hotwords`` gives each utterance words to bias decoding
         towards; ``timestamps`` asks for ``Recognition.segments`` (needs
-        ``capabilities.timestamps``); ``sentence_end`` for ``Recognition.sentence_end``.
+        ``capabilities.timestamps``); ``sentence_end`` True for ``Recognition.sentence_end``
+        after the decoded text, or a text per utterance to have it after that text instead
+        (the joint decode asks after its first piece's words: does a sentence end there,
+        hearing what comes next?).
         """
         ...
 

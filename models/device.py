@@ -23,3 +23,21 @@ def choose_dtype(setting: str, device: str) -> str:
     if setting == "auto":
         return "float16" if device.startswith("cuda") else "float32"
     return setting
+
+
+def avoid_per_shape_attention_plans() -> None:
+    """Leave cuDNN out of scaled_dot_product_attention (flash, memory-efficient and math remain).
+
+    cuDNN's attention builds an execution plan for every new shape, and decoding makes new
+    shapes all the time: the key length grows by one per token, and batches differ in size
+    and prompt length. On an H100 (torch 2.11, cu130) float16 ran at 49x real time on its
+    first pass over 101 utterances and 124x once every shape had been seen, while float32,
+    which cuDNN attention does not take, ran at 140x cold and warm; in `roomscribe transcribe`
+    a sampling profile put 63% of the model thread on the attention call. Process-wide: the
+    recognizer is the only attention user in the daemon.
+    """
+    import torch
+
+    enable = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)
+    if enable is not None:
+        enable(False)

@@ -23,7 +23,7 @@ from models.decoding import (
     split_segments,
     token_budget,
 )
-from models.device import choose_device, choose_dtype
+from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype
 from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
@@ -36,7 +36,7 @@ from models.memory import (
     trim_heap,
 )
 from models.search import Search
-from models.sentence_end import final_mark_tokens, sentence_end_probs, strip_final_punctuation
+from models.sentence_end import final_mark_tokens, sentence_end_probs, text_tokens
 from models.tokenizer import WhisperTokenizer
 from models.whisper import KVCache
 
@@ -54,22 +54,6 @@ class _Attempt:
     final: Decoded | None = None
     rejected: str | None = None
     last: Decoded | None = None
-
-
-def avoid_per_shape_attention_plans() -> None:
-    """Leave cuDNN out of scaled_dot_product_attention (flash, memory-efficient and math remain).
-
-    cuDNN's attention builds an execution plan for every new shape, and decoding makes new
-    shapes all the time: the key length grows by one per token, and batches differ in size
-    and prompt length. On an H100 (torch 2.11, cu130) float16 ran at 49x real time on its
-    first pass over 101 utterances and 124x once every shape had been seen, while float32,
-    which cuDNN attention does not take, ran at 140x cold and warm; in `roomscribe transcribe`
-    a sampling profile put 63% of the model thread on the attention call. Process-wide: the
-    recognizer is the only attention user in the daemon.
-    """
-    enable = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)
-    if enable is not None:
-        enable(False)
 
 
 class WhisperRecognizer:
@@ -185,7 +169,7 @@ class WhisperRecognizer:
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
-        sentence_end: bool = False,
+        sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
         self._check_thread()
         all_prompts = prompts or [""] * len(audios)
@@ -198,7 +182,7 @@ class WhisperRecognizer:
                 [all_prompts[i] for i in indices],
                 [self._hotword_tokens(tuple(all_hotwords[i])) for i in indices],
                 timestamps,
-                sentence_end,
+                [sentence_end[i] for i in indices] if isinstance(sentence_end, Sequence) else sentence_end,
             )
 
         results = self.batch_policy.run(range(len(audios)), call, is_out_of_memory, self.release_memory)
@@ -225,7 +209,7 @@ class WhisperRecognizer:
         prompts: list[str],
         hotwords: list[list[HotwordTokens]],
         timestamps: bool = False,
-        sentence_end: bool = False,
+        sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
         if not audios:
             return []
@@ -263,16 +247,19 @@ class WhisperRecognizer:
             self._result(attempt, lang, prob, timestamps, duration)
             for attempt, (lang, prob), duration in zip(attempts, languages, durations, strict=True)
         ]
-        return self._with_sentence_end(results, attempts, prefixes, memory_kv) if sentence_end else results
+        if not sentence_end:
+            return results
+        after = [a.final.tokens if a.final else [] for a in attempts] if sentence_end is True else sentence_end
+        return self._with_sentence_end(results, [text_tokens(self.tokenizer, t) for t in after], prefixes, memory_kv)
 
     def _with_sentence_end(
-        self, results: list[Recognition], attempts: list[_Attempt], prefixes: list[list[int]], memory_kv: KVCache
+        self, results: list[Recognition], texts: list[list[int]], prefixes: list[list[int]], memory_kv: KVCache
     ) -> list[Recognition]:
-        """Each result with ``sentence_end`` (models/sentence_end.py); none for an empty text."""
+        """Each result with ``sentence_end`` after ``texts`` (models/sentence_end.py)."""
         if self._final_marks is None:
             self._final_marks = torch.tensor(final_mark_tokens(self.tokenizer), device=self._torch_device)
-        items = [i for i, r in enumerate(results) if r.text and attempts[i].final is not None]
-        sequences = [prefixes[i] + strip_final_punctuation(self.tokenizer, attempts[i].final.tokens) for i in items]  # type: ignore[union-attr]
+        items = [i for i, r in enumerate(results) if r.text and texts[i]]
+        sequences = [prefixes[i] + texts[i] for i in items]
         kv = memory_kv if len(items) == len(results) else select_memory(memory_kv, self._index(items))
         probs = sentence_end_probs(self.model, kv, sequences, self._final_marks)
         out = list(results)

@@ -45,6 +45,15 @@ def strip_final_punctuation(tokenizer: WhisperTokenizer, tokens: list[int]) -> l
     return tokens[:end]
 
 
+def text_tokens(tokenizer: WhisperTokenizer, text: str | list[int]) -> list[int]:
+    """A text (or decoded tokens) as the decoder writes it, without the punctuation it ends
+    with; Latin-script text with the leading space Whisper's tokens carry."""
+    if isinstance(text, str):
+        text = text.strip()
+        text = tokenizer.encode(" " + text if text[:1].isascii() else text) if text else []
+    return strip_final_punctuation(tokenizer, text)
+
+
 @torch.inference_mode()
 def sentence_end_probs(
     model: Whisper,

@@ -116,6 +116,8 @@ class Transcript:
     joint_with: str = ""
     joint_raw: str = ""
     joint_text: str = ""
+    # The recognizer's P(sentence ends) after the previous piece's words in that joint decode.
+    joint_end: float | None = None
     error: str | None = None  # batch work: recognition failed; the segment has no text
     segments: tuple[TimedText, ...] = ()  # a chunk recognized with timestamps
     pieces: tuple[str, ...] = ()  # ids of the recognized pieces joined into it (none: just its own)

@@ -316,10 +316,10 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
                 out[i] = dataclasses.replace(t, segments=tuple(merged), text=text, raw_text=text)
         return out
 
-    def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance]]:
-        """(index, the room's previous piece) for each live piece to recognize once more
-        together with that piece (pipeline/stitch_rules.joint_partner)."""
-        chosen: list[tuple[int, Utterance]] = []
+    def _joint_candidates(self, transcripts: list[Transcript]) -> list[tuple[int, Utterance, str]]:
+        """(index, the room's previous piece, its text) for each live piece to recognize once
+        more together with that piece (pipeline/stitch_rules.joint_partner)."""
+        chosen: list[tuple[int, Utterance, str]] = []
         for i, t in enumerate(transcripts):
             u = t.utterance
             if u.batch:  # batch work is never stitched
@@ -328,8 +328,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             previous, room.last_piece = room.last_piece, (u, t)
             s = self.settings
             max_gap_s = s.stitch_max_gap_s if room.stitch and s.joint_decode else 0.0
-            if (first := joint_partner(previous, t, max_gap_s, s.end_threshold)) is not None:
-                chosen.append((i, first))
+            if previous is not None and (first := joint_partner(previous, t, max_gap_s, s.end_threshold)) is not None:
+                chosen.append((i, first, previous[1].raw_text))
         return chosen
 
     async def _with_joint(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
@@ -337,20 +337,24 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         if not chosen:
             return transcripts
         pause = np.zeros(round(JOINT_PAUSE_S * SAMPLE_RATE), np.float32)
-        audios = [np.concatenate([first.audio, pause, transcripts[i].utterance.audio]) for i, first in chosen]
-        rooms = [transcripts[i].utterance.room for i, _ in chosen]
+        audios = [np.concatenate([first.audio, pause, transcripts[i].utterance.audio]) for i, first, _ in chosen]
+        rooms = [transcripts[i].utterance.room for i, _, _ in chosen]
         prompts = [", ".join(self._decoding_hotwords(room)) if self.capabilities.prompt else "" for room in rooms]
+        call: Callable[..., list[Recognition]] = self.recognizer.recognize
+        if self.capabilities.sentence_end:
+            # Does a sentence end after the first piece's words, hearing what came next?
+            call = functools.partial(call, sentence_end=[text for _, _, text in chosen])
         try:
-            results: list[Recognition] = await self._model(
-                self.recognizer.recognize, audios, language, prompts, self._hotwords(rooms)
-            )
+            results: list[Recognition] = await self._model(call, audios, language, prompts, self._hotwords(rooms))
         except Exception:
             # The pieces still go out, judged by their texts alone.
             self.log.exception("joint recognition failed", size=len(audios))
             return transcripts
         out = list(transcripts)
-        for (i, first), result in zip(chosen, results, strict=True):
+        for (i, first, _), result in zip(chosen, results, strict=True):
             self.counters.joint += 1
-            out[i] = dataclasses.replace(out[i], joint_with=first.id, joint_raw=result.text)
+            out[i] = dataclasses.replace(
+                out[i], joint_with=first.id, joint_raw=result.text, joint_end=result.sentence_end
+            )
             self.log.info("pieces recognized together", utterance_id=out[i].utterance.id, text=result.text)
         return out

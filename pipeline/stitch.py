@@ -20,7 +20,7 @@ from typing import ClassVar
 from pipeline.messages import Transcript
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
-from pipeline.stitch_rules import END_THRESHOLD, ends_sentence, join, joint_opinion
+from pipeline.stitch_rules import END_THRESHOLD, JOINT_THRESHOLD, ends_sentence, join, joint_opinion
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class StitchSettings:
     # vad.hangover_ms): the sentence-end decision then comes from the recognizer.
     endpoint_ms: int = 400
     end_threshold: float = END_THRESHOLD
+    joint_threshold: float = JOINT_THRESHOLD
     max_gap_ms: int = 2000
     max_hold_ms: int = 5000
     # A piece that ends its sentence waits this long after its cut for more (0: published
@@ -105,13 +106,15 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
         if not self.enabled(room) or item.utterance.batch:  # batch work: segments as cut
             await self.emit(item)
             return
-        held = self.held.pop(room, None)  # a held piece did not end its sentence
+        await self._release_due()  # what was due before this piece came goes first
+        held = self.held.pop(room, None)
         arrived, last_id = self.clock(), item.utterance.id
         if held is not None:
             first = held.transcript
             gap_s = item.utterance.start_wall - first.utterance.end_wall
             # The joint decode covers the held piece only while it is a single one.
-            joint = joint_opinion(first.text, item) if item.joint_with == held.last_id and first.parts == 1 else None
+            paired = item.joint_with == held.last_id and first.parts == 1
+            joint = joint_opinion(first.text, item, self.settings.joint_threshold) if paired else None
             self.counters.joint_unused += joint is None and item.joint_with == held.last_id
             if gap_s * 1000 <= self.settings.max_gap_ms and joint is not False:
                 joined = join(first, item)

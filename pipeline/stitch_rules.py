@@ -25,8 +25,11 @@ from pipeline.chunks import spoken_words
 from pipeline.journal import pieces
 from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
 
-# A piece whose sentence_end is at least this is published at once (bench/stitch.py tunes it).
+# A piece whose sentence_end is at least this is published at once; a held piece and the
+# next stay apart when the joint decode's P(sentence ends) between them is at least
+# JOINT_THRESHOLD. bench/stitch.py tunes both on one half of its draw.
 END_THRESHOLD = 0.5
+JOINT_THRESHOLD = 0.5
 # The joint decode is ignored when it lost words: it must have this share of the pieces'.
 JOINT_MIN_WORDS = 0.75
 # ... and at least this share of the second piece's own words (it may correct a word or two).
@@ -74,20 +77,23 @@ def ends_sentence_inside(text: str) -> bool:
     return bool(re.search(r"(?:[.?!…]\s|[。？！]|\.\.\.)", body))
 
 
-def joint_opinion(first_text: str, second: Transcript) -> bool | None:
+def joint_opinion(first_text: str, second: Transcript, threshold: float = JOINT_THRESHOLD) -> bool | None:
     """What the joint decode says: one sentence (True), two (False), or nothing usable (None:
     there was none, or it dropped words that the pieces have; Chinese counted as spoken words,
-    pipeline/chunks.spoken_words)."""
+    pipeline/chunks.spoken_words). Two when its P(sentence ends) after the first piece's
+    words reaches ``threshold``; without that figure, when its text has a sentence end inside."""
     joint = second.joint_text
     if not joint:
         return None
+    if second.joint_end is not None and second.joint_end >= threshold:
+        return False  # the model heard two sentences, whatever its text says
     if spoken_words(joint) < JOINT_MIN_WORDS * (spoken_words(first_text) + spoken_words(second.text)):
         return None
     # Whisper may end a decode at the pause and write a stock phrase for the rest ("Thank
     # you for watching!"): the joint text must keep most of the second piece's words.
     if _shared_words(second.text, joint) < JOINT_SHARED_WORDS:
         return None
-    return not ends_sentence_inside(joint)
+    return second.joint_end is not None or not ends_sentence_inside(joint)
 
 
 def _tokens(text: str) -> list[str]:

@@ -115,10 +115,10 @@ def test_recognizer_survives_a_real_oom_in_its_model_call(
 
     original = recognizer._recognize_batch
 
-    def flaky(audios, language, prompts, hotwords, timestamps=False):  # type: ignore[no-untyped-def]
+    def flaky(audios, language, prompts, hotwords, timestamps=False, sentence_end=False):  # type: ignore[no-untyped-def]
         if len(audios) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(audios, language, prompts, hotwords, timestamps)
+        return original(audios, language, prompts, hotwords, timestamps, sentence_end)
 
     monkeypatch.setattr(recognizer, "_recognize_batch", flaky)
     monkeypatch.setattr(recognizer, "batch_policy", BatchPolicy(4, 1, lambda: 0))
@@ -163,7 +163,7 @@ def test_cuda_attention_leaves_out_cudnn_plans() -> None:
     # What a recognizer on CUDA calls before loading (see its docstring for the measurement).
     import torch
 
-    from models.recognizer import avoid_per_shape_attention_plans
+    from models.device import avoid_per_shape_attention_plans
 
     before = torch.backends.cuda.cudnn_sdp_enabled()  # type: ignore[no-untyped-call]  # untyped in torch
     try:

@@ -43,7 +43,7 @@ class RecordingRecognizer:
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
-        sentence_end: bool = False,
+        sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
         self.threads.add(threading.get_ident())
         self.hotwords.append([tuple(h) for h in hotwords or []])
@@ -200,7 +200,7 @@ class ScriptedRecognizer(RecordingRecognizer):
     def __init__(self) -> None:
         super().__init__()
         self.capabilities = dataclasses.replace(self.capabilities, sentence_end=True)
-        self.asked_sentence_end: list[bool] = []
+        self.asked_sentence_end: list[bool | Sequence[str]] = []
 
     def recognize(
         self,
@@ -209,7 +209,7 @@ class ScriptedRecognizer(RecordingRecognizer):
         prompts: list[str] | None = None,
         hotwords: list[Sequence[str]] | None = None,
         timestamps: bool = False,
-        sentence_end: bool = False,
+        sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
         super().recognize(audios, language, prompts, hotwords)
         self.asked_sentence_end.append(sentence_end)
@@ -256,7 +256,10 @@ def test_a_piece_after_an_unfinished_one_is_recognized_with_it_once() -> None:
     ]
     # One batch for the six pieces, then one joint decode with both pieces' audio in it.
     assert [len(texts) for texts, _ in recognizer.calls] == [6, 1]
-    assert recognizer.asked_sentence_end[0]  # the stitcher's evidence, for live pieces
+    assert recognizer.asked_sentence_end[0] is True  # the stitcher's evidence, for live pieces
+    # The joint decode asks after the first piece's words: does the sentence end there?
+    assert recognizer.asked_sentence_end[1] == ["Play some quiet music."]
+    assert {t.utterance.id: t.joint_end for t in out}["kitchen-2"] == 0.9
     assert {t.utterance.id: t.sentence_end for t in out}["kitchen-1"] == 0.2
 
 

@@ -180,7 +180,7 @@ def test_stream_source_decodes_a_live_http_stream(tmp_path: Path) -> None:
     server.start()
     try:
         started = time.monotonic()
-        audio = asyncio.run(_read_stream_when_up(server.url, 1.5))
+        audio = asyncio.run(_read_stream_when_up(server, 1.5))
         elapsed = time.monotonic() - started
     finally:
         server.stop()
@@ -190,14 +190,19 @@ def test_stream_source_decodes_a_live_http_stream(tmp_path: Path) -> None:
     assert elapsed >= 1.0
 
 
-async def _read_stream_when_up(url: str, seconds: float) -> np.ndarray:
-    deadline = time.monotonic() + 10
+async def _read_stream_when_up(server: HttpAudioServer, seconds: float) -> np.ndarray:
+    """Retries until ffmpeg listens. ffmpeg's ``-listen 1`` serves one client and exits: a
+    try that connected and then lost the stream (a loaded machine) would leave every later
+    try refused, so a server that exited is started again."""
+    deadline = time.monotonic() + 20
     while True:
         try:
-            return await _read_stream(url, seconds)
+            return await _read_stream(server.url, seconds)
         except SourceLost:
             if time.monotonic() > deadline:
                 raise
+            if server.proc is not None and server.proc.poll() is not None:
+                server.start()
             await asyncio.sleep(0.2)
 
 

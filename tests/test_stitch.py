@@ -101,7 +101,7 @@ def drain(s: StitchStage) -> list[Transcript]:
 
 def test_pieces_join_and_keep_their_raw_texts() -> None:
     clock = Clock()
-    s = stage(clock)
+    s = stage(clock, {"kitchen": 3.7})  # the second piece's speech began at 3.7: it is awaited
 
     async def go() -> None:
         clock.now = 3.0
@@ -278,6 +278,18 @@ def test_the_joint_decode_gives_its_words_or_vetoes_a_join() -> None:
         if len(out) == 1:
             assert out[0].parts == 2 and out[0].raw_parts == (first.raw_text, second.raw_text)
             assert out[0].sentence_end == 0.9  # the last piece's evidence
+
+
+def test_the_joint_decodes_sentence_end_between_the_pieces_decides() -> None:
+    """The recognizer's P(sentence ends) after the first piece's words, hearing both, keeps
+    two sentences apart whatever the joint text's punctuation; below the threshold they join."""
+    first, second = piece("Cancel all my timers", 1.0, 2.5, n=1), piece("Go back to the last song.", 3.3, 4.9, n=2)
+    run_on = "Cancel all my timers Go back to the last song."  # no full stop between them
+    apart = dataclasses.replace(with_joint(second, first, run_on), joint_end=0.8)
+    one = dataclasses.replace(with_joint(second, first, run_on), joint_end=0.2)
+    assert joint_opinion(first.text, apart, threshold=0.5) is False
+    assert joint_opinion(first.text, one, threshold=0.5) is True
+    assert joint_opinion(first.text, dataclasses.replace(apart, joint_end=None)) is True  # the text alone
 
 
 def test_joint_opinion_counts_chinese_by_characters() -> None:

@@ -29,6 +29,8 @@ TRANSCRIPT_FIELDS = (
     "parts",
     "raw_parts",
     "pieces",
+    "audio_events",
+    "emotion",
 )
 
 
@@ -63,6 +65,9 @@ def decode_piece(text: str) -> Transcript:
         parts=int(record["parts"]),
         raw_parts=tuple(record["raw_parts"]),
         pieces=tuple(record["pieces"]),
+        # Pieces kept before these fields existed have none.
+        audio_events=tuple(record.get("audio_events", ())),
+        emotion=record.get("emotion"),
     )
 
 

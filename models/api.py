@@ -86,6 +86,10 @@ class Recognition:
     # With ``sentence_end``: the model's probability that the text ends a sentence where it
     # stops (models/sentence_end.py); the endpointer's evidence. None when not asked.
     sentence_end: float | None = None
+    # What else the model heard (SenseVoice): audio events ("Speech", "Laughter", "BGM") and
+    # the speaker's emotion ("neutral", "happy"); empty / None from models that do not say.
+    audio_events: tuple[str, ...] = ()
+    emotion: str | None = None
 
 
 class Recognizer(Protocol):

@@ -9,11 +9,12 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.api import Capabilities, DecodingOptions, Recognition
+from models.api import Capabilities, DecodingOptions, Recognition, Recognizer
 from models.decoding import (
     Decoded,
     compression_ratio,
@@ -24,7 +25,7 @@ from models.decoding import (
     token_budget,
 )
 from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype
-from models.loading import ModelFiles, load_whisper, resolve_model, tokenizer_path
+from models.loading import BUNDLED_PREFIX, ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
 from models.memory import (
@@ -36,6 +37,7 @@ from models.memory import (
     trim_heap,
 )
 from models.search import Search
+from models.sensevoice.loading import looks_like_sensevoice
 from models.sentence_end import final_mark_tokens, sentence_end_probs, text_tokens
 from models.tokenizer import WhisperTokenizer
 from models.whisper import KVCache
@@ -378,9 +380,20 @@ def load_recognizer(
     options: DecodingOptions | None = None,
     batch_size: int | str = "auto",
     quantize: str = "none",
-) -> WhisperRecognizer:
-    """Load the configured recognizer; raises ModelNotFoundError with a clear message."""
-    files = resolve_model(model)
+) -> Recognizer:
+    """Load the configured recognizer; raises ModelNotFoundError with a clear message.
+
+    A SenseVoiceSmall folder (FunASR's files) loads the SenseVoice engine; everything else
+    is read as a Whisper checkpoint.
+    """
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_device(device, cuda_count)
+    path = Path(model).expanduser()
+    if not model.startswith(BUNDLED_PREFIX) and looks_like_sensevoice(path):
+        if quantize != "none":
+            raise ValueError("recognizer.quantize applies to Whisper models only")
+        from models.sensevoice.recognizer import SenseVoiceRecognizer
+
+        return SenseVoiceRecognizer(path, chosen, choose_dtype(dtype, chosen), options, batch_size)
+    files = resolve_model(model)
     return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)

@@ -124,6 +124,9 @@ class Transcript:
     # The recognizer's probability that the text ends a sentence (models/sentence_end.py);
     # the stitcher publishes at once above stitch.end_threshold. None: not asked.
     sentence_end: float | None = None
+    # What else the recognizer heard (SenseVoice): audio events and the speaker's emotion.
+    audio_events: tuple[str, ...] = ()
+    emotion: str | None = None
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -138,7 +141,7 @@ def utterance_record(t: Transcript, published_at: float | None = None) -> dict[s
     latency: dict[str, int] = {"recognize": round(t.recognize_ms)}
     if published_at is not None:
         latency["end_to_publish"] = round((published_at - u.decided_at) * 1000)
-    return {
+    record: dict[str, Any] = {
         "id": u.id,
         "room": u.room,
         "text": t.text,
@@ -153,3 +156,9 @@ def utterance_record(t: Transcript, published_at: float | None = None) -> dict[s
         "latency_ms": latency,
         "model": t.model,
     }
+    # Only from models that say (SenseVoice): the payload of a Whisper room stays as it was.
+    if t.audio_events:
+        record["audio_events"] = list(t.audio_events)
+    if t.emotion is not None:
+        record["emotion"] = t.emotion
+    return record

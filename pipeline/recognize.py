@@ -287,6 +287,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             recognize_ms=elapsed_ms,
             segments=timed_segments(result.segments, utt.speech, utt.duration_s),
             sentence_end=result.sentence_end,
+            audio_events=result.audio_events,
+            emotion=result.emotion,
         )
 
     async def _fill_gaps(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:

@@ -151,6 +151,8 @@ def join(first: Transcript, second: Transcript) -> Transcript:
         raw_parts=(*first.raw_parts, *second.raw_parts),
         pieces=(*pieces(first), *pieces(second)),
         sentence_end=second.sentence_end,
+        audio_events=tuple(dict.fromkeys((*first.audio_events, *second.audio_events))),
+        emotion=second.emotion or first.emotion,  # how the sentence ended
     )
 
 

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def recognizer() -> WhisperRecognizer:
     """The bundled Whisper tiny.en, loaded once for the whole session (float32, CPU)."""
-    from models.recognizer import load_recognizer
+    from models.recognizer import WhisperRecognizer, load_recognizer
 
-    return load_recognizer("bundled:tiny.en", device="cpu")
+    loaded = load_recognizer("bundled:tiny.en", device="cpu")
+    assert isinstance(loaded, WhisperRecognizer)
+    return loaded
 
 
 @pytest.fixture

@@ -133,6 +133,7 @@ def test_fallback_walks_the_temperatures_and_rejects_hallucinations() -> None:
 def test_low_precision_matches_float32(recognizer: WhisperRecognizer, audios: list[np.ndarray], dtype: str) -> None:
     reference = [r.text for r in recognizer.recognize(audios)]
     low = load_recognizer("bundled:tiny.en", "cpu", dtype)
+    assert isinstance(low, WhisperRecognizer)
     assert low.model.decoder.embeddings.weight.dtype == getattr(__import__("torch"), dtype)
     texts = [r.text for r in low.recognize(audios)]
     assert word_edits(reference, texts) <= MAX_WORD_EDITS_LOW_PRECISION, list(zip(reference, texts, strict=True))

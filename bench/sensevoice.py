@@ -1,0 +1,194 @@
+"""SenseVoice-Small's speed, random weights at the full size, beside our Whisper engines.
+
+    python bench/sensevoice.py [--repeat 5] [--modes sv-ours,sv-reference,whisper-tiny.en,whisper-base]
+
+No registry ships SenseVoice weights, so its rows time the real architecture (512 wide,
+50 + 20 SAN-M blocks, 25055-token CTC head: 234M parameters) with random weights; they are
+labelled so. Words do not matter to the time of a non-autoregressive model: one encoder
+pass and a greedy read-out, whatever the weights say. (Text decoding is left out of the
+SenseVoice rows: SentencePiece on a few dozen ids takes microseconds, and random ids fall
+outside the test tokenizer.) The Whisper rows are the real models (tiny.en, multilingual
+base), greedy, on the same audio: espeak-ng speech cut to 2, 5 and 10 s.
+
+Per mode, in its own process (its own peak RSS): median latency per utterance for each
+length at batch 1 (after a warm-up), throughput (audio seconds per second) at batch 1 and at
+the best batch, peak RSS. sv-reference is FunASR's implementation with the same weights
+(funasr, bench/test-only). Writes bench/results/sensevoice-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_results
+
+LENGTHS = (2.0, 5.0, 10.0)
+BATCHES = (1, 2, 4, 8, 16)
+MODES = ("sv-ours", "sv-reference", "whisper-tiny.en", "whisper-base")
+
+
+def clips() -> dict[float, np.ndarray]:
+    from tests.helpers import SENTENCES, speak
+
+    speech = np.concatenate([speak(s) for s in SENTENCES])
+    return {length: speech[: int(length * 16000)].copy() for length in LENGTHS}
+
+
+def full_folder(root: Path) -> Path:
+    """A SenseVoiceSmall folder at the published size, random weights (seeded)."""
+    import torch
+
+    from models.sensevoice.encoder import EncoderConfig, SenseVoiceModel
+    from tests.sensevoice_reference import FULL, TOKENIZER, make_own_folder
+
+    folder = make_own_folder(root / "SenseVoiceSmall", "to")
+    torch.manual_seed(0)
+    model = SenseVoiceModel(EncoderConfig())
+    torch.save(model.state_dict(), folder / "model.pt")
+    assert (folder / TOKENIZER).exists() and FULL["num_blocks"] == model.config.num_blocks
+    return folder
+
+
+class _NoText:
+    """The reference's inference decodes ids to text; random ids need not be in a vocabulary."""
+
+    def decode(self, ids: list[int]) -> str:
+        return ""
+
+
+def _runner(mode: str, folder: Path) -> Any:
+    import torch
+
+    if mode == "sv-ours":
+        from models.sensevoice.recognizer import SenseVoiceRecognizer
+
+        engine = SenseVoiceRecognizer(folder, "cpu", "float32")
+
+        def run(batch: list[np.ndarray]) -> None:
+            with torch.inference_mode():
+                logprobs, rows = engine.logprobs(batch)
+                for i in range(len(batch)):
+                    torch.unique_consecutive(logprobs[i, : rows[i]].argmax(-1)).tolist()
+
+        return run
+    if mode == "sv-reference":
+        return _reference_runner(folder)
+    from models.api import DecodingOptions
+    from models.recognizer import load_recognizer
+
+    whisper = load_recognizer(f"bundled:{mode.removeprefix('whisper-')}", "cpu", "float32", DecodingOptions())
+    language = "en" if mode == "whisper-base" else None
+    return lambda batch: whisper.recognize(batch, language=language)
+
+
+def _reference_runner(folder: Path) -> Any:
+    import torch
+    from funasr.frontends.wav_frontend import WavFrontend
+    from funasr.models.sense_voice.model import SenseVoiceSmall
+
+    from tests.sensevoice_reference import FRONTEND
+
+    conf = dict(FULL_CONF)
+    model = SenseVoiceSmall(encoder="SenseVoiceEncoderSmall", encoder_conf=conf, input_size=560, vocab_size=25055)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    model.eval()
+    frontend = WavFrontend(cmvn_file=str(folder / "am.mvn"), dither=0.0, **FRONTEND)
+
+    def run(batch: list[np.ndarray]) -> None:
+        waves = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(a) for a in batch], batch_first=True)
+        with torch.no_grad():
+            feats, lengths = frontend(waves, torch.tensor([len(a) for a in batch]))
+            model.inference(
+                feats, lengths, key=["u"] * len(batch), tokenizer=_NoText(), data_type="fbank", device="cpu"
+            )
+
+    return run
+
+
+FULL_CONF = {
+    "output_size": 512, "attention_heads": 4, "linear_units": 2048, "num_blocks": 50, "tp_blocks": 20,
+    "kernel_size": 11, "sanm_shfit": 0, "input_layer": "pe", "normalize_before": True,
+}  # fmt: skip
+
+
+def _timed(run: Any, batch: list[np.ndarray], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(mode: str, folder: Path, repeat: int) -> dict[str, Any]:
+    audio = clips()
+    run = _runner(mode, folder)
+    run([audio[5.0]])  # warm-up
+    row: dict[str, Any] = {"mode": mode, "weights": "random, full size" if mode.startswith("sv") else "real"}
+    for length, clip in audio.items():
+        row[f"latency_{length:g}s_ms"] = round(_timed(run, [clip], repeat) * 1000, 1)
+    five = audio[5.0]
+    throughput = {}
+    for batch in BATCHES if mode.startswith("sv") else (1, 8):
+        seconds = _timed(run, [five] * batch, max(1, repeat // 2))
+        throughput[batch] = round(5.0 * batch / seconds, 1)
+    best = max(throughput, key=lambda b: throughput[b])
+    row.update(
+        throughput_b1=throughput[1],
+        throughput_best=throughput[best],
+        best_batch=best,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.folder, args.repeat)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = full_folder(Path(tmp))
+        for mode in args.modes.split(","):
+            command = [sys.executable, __file__, "--one", mode, "--folder", str(folder), "--repeat", str(args.repeat)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
+                rows.append({"mode": mode, "error": done.stderr.strip().splitlines()[-1]})
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    by_mode = {r["mode"]: r for r in rows if "error" not in r}
+    ratios: dict[str, float] = {}
+    if "sv-ours" in by_mode and "whisper-tiny.en" in by_mode:
+        ratios["sv_5s_over_tiny_en_5s"] = round(
+            by_mode["sv-ours"]["latency_5s_ms"] / by_mode["whisper-tiny.en"]["latency_5s_ms"], 3
+        )
+    if "sv-ours" in by_mode and "sv-reference" in by_mode:
+        ratios["sv_ours_over_reference_5s"] = round(
+            by_mode["sv-ours"]["latency_5s_ms"] / by_mode["sv-reference"]["latency_5s_ms"], 3
+        )
+    print(json.dumps(ratios))
+    write_results("sensevoice", rows, {"ratios": ratios, "repeat": args.repeat, "lengths_s": list(LENGTHS)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""SenseVoice-Small (FunASR) in our own PyTorch: frontend, SAN-M encoder, CTC read-out."""

@@ -28,12 +28,14 @@ from daemon.control import Controller, reload_config
 from daemon.errors import EXIT_INTERRUPTED, EXIT_OK, StartupError
 from daemon.integrations.hermes import HermesIngress
 from daemon.integrations.homeassistant import Discovery
+from daemon.integrations.wyoming import WyomingServer
 from daemon.jobs import BatchJobs
 from daemon.journal import PieceJournal
 from daemon.mqtt import Publisher
 from daemon.notify import Notifier
 from daemon.outbox import Outbox, OutboxError
 from daemon.publish import Partials, PublishStage
+from daemon.requests import Requests
 from daemon.runtime import Runtime
 from daemon.service import Service
 from daemon.status import status, status_line
@@ -57,6 +59,8 @@ class App:
             Discovery(config.homeassistant, self.rt.publisher, self.rt.states.names, lambda: self.rt.model_name)
         self.service = Service(self.rt, self.notifier, lambda: self.hermes.bad_frames)
         self.partials = Partials(self.rt)
+        self.requests = Requests(self.rt)
+        self.wyoming = WyomingServer(config.wyoming, self.rt, self.requests) if config.wyoming.enabled else None
         self.publish: PublishStage | None = None  # once the graph is built
         self._signals = 0
         self._replay: list[Transcript] = []  # the journal's pieces from before this start
@@ -114,7 +118,9 @@ class App:
             # (once the stages run: the queue is bounded).
             self.log.warning("journal: publishing pieces recognized before this start", count=len(replayed))
             self._replay = replayed
-        self.publish = PublishStage(rt.pipeline.transcripts, rt, jobs=self.jobs, partials=self.partials)
+        self.publish = PublishStage(
+            rt.pipeline.transcripts, rt, jobs=self.jobs, partials=self.partials, requests=self.requests
+        )
         rt.rooms = build_rooms(
             config,
             rt.config_path,
@@ -143,9 +149,13 @@ class App:
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in rt.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 service = group.create_task(self.service.run(), name="service")
+                if self.wyoming is not None:
+                    await self.wyoming.start()
                 await self.stop.wait()
                 self.notifier.stopping()
                 service.cancel()
+                if self.wyoming is not None:
+                    await self.wyoming.stop()  # no new requests; those in the graph finish
                 await self._drain(room_tasks, stage_tasks, mqtt_task)
         finally:
             self.service.stop_metrics()

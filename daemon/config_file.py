@@ -181,6 +181,7 @@ def load_config(path: Path) -> Config:
 def runnable_problems(config: Config) -> list[str]:
     """What ``run`` needs beyond a valid config (``transcribe`` and the demo need no rooms);
     ``check-config`` reports the same."""
-    if not any(r.enabled for r in config.rooms):
-        return ["rooms: no enabled room; add a [[rooms]] entry"]
+    # A daemon that only answers Wyoming requests (Home Assistant's speech-to-text) needs no room.
+    if not any(r.enabled for r in config.rooms) and not config.wyoming.enabled:
+        return ["rooms: no enabled room; add a [[rooms]] entry (or enable [wyoming])"]
     return []

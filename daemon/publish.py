@@ -21,6 +21,7 @@ from daemon.integrations import hermes
 from daemon.jobs import BatchJobs
 from daemon.mqtt import Outgoing
 from daemon.recording import UtteranceRecorder
+from daemon.requests import Requests
 from daemon.runtime import Runtime
 from pipeline.journal import pieces
 from pipeline.messages import Transcript, Utterance, iso_utc, utterance_record
@@ -72,11 +73,18 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
     name: ClassVar[str] = "publish"
 
     def __init__(
-        self, inbox: asyncio.Queue[Transcript | None], runtime: Runtime, *, jobs: BatchJobs, partials: Partials
+        self,
+        inbox: asyncio.Queue[Transcript | None],
+        runtime: Runtime,
+        *,
+        jobs: BatchJobs,
+        partials: Partials,
+        requests: Requests | None = None,
     ) -> None:
         super().__init__(inbox, None)
         self.rt = runtime
         self.jobs = jobs
+        self.requests = requests
         self.partials = partials
         self.counters = PublishCounters()
         config = runtime.config
@@ -88,9 +96,10 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
             )
 
     async def handle(self, item: Transcript) -> None:
-        if item.utterance.batch:  # a batch job's segment: to its job, not to MQTT
+        if item.utterance.batch:  # a batch job's segment or a request's: to its caller, not to MQTT
             self.counters.batch += 1
-            self.jobs.deliver(item)
+            if self.requests is None or not self.requests.deliver(item):
+                self.jobs.deliver(item)
             return
         u = item.utterance
         publisher = self.rt.publisher

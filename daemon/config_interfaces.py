@@ -1,0 +1,18 @@
+"""Config sections of the doors besides MQTT: the Wyoming server (Home Assistant Assist)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from daemon.config_base import Section
+
+
+class WyomingSettings(Section):
+    enabled: bool = Field(False, description="Serve speech-to-text over the Wyoming protocol (Home Assistant Assist).")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 for every interface.")
+    port: int = Field(10300, ge=1, le=65535, description="TCP port (Wyoming's usual 10300).")
+    zeroconf: bool = Field(False, description="Announce the server as _wyoming._tcp by mDNS for Home Assistant.")
+    zeroconf_name: str = Field("", max_length=63, description="The announced name; empty: roomscribe-<host name>.")
+    max_audio_s: float = Field(
+        60.0, gt=0, le=600, description="Longest audio of one request; more is refused with an error event."
+    )

@@ -28,6 +28,7 @@ from daemon.control import Controller, reload_config
 from daemon.errors import EXIT_INTERRUPTED, EXIT_OK, StartupError
 from daemon.integrations.hermes import HermesIngress
 from daemon.integrations.homeassistant import Discovery
+from daemon.integrations.http_api import HttpApi, read_token
 from daemon.integrations.wyoming import WyomingServer
 from daemon.jobs import BatchJobs
 from daemon.journal import PieceJournal
@@ -61,10 +62,20 @@ class App:
         self.partials = Partials(self.rt)
         self.requests = Requests(self.rt)
         self.wyoming = WyomingServer(config.wyoming, self.rt, self.requests) if config.wyoming.enabled else None
+        self.http = self._http_api(config, config_path)
         self.publish: PublishStage | None = None  # once the graph is built
         self._signals = 0
         self._replay: list[Transcript] = []  # the journal's pieces from before this start
         self._background: set[asyncio.Task[None]] = set()
+
+    def _http_api(self, config: Config, config_path: Path) -> HttpApi | None:
+        if not config.http.enabled:
+            return None
+        try:
+            token = read_token(config.http, config_path)
+        except OSError as exc:
+            raise StartupError(f"http.token_file: {exc}") from None
+        return HttpApi(config.http, self.rt, self.jobs, token)
 
     @staticmethod
     def _init_runtime(config: Config, config_path: Path) -> Runtime:
@@ -149,13 +160,15 @@ class App:
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in rt.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 service = group.create_task(self.service.run(), name="service")
-                if self.wyoming is not None:
-                    await self.wyoming.start()
+                for door in (self.wyoming, self.http):
+                    if door is not None:
+                        await door.start()
                 await self.stop.wait()
                 self.notifier.stopping()
                 service.cancel()
-                if self.wyoming is not None:
-                    await self.wyoming.stop()  # no new requests; those in the graph finish
+                for door in (self.wyoming, self.http):
+                    if door is not None:
+                        await door.stop()  # no new requests; those in the graph finish
                 await self._drain(room_tasks, stage_tasks, mqtt_task)
         finally:
             self.service.stop_metrics()

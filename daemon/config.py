@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from daemon.config_base import Hotword, Section, by_keyword
-from daemon.config_interfaces import WyomingSettings
+from daemon.config_interfaces import HttpSettings, WyomingSettings
 from daemon.config_sources import SourceSettings
 from models.api import LANGUAGE_CODES, DecodingOptions
 from pipeline.recognize import RecognizeSettings
@@ -334,6 +334,7 @@ class Config(Section):
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     hermes: HermesSettings = HermesSettings()
     wyoming: WyomingSettings = WyomingSettings()
+    http: HttpSettings = HttpSettings()
     batch: BatchSettings = BatchSettings()
     recognizer: RecognizerSettings = RecognizerSettings()
     vad: VadSettings = VadSettings()

@@ -182,6 +182,6 @@ def runnable_problems(config: Config) -> list[str]:
     """What ``run`` needs beyond a valid config (``transcribe`` and the demo need no rooms);
     ``check-config`` reports the same."""
     # A daemon that only answers Wyoming requests (Home Assistant's speech-to-text) needs no room.
-    if not any(r.enabled for r in config.rooms) and not config.wyoming.enabled:
-        return ["rooms: no enabled room; add a [[rooms]] entry (or enable [wyoming])"]
+    if not any(r.enabled for r in config.rooms) and not (config.wyoming.enabled or config.http.enabled):
+        return ["rooms: no enabled room; add a [[rooms]] entry (or enable [wyoming] or [http])"]
     return []

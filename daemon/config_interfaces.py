@@ -16,3 +16,14 @@ class WyomingSettings(Section):
     max_audio_s: float = Field(
         60.0, gt=0, le=600, description="Longest audio of one request; more is refused with an error event."
     )
+
+
+class HttpSettings(Section):
+    enabled: bool = Field(False, description="Serve the OpenAI-compatible transcription API over HTTP.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 for every interface.")
+    port: int = Field(8765, ge=1, le=65535, description="TCP port.")
+    token_file: str = Field(
+        "", description="File holding a bearer token every request must carry; empty: none (a bare name is looked up "
+        "in $CREDENTIALS_DIRECTORY)."
+    )  # fmt: skip
+    max_upload_mb: float = Field(200.0, gt=0, le=4096, description="Largest upload; more is refused with 413.")

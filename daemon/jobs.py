@@ -5,6 +5,7 @@ transcripts come back here from the publish stage instead of going to MQTT."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,26 @@ class BatchJobs:
                 write_atomically(target, render(result, fmt))
                 outputs.append(str(target))
 
+        started = time.monotonic()
+        job_id = await self._run_job(files, file_done)
+        wall_s = round(time.monotonic() - started, 2)
+        self.log.info("batch job done", job=job_id, files=len(files), failed=len(failed), wall_s=wall_s)
+        return {"job": job_id, "files": len(files), "outputs": outputs, "failed": failed, "wall_s": wall_s}
+
+    async def transcribe_file(self, path: Path, language: str | None = None) -> FileResult:
+        """One file through the batch path (the HTTP API's uploads); its result, or its error."""
+        if self.rt.pipeline is None or self.rt.recognizer is None:
+            raise CommandError("the model is still loading", "transcribe")
+        results: list[FileResult] = []
+        await self._run_job([path], results.append, language)
+        return results[0]
+
+    async def _run_job(
+        self, files: list[Path], file_done: Callable[[FileResult], None], language: str | None = None
+    ) -> str:
+        rt = self.rt
+        assert rt.pipeline is not None and rt.recognizer is not None
+        b = rt.config.batch
         self.started += 1
         job_id = f"job{self.started}"
         job = BatchJob(
@@ -100,18 +121,16 @@ class BatchJobs:
             rt.vad_executor,
             file_done,
             files_in_flight=b.files_in_flight,
+            language=language,
             max_segments_in_flight=rt.config.recognizer.max_batch,
             chunk_s=chunk_seconds(rt.recognizer.device, rt.recognizer.capabilities),
             whole_s=whole_seconds(rt.recognizer.capabilities),
         )
         self.running[job_id] = job
-        self.log.info("batch job started", job=job_id, files=len(files), path=str(path))
-        started = time.monotonic()
+        self.log.info("batch job started", job=job_id, files=len(files))
         try:
             await job.feed()
             await job.finished.wait()
         finally:
             del self.running[job_id]
-        wall_s = round(time.monotonic() - started, 2)
-        self.log.info("batch job done", job=job_id, files=len(files), failed=len(failed), wall_s=wall_s)
-        return {"job": job_id, "files": len(files), "outputs": outputs, "failed": failed, "wall_s": wall_s}
+        return job_id

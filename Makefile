@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	# without its dependencies, which pull in a training stack (its imports need only
 	# kaldiio, librosa, six and kaldi-native-fbank, in the dev extra).
 	$(BIN)/pip install --quiet --no-deps 'funasr==1.4.16'
+	# Rhasspy's own Hermes message classes, for the Hermes tests: it pins paho-mqtt 1.5,
+	# which aiomqtt cannot use, and needs only dataclasses-json (in the dev extra).
+	$(BIN)/pip install --quiet --no-deps 'rhasspy-hermes==0.6.2'
 	touch $(STAMP)
 
 demo: setup

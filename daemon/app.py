@@ -130,7 +130,12 @@ class App:
             self.log.warning("journal: publishing pieces recognized before this start", count=len(replayed))
             self._replay = replayed
         self.publish = PublishStage(
-            rt.pipeline.transcripts, rt, jobs=self.jobs, partials=self.partials, requests=self.requests
+            rt.pipeline.transcripts,
+            rt,
+            jobs=self.jobs,
+            partials=self.partials,
+            requests=self.requests,
+            hermes_sessions=self.hermes.sessions,
         )
         rt.rooms = build_rooms(
             config,

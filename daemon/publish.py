@@ -80,11 +80,13 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
         jobs: BatchJobs,
         partials: Partials,
         requests: Requests | None = None,
+        hermes_sessions: hermes.HermesSessions | None = None,
     ) -> None:
         super().__init__(inbox, None)
         self.rt = runtime
         self.jobs = jobs
         self.requests = requests
+        self.hermes_sessions = hermes_sessions
         self.partials = partials
         self.counters = PublishCounters()
         config = runtime.config
@@ -127,7 +129,9 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
         await publisher.submit_durable(message)
         self.counters.utterances += 1
         if self.rt.config.hermes.enabled:
-            captured = hermes.text_captured(record, hermes.site_id(self.rt.config, u.room))
+            site = hermes.site_id(self.rt.config, u.room)
+            session = self.hermes_sessions.take(site) if self.hermes_sessions is not None else None
+            captured = hermes.text_captured(record, site, session)
             publisher.submit_json(hermes.TEXT_CAPTURED, captured, qos=1, room=u.room)
         if self.recorder is not None:
             self._record(self.recorder, record, u.audio)

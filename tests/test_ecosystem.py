@@ -14,8 +14,16 @@ import jinja2
 import numpy as np
 import pytest
 import soundfile as sf
+from rhasspyhermes.asr import AsrStartListening, AsrTextCaptured
 
-from daemon.integrations.hermes import audio_frame_topic, decode_audio_frame, text_captured
+from daemon.integrations.hermes import (
+    START_LISTENING,
+    STOP_LISTENING,
+    HermesSessions,
+    audio_frame_topic,
+    decode_audio_frame,
+    text_captured,
+)
 from daemon.integrations.homeassistant import STATE_MAX_CHARS, discovery_messages, node_id
 from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, normalize, speak, wer, write_config
 
@@ -96,6 +104,21 @@ def test_hermes_text_captured_fields() -> None:
     check_schema("hermes-text-captured", captured)
 
 
+def test_hermes_sessions_follow_start_and_stop_listening() -> None:
+    sessions = HermesSessions()
+    sessions.handle(START_LISTENING, AsrStartListening(site_id="porch", session_id="a").to_json().encode())
+    sessions.handle(START_LISTENING, b'{"sessionId": "b"}')  # no siteId: Rhasspy's "default"
+    sessions.handle(START_LISTENING, b"not json")
+    assert sessions.bad == 1 and sessions.by_site == {"porch": "a", "default": "b"}
+    sessions.handle(STOP_LISTENING, b'{"siteId": "porch", "sessionId": "older"}')  # not the open one
+    assert sessions.take("porch") == "a" and sessions.take("porch") is None  # one utterance per session
+    sessions.handle(STOP_LISTENING, b'{"siteId": "default", "sessionId": "b"}')
+    assert sessions.take("default") is None
+    captured = text_captured(RECORD, "porch", "a")
+    assert captured["sessionId"] == "a"
+    check_schema("hermes-text-captured", captured)
+
+
 def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format="WAV", subtype=subtype)
@@ -139,6 +162,9 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
         # What a Hermes audio server sends: WAV chunks of 16-bit PCM, here 1024 samples at 16 kHz,
         # one unreadable frame in the middle, and trailing silence so the VAD closes the utterance.
         audio = np.concatenate([np.zeros(8000, np.float32), speak(text), np.zeros(32000, np.float32)])
+        # Rhasspy's dialogue manager opens an ASR session for the site (its own message class).
+        listen = AsrStartListening(site_id="satellite1", session_id="session-42")
+        sender.publish(listen.topic(), listen.to_json(), qos=1).wait_for_publish(5)
         topic = audio_frame_topic("satellite1")
         for n, start in enumerate(range(0, len(audio), 1024)):
             frame = b"not a wav" if n == 20 else wav_bytes(audio[start : start + 1024], 16000)
@@ -150,7 +176,9 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
         (hermes_payload,) = sub.wait_for("hermes/asr/textCaptured", 1, timeout_s=30)
         captured = json.loads(hermes_payload)
         check_schema("hermes-text-captured", captured)
-        assert captured == text_captured(record, "satellite1")
+        assert captured == text_captured(record, "satellite1", "session-42")
+        parsed = AsrTextCaptured.from_dict(captured)  # as Rhasspy reads it
+        assert (parsed.session_id, parsed.site_id) == ("session-42", "satellite1")
         assert normalize(captured["text"]) == normalize(record["text"])
         assert daemon.events("audio frame ignored")[0]["room"] == "kitchen"
         # Home Assistant restarts: it says so, and the daemon announces again.

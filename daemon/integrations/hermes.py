@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,24 +25,58 @@ if TYPE_CHECKING:
     from pipeline.sources import PushSource
 
 TEXT_CAPTURED = "hermes/asr/textCaptured"
+START_LISTENING = "hermes/asr/startListening"
+STOP_LISTENING = "hermes/asr/stopListening"
+DEFAULT_SITE = "default"  # Rhasspy's siteId when a message names none
 
 
 def audio_frame_topic(site_id: str) -> str:
     return f"hermes/audioServer/{site_id}/audioFrame"
 
 
-def text_captured(record: dict[str, Any], site_id: str) -> dict[str, Any]:
+def text_captured(record: dict[str, Any], site_id: str, session_id: str | None = None) -> dict[str, Any]:
     """The Hermes ASR result for one utterance record of our contract: the written text, our
-    confidence as its likelihood, its length in seconds; no Hermes dialogue session exists
-    here, so the session id is the utterance's id (stable, and unique per utterance)."""
+    confidence as its likelihood, the speech's length in seconds (Rhasspy's own ASR services
+    put their processing time there; ours is in the utterance payload's latency_ms); the
+    dialogue session the site's ``startListening`` opened, else the utterance's id (stable,
+    and unique per utterance)."""
     return {
         "text": record["text"],
         "likelihood": record["confidence"],
         "seconds": record["duration_s"],
         "siteId": site_id,
-        "sessionId": record["id"],
+        "sessionId": session_id or record["id"],
         "lang": record["language"],
     }
+
+
+class HermesSessions:
+    """The ASR sessions a dialogue manager opens: ``startListening`` {siteId, sessionId} makes
+    the site's next utterance that session's ``textCaptured`` (stock Rhasspy drops a
+    textCaptured that no session of its own carries); ``stopListening`` ends it unused."""
+
+    def __init__(self) -> None:
+        self.by_site: dict[str, str] = {}
+        self.bad = 0
+        self.log = structlog.get_logger().bind(component="hermes")
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+            site = str(message.get("siteId") or DEFAULT_SITE)
+            session = message.get("sessionId")
+        except (ValueError, AttributeError):
+            self.bad += 1
+            self.log.warning("hermes message ignored: not a JSON object", topic=topic)
+            return
+        if topic == START_LISTENING and isinstance(session, str) and session:
+            self.by_site[site] = session
+        elif topic == STOP_LISTENING and (session is None or self.by_site.get(site) == session):
+            self.by_site.pop(site, None)  # a stop for an older session leaves the newer one open
+
+    def take(self, site: str) -> str | None:
+        """The site's open session, now used by an utterance (one textCaptured per session)."""
+        return self.by_site.pop(site, None)
 
 
 def decode_audio_frame(payload: bytes) -> tuple[np.ndarray, int]:
@@ -71,11 +106,15 @@ class HermesIngress:
         self.config = config
         self.publisher = publisher
         self.bad_frames = 0  # frames that were not WAV audio (in the stats)
+        self.sessions = HermesSessions()
         self.log = structlog.get_logger().bind(component="hermes")
 
     def attach(self, rooms: list[Room]) -> None:
         from pipeline.sources import PushSource
 
+        if self.config.hermes.enabled:
+            for topic in (START_LISTENING, STOP_LISTENING):
+                self.publisher.subscribe(topic, self.sessions.handle, qos=1)
         for room in rooms:
             if isinstance(room.source, PushSource):
                 topic = audio_frame_topic(site_id(self.config, room.name))

@@ -37,6 +37,11 @@ class RoomCounters:
     vad_seconds: float = 0.0  # time in VAD calls (on the VAD thread)
 
 
+# How far behind the wall clock pushed audio may fall (network jitter) before its times follow
+# its arrival (Room._follow_arrival).
+ARRIVAL_SLACK_S = 1.0
+
+
 class Room:
     """Runs one room's capture and VAD; sends utterances to ``out``.
 
@@ -150,6 +155,8 @@ class Room:
             async with contextlib.aclosing(self.source.chunks(stop)) as chunks:
                 async for chunk in chunks:
                     self.started.set()  # the device is open and delivering
+                    if getattr(self.source, "intermittent", False):  # PushSource
+                        self._follow_arrival(len(chunk))
                     for offset, samples in framer.push(chunk):
                         await self._put(self._frame(offset, samples))
             for offset, samples in framer.flush():
@@ -164,6 +171,15 @@ class Room:
         self.started.set()
         self._end_reason = reason
         await self._frames.put(None)
+
+    def _follow_arrival(self, samples: int) -> None:
+        """Audio sent to us (Hermes, Wyoming, a browser) comes when its sender sends it: a
+        satellite that starts late or pauses would leave the stream's clock behind the wall
+        clock. When a chunk arrives more than ARRIVAL_SLACK_S later than its stream time, its
+        end is placed at its arrival."""
+        end = self._framer.offset + samples
+        if time.time() - (self._wall0 + end / SAMPLE_RATE) > ARRIVAL_SLACK_S:
+            self._wall0 = time.time() - end / SAMPLE_RATE
 
     def _frame(self, offset: int, samples: np.ndarray) -> Frame:
         self.counters.frames += 1

@@ -274,6 +274,8 @@ class PushSource:
     overflows = 0
 
     realtime = True
+    # Comes when its sender sends it: the room places its times by arrival (Room._follow_arrival).
+    intermittent = True
 
     def __init__(self, description: str, max_chunks: int = 512) -> None:
         from pipeline.queues import DropOldestQueue

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,12 @@ def test_discovery_gives_one_device_an_event_and_a_sensor_per_room() -> None:
     assert len(devices) == 1  # one device for the daemon
     device = messages[f"homeassistant/event/{node}/kitchen_utterance/config"]["device"]
     assert device["identifiers"] == [f"roomscribe_{node}"] and device["model"] == "tiny"
+    # Home Assistant's entity ids are <device name>_<entity name>, slugified: the default
+    # client id names the device without a doubled "roomscribe".
+    entity = f"{device['name']} {event_name(messages, node)}".lower().replace("-", "_").replace(".", "_")
+    assert entity.replace(" ", "_") == "roomscribe_box_lan_kitchen_utterance"
+    other = dict(discovery_messages("homeassistant", "rs", "attic", ["kitchen"], "tiny"))
+    assert next(iter(other.values()))["device"]["name"] == "roomscribe attic"
     assert len({m["unique_id"] for m in messages.values()}) == 4
 
     event = messages[f"homeassistant/event/{node}/kitchen_utterance/config"]
@@ -89,6 +97,10 @@ def test_discovery_gives_one_device_an_event_and_a_sensor_per_room() -> None:
     assert availability["topic"] == "rs/status"
     rendered = [render(availability["value_template"], status) for status in ("online", "offline", "stopped")]
     assert rendered == ["online", "offline", "offline"]
+
+
+def event_name(messages: dict[str, dict[str, Any]], node: str) -> str:
+    return str(messages[f"homeassistant/event/{node}/kitchen_utterance/config"]["name"])
 
 
 def test_hermes_text_captured_fields() -> None:
@@ -166,6 +178,11 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
         listen = AsrStartListening(site_id="satellite1", session_id="session-42")
         sender.publish(listen.topic(), listen.to_json(), qos=1).wait_for_publish(5)
         topic = audio_frame_topic("satellite1")
+        # A satellite that starts late: the room has listened to nothing for a while (this
+        # wait makes the situation; no result depends on its length beyond "a while").
+        daemon.wait_log("room listening")
+        time.sleep(4)
+        sent_at = time.time()
         for n, start in enumerate(range(0, len(audio), 1024)):
             frame = b"not a wav" if n == 20 else wav_bytes(audio[start : start + 1024], 16000)
             sender.publish(topic, frame, qos=0).wait_for_publish(5)
@@ -173,6 +190,10 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
         record = json.loads(payload)
         check_schema("utterance", record)
         assert wer([text], [record["text"]]) <= 0.15, record["text"]
+        # Wall-clock times of the speech (it starts 0.5 s into what was sent), not of a
+        # stream clock that started with the daemon.
+        spoken_at = datetime.fromisoformat(str(record["start"]).replace("Z", "+00:00")).timestamp()
+        assert abs(spoken_at - (sent_at + 0.5)) < 1.5, (spoken_at, sent_at)
         (hermes_payload,) = sub.wait_for("hermes/asr/textCaptured", 1, timeout_s=30)
         captured = json.loads(hermes_payload)
         check_schema("hermes-text-captured", captured)

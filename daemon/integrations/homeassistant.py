@@ -44,7 +44,9 @@ def discovery_messages(
     node = node_id(client_id)
     device = {
         "identifiers": [f"roomscribe_{node}"],
-        "name": f"roomscribe {client_id}",
+        # Home Assistant names entities <device name>_<entity name>: the default client id
+        # (roomscribe-<host>) already says roomscribe, so it is not said twice.
+        "name": client_id if client_id.startswith("roomscribe") else f"roomscribe {client_id}",
         "manufacturer": "roomscribe",
         "model": model,
         "sw_version": __version__,

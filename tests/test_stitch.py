@@ -79,7 +79,8 @@ def stage(clock: Clock, speech: dict[str, float] | None = None, **settings: int)
     return StitchStage(
         asyncio.Queue(),
         asyncio.Queue(),
-        StitchSettings(**settings),  # type: ignore[arg-type]
+        # The mechanics at fixed settings (the tuned defaults move with bench/stitch.py).
+        StitchSettings(**{"end_threshold": 0.5, "max_gap_ms": 2000, **settings}),  # type: ignore[arg-type]
         rooms=rooms,
         clock=clock,
     )

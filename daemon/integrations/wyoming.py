@@ -11,7 +11,8 @@ rooms first.
 
 Bad input gets an ``error`` event and costs only its own connection: a line that is not a
 JSON event, an event or payload over the size limits, audio before ``audio-start``, more
-audio than ``wyoming.max_audio_s``. We read the events ourselves (the package's reader
+audio than ``wyoming.max_audio_s`` (the rest of that audio is passed over, the connection
+stays). We read the events ourselves (the package's reader
 treats a malformed line as the end of the stream, so the client would hear nothing).
 """
 
@@ -91,6 +92,7 @@ class Session:
         self.converter = AudioChunkConverter(rate=RATE, width=WIDTH, channels=CHANNELS)
         self.audio: list[bytes] | None = None  # None until audio-start
         self.bytes = 0
+        self.refused = False  # too much audio: the rest of it is passed over until audio-stop
 
     async def send(self, event: Event) -> None:
         await async_write_event(event, self.writer)
@@ -106,7 +108,7 @@ class Session:
             language = Transcribe.from_event(event).language
             self.language = self.server.language(language)
         elif AudioStart.is_type(event.type):
-            self.audio, self.bytes = [], 0
+            self.audio, self.bytes, self.refused = [], 0, False
             self.converter = AudioChunkConverter(rate=RATE, width=WIDTH, channels=CHANNELS)
         elif AudioChunk.is_type(event.type):
             return await self._chunk(event)
@@ -116,7 +118,8 @@ class Session:
 
     async def _chunk(self, event: Event) -> bool:
         if self.audio is None:
-            await self.error("audio-chunk before audio-start", "audio-not-started")
+            if not self.refused:
+                await self.error("audio-chunk before audio-start", "audio-not-started")
             return True
         try:
             chunk = self.converter.convert(AudioChunk.from_event(event))
@@ -127,14 +130,17 @@ class Session:
         self.bytes += len(chunk.audio)
         limit = self.server.settings.max_audio_s
         if self.bytes > limit * RATE * WIDTH:
-            self.audio = None
+            # Said once; the connection stays: closing it with the client's chunks unread
+            # would reset it, and the client could lose the error before reading it.
+            self.audio, self.refused = None, True
             await self.error(f"more than wyoming.max_audio_s = {limit:g} s of audio", "audio-too-long")
-            return False
         return True
 
     async def _stop(self) -> bool:
         if self.audio is None:
-            await self.error("audio-stop before audio-start", "audio-not-started")
+            if not self.refused:
+                await self.error("audio-stop before audio-start", "audio-not-started")
+            self.refused = False
             return True
         pcm = b"".join(self.audio)
         self.audio = None
@@ -176,7 +182,7 @@ class WyomingServer:
     def info(self) -> Info:
         recognizer = self.rt.recognizer
         caps = recognizer.capabilities if recognizer is not None else None
-        languages = list(caps.languages) if caps is not None and caps.multilingual else ["en"]
+        languages = list(caps.written_languages) if caps is not None else ["en"]
         model = AsrModel(
             name=self.rt.model_name, attribution=ATTRIBUTION, installed=recognizer is not None,
             description=f"roomscribe: {self.rt.model_name}", version=None, languages=languages,

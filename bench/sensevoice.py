@@ -52,13 +52,12 @@ def full_folder(root: Path) -> Path:
     import torch
 
     from models.sensevoice.encoder import EncoderConfig, SenseVoiceModel
-    from tests.sensevoice_reference import FULL, TOKENIZER, make_own_folder
+    from tests.sensevoice_reference import make_own_folder
 
+    # The small folder's tokenizer, CMVN and config, with full-size weights in place of its own.
     folder = make_own_folder(root / "SenseVoiceSmall", "to")
     torch.manual_seed(0)
-    model = SenseVoiceModel(EncoderConfig())
-    torch.save(model.state_dict(), folder / "model.pt")
-    assert (folder / TOKENIZER).exists() and FULL["num_blocks"] == model.config.num_blocks
+    torch.save(SenseVoiceModel(EncoderConfig()).state_dict(), folder / "model.pt")
     return folder
 
 
@@ -99,9 +98,9 @@ def _reference_runner(folder: Path) -> Any:
     from funasr.frontends.wav_frontend import WavFrontend
     from funasr.models.sense_voice.model import SenseVoiceSmall
 
-    from tests.sensevoice_reference import FRONTEND
+    from tests.sensevoice_reference import FRONTEND, FULL, reference_encoder_conf
 
-    conf = dict(FULL_CONF)
+    conf = reference_encoder_conf(FULL)
     model = SenseVoiceSmall(encoder="SenseVoiceEncoderSmall", encoder_conf=conf, input_size=560, vocab_size=25055)
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     model.eval()
@@ -116,12 +115,6 @@ def _reference_runner(folder: Path) -> Any:
             )
 
     return run
-
-
-FULL_CONF = {
-    "output_size": 512, "attention_heads": 4, "linear_units": 2048, "num_blocks": 50, "tp_blocks": 20,
-    "kernel_size": 11, "sanm_shfit": 0, "input_layer": "pe", "normalize_before": True,
-}  # fmt: skip
 
 
 def _timed(run: Any, batch: list[np.ndarray], repeat: int) -> float:

@@ -61,7 +61,7 @@ def check_languages(config: Config, recognizer: Recognizer) -> None:
     """Each room's fixed language is one the loaded model writes (StartupError naming the
     key otherwise): an English-only model told "fr" would write English quietly."""
     caps = recognizer.capabilities
-    known = set(caps.languages) if caps.multilingual else {"en"}
+    known = set(caps.written_languages)
     for i, room in enumerate(config.rooms):
         if room.enabled and room.language is not None and room.language not in known:
             what = "is English-only" if not caps.multilingual else "does not know it"

@@ -39,6 +39,11 @@ class Capabilities:
     languages: tuple[str, ...] = ()  # the language codes it knows (empty: English only)
     sentence_end: bool = False  # can say how sure it is that a text ends a sentence
 
+    @property
+    def written_languages(self) -> tuple[str, ...]:
+        """The languages it writes: its own list, or English alone for an English-only model."""
+        return self.languages if self.multilingual else ("en",)
+
 
 @dataclass(frozen=True)
 class DecodingOptions:

@@ -79,6 +79,11 @@ def write_cmvn(path: Path, size: int, seed: int) -> None:
     )
 
 
+def reference_encoder_conf(encoder: dict[str, int]) -> dict[str, Any]:
+    """FunASR's encoder_conf for these sizes (the published settings besides them)."""
+    return {**encoder, "kernel_size": 11, "sanm_shfit": 0, "input_layer": "pe", "normalize_before": True}
+
+
 def make_reference(folder: Path, encoder: dict[str, int], seed: int = 0) -> Reference:
     """The folder and the reference objects reading it (FunASR must be importable)."""
     from funasr.frontends.wav_frontend import WavFrontend
@@ -88,7 +93,7 @@ def make_reference(folder: Path, encoder: dict[str, int], seed: int = 0) -> Refe
     folder.mkdir(parents=True, exist_ok=True)
     vocab = train_tokenizer(folder / TOKENIZER)
     write_cmvn(folder / "am.mvn", FRONTEND["n_mels"] * FRONTEND["lfr_m"], seed)
-    encoder_conf = {**encoder, "kernel_size": 11, "sanm_shfit": 0, "input_layer": "pe", "normalize_before": True}
+    encoder_conf = reference_encoder_conf(encoder)
     torch.manual_seed(seed)
     model = SenseVoiceSmall(
         encoder="SenseVoiceEncoderSmall", encoder_conf=encoder_conf, input_size=560, vocab_size=vocab

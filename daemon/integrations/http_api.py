@@ -48,12 +48,13 @@ class ApiError(Exception):
 
 def verbose(result: FileResult, language: str) -> dict[str, Any]:
     """OpenAI's verbose_json: the text, the language, the duration and timed segments."""
+    timed = cues(result)
     segments = [
         {"id": n, "seek": 0, "start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text, "tokens": [],
          "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
-        for n, c in enumerate(cues(result))
+        for n, c in enumerate(timed)
     ]  # fmt: skip
-    text = " ".join(c.text for c in cues(result))
+    text = " ".join(c.text for c in timed)
     return {"task": "transcribe", "language": language, "duration": round(result.audio_s, 3), "text": text,
             "segments": segments}  # fmt: skip
 
@@ -187,8 +188,7 @@ class HttpApi:
         recognizer = self.rt.recognizer
         if language is not None and recognizer is not None:
             caps = recognizer.capabilities
-            known = set(caps.languages) if caps.multilingual else {"en"}
-            if language not in known:
+            if language not in caps.written_languages:
                 raise ApiError(400, f"language {language!r} is not known to {recognizer.name}", "language")
             language = language if caps.multilingual else None
         return fmt, language

@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 SYSTEM_PACKAGES := portaudio19-dev libsndfile1 mosquitto espeak-ng sox ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
+# For the tests only: the caption page is tested in headless Chromium (tests/test_caption_page.py).
+TEST_SYSTEM_PACKAGES := chromium
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean install
+.PHONY: setup system-deps test-deps demo test lint typecheck unit bench clean install
 
 setup: system-deps $(STAMP)
 
@@ -39,7 +41,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: lint typecheck
+test-deps:
+	@scripts/install-system-deps.sh $(TEST_SYSTEM_PACKAGES)
+
+test: lint typecheck test-deps
 	$(BIN)/pytest
 
 bench: setup

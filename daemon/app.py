@@ -75,7 +75,7 @@ class App:
             token = read_token(config.http, config_path)
         except OSError as exc:
             raise StartupError(f"http.token_file: {exc}") from None
-        return HttpApi(config.http, self.rt, self.jobs, token)
+        return HttpApi(config.http, self.rt, self.jobs, self.control, token)
 
     @staticmethod
     def _init_runtime(config: Config, config_path: Path) -> Runtime:

@@ -353,6 +353,13 @@ class Config(Section):
         return rooms
 
     @model_validator(mode="after")
+    def _browser_rooms_need_http(self) -> Config:
+        for i, room in enumerate(self.rooms):
+            if room.source.type == "browser" and not self.http.enabled:
+                raise ValueError(f'rooms[{i}].source: type = "browser" needs http.enabled = true (the caption page)')
+        return self
+
+    @model_validator(mode="after")
     def _room_vad(self) -> Config:
         for i, room in enumerate(self.rooms):
             try:

@@ -1,4 +1,5 @@
-"""The ``source`` of a room: a file, a microphone, a stream, or Hermes audio frames."""
+"""The ``source`` of a room: a file, a microphone, a stream, Hermes audio frames, or the
+caption page's browser microphone."""
 
 from __future__ import annotations
 
@@ -40,12 +41,21 @@ class HermesSourceSettings(Section):
     )
 
 
+class BrowserSourceSettings(Section):
+    """The microphone of a browser showing the caption page (needs [http]): the page sends
+    16 kHz PCM every 500 ms over its WebSocket; the newest page to connect is the one heard."""
+
+    type: Literal["browser"]
+
+
 SourceSettings = Annotated[
-    FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings, Field(discriminator="type")
+    FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings | BrowserSourceSettings,
+    Field(discriminator="type"),
 ]
 SOURCE_TYPES = {
     "file": FileSourceSettings,
     "mic": MicSourceSettings,
     "stream": StreamSourceSettings,
     "hermes": HermesSourceSettings,
+    "browser": BrowserSourceSettings,
 }

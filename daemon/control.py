@@ -92,6 +92,12 @@ class Controller:
             return
         self._reply("ok", command.command, command.transaction, None, result, topic=topic)
 
+    async def execute(self, command: AnyCommand, room: str | None) -> dict[str, Any] | None:
+        """Runs one command for another door (the caption page); raises CommandError."""
+        if room is not None and room not in self.rt.states:
+            raise CommandError(f"no room named {room!r}", command.command, command.transaction)
+        return await self._execute(command, room)
+
     async def _execute(self, command: AnyCommand, room: str | None) -> dict[str, Any] | None:
         rt = self.rt
         names = [room] if room is not None else rt.states.names()

@@ -65,6 +65,7 @@ class Partials:
             "duration_s": round(utt.end_s - utt.start_s, 3),
         }
         self.published += 1
+        self.rt.events.emit("partial", payload)
         publisher = self.rt.publisher
         publisher.submit_json(publisher.topic(utt.room, "partial"), payload, qos=0, room=utt.room)
 
@@ -128,6 +129,7 @@ class PublishStage(Stage[Transcript, None, PublishCounters]):
         )
         await publisher.submit_durable(message)
         self.counters.utterances += 1
+        self.rt.events.emit("utterance", record)
         if self.rt.config.hermes.enabled:
             site = hermes.site_id(self.rt.config, u.room)
             session = self.hermes_sessions.take(site) if self.hermes_sessions is not None else None

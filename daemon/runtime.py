@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.config import Config
+from daemon.events import LocalEvents
 from daemon.mqtt import Publisher
 from pipeline.graph import QUEUES, Pipeline
 from pipeline.health import BusyWatch
@@ -46,6 +47,7 @@ class Runtime:
     watch: BusyWatch = field(default_factory=BusyWatch)
     run: str = field(default_factory=run_token)
     started_at: float = field(default_factory=time.monotonic)
+    events: LocalEvents = field(default_factory=LocalEvents)  # the same, for the caption page
     # Built once the model is loaded:
     recognizer: Recognizer | None = None
     pipeline: Pipeline | None = None
@@ -75,6 +77,7 @@ class Runtime:
         }
         if s in ("unavailable", "failed"):
             state["error"] = room.counters.last_error
+        self.events.emit("state", {"room": room.name, **state})
         self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True, replace=True)
 
     async def release_model_memory(self) -> None:

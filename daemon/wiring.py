@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from daemon.config import Config, resolve_path
-from daemon.config_sources import FileSourceSettings, HermesSourceSettings, MicSourceSettings, StreamSourceSettings
+from daemon.config_sources import (
+    BrowserSourceSettings,
+    FileSourceSettings,
+    HermesSourceSettings,
+    SourceSettings,
+    StreamSourceSettings,
+)
 from daemon.errors import StartupError
 from daemon.integrations import hermes
 from pipeline.ffmpeg import StreamSource
@@ -119,7 +125,7 @@ def pipeline_from_config(
 
 
 def build_source(
-    settings: FileSourceSettings | MicSourceSettings | StreamSourceSettings | HermesSourceSettings,
+    settings: SourceSettings,
     config_path: Path,
     room: str,
 ) -> AudioSource:
@@ -127,6 +133,8 @@ def build_source(
         return FileSource(resolve_path(settings.path, config_path), settings.realtime, settings.loop)
     if isinstance(settings, HermesSourceSettings):
         return PushSource(f"hermes {hermes.audio_frame_topic(settings.site_id or room)}")
+    if isinstance(settings, BrowserSourceSettings):
+        return PushSource(f"browser microphone /ws/mic/{room}")
     # Live sources that can go away and come back are reopened with backoff.
     if isinstance(settings, StreamSourceSettings):
         return Reconnecting(StreamSource(settings.url, settings.stall_s), Backoff(max_s=settings.retry_max_s))

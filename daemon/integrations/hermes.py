@@ -115,8 +115,9 @@ class HermesIngress:
         if self.config.hermes.enabled:
             for topic in (START_LISTENING, STOP_LISTENING):
                 self.publisher.subscribe(topic, self.sessions.handle, qos=1)
+        hermes_rooms = {r.name for r in self.config.rooms if isinstance(r.source, HermesSourceSettings)}
         for room in rooms:
-            if isinstance(room.source, PushSource):
+            if room.name in hermes_rooms and isinstance(room.source, PushSource):
                 topic = audio_frame_topic(site_id(self.config, room.name))
                 self.publisher.subscribe(topic, self._handler(room.name, room.source), qos=0)
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible transcription API (``[http]``, off by default), on aiohttp.
+"""The daemon's HTTP server (``[http]``, off by default), on aiohttp: the OpenAI-compatible
+transcription API, and the live-caption page with its WebSockets (captions.py).
 
 ``POST /v1/audio/transcriptions`` takes what OpenAI's takes (multipart: ``file``, ``model``,
 ``language``, ``prompt``, ``response_format`` json | text | srt | vtt | verbose_json,
@@ -13,6 +14,7 @@ whether it is loaded. Errors are OpenAI's shape, ``{"error": {"message", "type",
 
 from __future__ import annotations
 
+import hmac
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,12 @@ import structlog
 from aiohttp import BodyPartReader, web
 
 from daemon.commands import CommandError
+from daemon.integrations.captions import CaptionPage
 from daemon.outputs import cues, render
 
 if TYPE_CHECKING:
     from daemon.config_interfaces import HttpSettings
+    from daemon.control import Controller
     from daemon.jobs import BatchJobs
     from daemon.runtime import Runtime
     from pipeline.batch import FileResult
@@ -60,8 +64,11 @@ def verbose(result: FileResult, language: str) -> dict[str, Any]:
 
 
 class HttpApi:
-    def __init__(self, settings: HttpSettings, runtime: Runtime, jobs: BatchJobs, token: str | None) -> None:
+    def __init__(
+        self, settings: HttpSettings, runtime: Runtime, jobs: BatchJobs, controller: Controller, token: str | None
+    ) -> None:
         self.settings, self.rt, self.jobs, self.token = settings, runtime, jobs, token
+        self.captions = CaptionPage(runtime, controller)
         self.log = structlog.get_logger().bind(component="http")
         self.app = web.Application(
             client_max_size=int(settings.max_upload_mb * 1024 * 1024), middlewares=[self._errors]
@@ -71,6 +78,7 @@ class HttpApi:
                 web.post("/v1/audio/transcriptions", self.transcriptions),
                 web.get("/v1/models", self.models),
                 web.get("/health", self.health),
+                *self.captions.routes(),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -79,8 +87,7 @@ class HttpApi:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            bearer = request.headers.get("Authorization", "")
-            if self.token is not None and request.path != "/health" and bearer != f"Bearer {self.token}":
+            if not self._authorized(request):
                 raise ApiError(401, "missing or wrong bearer token", code="invalid_api_key")
             response: web.StreamResponse = await handler(request)
             return response
@@ -93,6 +100,16 @@ class HttpApi:
         except Exception:
             self.log.exception("http request failed", path=request.path)
             return ApiError(500, "internal error; see the daemon's log", code="internal").response()
+
+    def _authorized(self, request: web.Request) -> bool:
+        """With a token: every request carries it, but /health (for supervisors) and the page
+        itself (it holds no data; its WebSockets carry ``?token=``, browsers cannot set the
+        header there)."""
+        if self.token is None or request.path in ("/health", "/"):
+            return True
+        if request.path.startswith("/ws") and hmac.compare_digest(request.query.get("token", ""), self.token):
+            return True
+        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}")
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -3,6 +3,7 @@
 Starts an in-process MQTT broker (amqtt) on a free loopback port unless ``--config`` names
 a broker, plays the bundled sample through the pipeline in real time (or listens to the
 default microphone with ``--mic``), and prints each utterance as a subscriber receives it.
+The HTTP server is on (port 8765 when free), so the caption page shows the same live.
 """
 
 from __future__ import annotations
@@ -40,10 +41,21 @@ def demo_sample(language: str = "en") -> Path:
     return Path(str(resources.files("daemon") / "assets" / name))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` when it is free on loopback, else one the system picks."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
+
+
+def caption_url(config: Config) -> str:
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    return f"http://{host}:{config.http.port}/" + ("?token=<your token>" if config.http.token_file else "")
 
 
 def demo_config(base: Config | None, mic: bool, port: int | None, language: str = "en") -> Config:
@@ -63,6 +75,9 @@ def demo_config(base: Config | None, mic: bool, port: int | None, language: str 
         if recognizer.get("model", default) == default:
             recognizer["model"] = ZH_MODEL  # an English-only default cannot write Chinese
     data["rooms"] = [room]
+    # The caption page shows the demo live; a config that has the server on keeps its own.
+    if not data.get("http", {}).get("enabled"):
+        data["http"] = {**data.get("http", {}), "enabled": True, "host": "127.0.0.1", "port": free_port(8765)}
     return Config.model_validate(data)
 
 
@@ -112,6 +127,7 @@ async def _demo(config: Config, embedded: bool, mic: bool, language: str) -> int
     where = "the default microphone (Ctrl-C to stop)" if mic else f"the sample {demo_sample(language).name}"
     broker_name = "embedded broker" if embedded else "broker"
     print(f"roomscribe demo: {where}, {broker_name} at {config.mqtt.host}:{config.mqtt.port}", flush=True)
+    print(f"roomscribe demo: live captions at {caption_url(config)}", flush=True)
     await asyncio.wait_for(ready.wait(), timeout=15)
 
     async def stop_when_done() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,7 @@ def test_demo_prints_every_sentence() -> None:
     # Five sentences: "Good morning." ends its own after espeak-ng's sentence pause (the
     # stitcher's short endpoint and the recognizer's full stop), before "Please turn on ...".
     assert len(lines) == 5
+    assert re.search(r"live captions at http://127\.0\.0\.1:\d+/\n", result.stdout), result.stdout
     said = normalize(" ".join(lines))
     for words in ("good morning", "turn on the kitchen lights", "weather like today", "timer for ten minutes"):
         assert words in said

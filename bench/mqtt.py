@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
 from daemon.config import MqttSettings
-from daemon.mqtt import Outgoing, Publisher
+from daemon.mqtt import Publisher
 from daemon.outbox import Outbox
+from daemon.outgoing import Outgoing
 from tests.helpers import Mosquitto
 
 PAYLOAD = {

@@ -76,6 +76,9 @@ class MqttSettings(Section):
     key_file: str = Field("", description="Its private key; a bare name is looked up in $CREDENTIALS_DIRECTORY.")
     tls_insecure: bool = Field(False, description="Skip verifying the broker's host name (testing only).")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version; auto: 5, and 3.1.1 when the broker refuses 5."
+    )
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to the max.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
     max_pending: int = Field(

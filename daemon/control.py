@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from daemon import __version__
+from daemon.broker import BadReply, Reply
 from daemon.commands import (
     AnyCommand,
     ClearCache,
@@ -61,36 +62,40 @@ class Controller:
         self.handled = 0
         self.rejected = 0
         publisher = runtime.publisher
-        publisher.subscribe(publisher.topic("set"), self.on_message)
-        publisher.subscribe(publisher.topic("+", "set"), self.on_message)
+        publisher.subscribe(publisher.topic("set"), self.on_message, with_reply=True)
+        publisher.subscribe(publisher.topic("+", "set"), self.on_message, with_reply=True)
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        """Called by the publisher for every message on the command topics; never raises."""
+    def on_message(self, topic: str, payload: bytes, reply: Reply | BadReply | None = None) -> None:
+        """Called by the publisher for every message on the command topics; never raises.
+        An MQTT 5 request's answer goes to its response topic with its correlation data."""
         publisher = self.rt.publisher
         rest = topic[len(publisher.prefix) + 1 :]
         room = rest[: -len("/set")] if rest.endswith("/set") else None
         try:
             command = parse(payload)
+            if isinstance(reply, BadReply):
+                raise CommandError(str(reply), command.command, command.transaction)
             if room is not None and room not in self.rt.states:
                 raise CommandError(f"no room named {room!r}", command.command, command.transaction)
         except CommandError as exc:
-            self._reply("error", exc.command, exc.transaction, str(exc), topic=topic)
+            self._reply("error", exc.command, exc.transaction, str(exc), topic=topic, reply=_good(reply))
             return
-        task = asyncio.get_running_loop().create_task(self._run(command, room, topic))
+        task = asyncio.get_running_loop().create_task(self._run(command, room, topic, _good(reply)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, command: AnyCommand, room: str | None, topic: str) -> None:
+    async def _run(self, command: AnyCommand, room: str | None, topic: str, reply: Reply | None) -> None:
+        c = command
         try:
             result = await self._execute(command, room)
         except (CommandError, ConfigError, DictionaryError) as exc:
-            self._reply("error", command.command, command.transaction, str(exc), topic=topic)
+            self._reply("error", c.command, c.transaction, str(exc), topic=topic, reply=reply)
             return
         except Exception as exc:  # a failing command must not take the daemon down
             self.log.exception("command failed", command=command.command, topic=topic)
-            self._reply("error", command.command, command.transaction, f"internal error: {exc}", topic=topic)
+            self._reply("error", c.command, c.transaction, f"internal error: {exc}", topic=topic, reply=reply)
             return
-        self._reply("ok", command.command, command.transaction, None, result, topic=topic)
+        self._reply("ok", c.command, c.transaction, None, result, topic=topic, reply=reply)
 
     async def execute(self, command: AnyCommand, room: str | None) -> dict[str, Any] | None:
         """Runs one command for another door (the caption page); raises CommandError."""
@@ -142,6 +147,7 @@ class Controller:
         error: str | None,
         result: dict[str, Any] | None = None,
         topic: str = "",
+        reply: Reply | None = None,
     ) -> None:
         if status == "ok":
             self.handled += 1
@@ -150,4 +156,13 @@ class Controller:
             self.rejected += 1
             self.log.warning("command refused", command=command, topic=topic, error=error, transaction=transaction)
         publisher = self.rt.publisher
-        publisher.submit_json(publisher.topic("response"), response(status, command, transaction, error, result), qos=1)
+        answer = response(status, command, transaction, error, result)
+        if reply is None:
+            publisher.submit_json(publisher.topic("response"), answer, qos=1)
+        else:
+            publisher.submit_json(reply.topic, answer, qos=1, correlation=reply.correlation)
+
+
+def _good(reply: Reply | BadReply | None) -> Reply | None:
+    """A bad response topic is answered on <prefix>/response instead."""
+    return reply if isinstance(reply, Reply) else None

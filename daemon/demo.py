@@ -62,7 +62,9 @@ def demo_config(base: Config | None, mic: bool, port: int | None, language: str 
     data: dict[str, Any] = base.model_dump() if base else {}
     data.setdefault("daemon", {})["log_level"] = "warning"
     if port is not None:
-        data["mqtt"] = {**data.get("mqtt", {}), "host": "127.0.0.1", "port": port, "client_id": "roomscribe-demo"}
+        # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+        mqtt = {"host": "127.0.0.1", "port": port, "client_id": "roomscribe-demo", "protocol": "3.1.1"}
+        data["mqtt"] = {**data.get("mqtt", {}), **mqtt}
     sample = str(demo_sample(language))
     source: dict[str, Any] = (
         {"type": "mic", "device": "default"} if mic else {"type": "file", "path": sample, "realtime": True}

@@ -22,61 +22,33 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import structlog
 
-from daemon.broker import backoff_delay, read_password, tls_context
+from daemon.broker import (
+    V5,
+    V311,
+    BadReply,
+    backoff_delay,
+    first_protocol,
+    publish_properties,
+    read_password,
+    refuses_protocol,
+    reply_address,
+    tls_context,
+)
 from daemon.config import MqttSettings
 from daemon.durable import Durable
 from daemon.outbox import Outbox
+from daemon.outgoing import Outgoing, PublisherCounters, with_delayed_flag
 from daemon.safe import safe_text
 
 PUBLISH_TIMEOUT_S = 10.0
 # A failing exit waits this long at most to publish ``offline``.
 OFFLINE_TIMEOUT_S = 2.0
-
-
-@dataclass
-class Outgoing:
-    topic: str
-    payload: str
-    qos: int = 1
-    retain: bool = False
-    utterance_id: str | None = None
-    room: str | None = None
-    decided_at: float | None = None  # monotonic time the VAD cut the utterance
-    queued_at: float = field(default_factory=time.monotonic)
-    seq: int | None = None  # its row in the durable outbox
-    durable: bool = False  # an utterance: stored in the outbox when the disk takes it
-    settles: tuple[str, ...] = ()  # the journal's pieces it is made of (settled as it is stored)
-    delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
-    summary: dict[str, Any] | None = None  # more fields for the "utterance published" log line
-
-
-@dataclass
-class PublisherCounters:
-    published: int = 0
-    dropped: int = 0
-    skipped: int = 0  # QoS 0 messages while no broker was connected
-    waited_on_disk: int = 0  # utterances that waited in the outbox while the memory queue was full
-    connects: int = 0
-    connect_failures: int = 0
-
-
-def with_delayed_flag(payload: str) -> str:
-    """The JSON payload with ``"delayed": true`` added (unchanged if it is not a JSON object)."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return payload
-    if not isinstance(data, dict):
-        return payload
-    data["delayed"] = True
-    return json.dumps(data, ensure_ascii=False)
 
 
 class Publisher:
@@ -99,9 +71,11 @@ class Publisher:
         self._done = asyncio.Event()
         self._password = read_password(settings, config_path)
         self._tls = tls_context(settings, config_path)
-        # Topic filter -> (QoS, handler called with (topic, payload)): commands on <prefix>/set,
-        # Home Assistant's birth message, Hermes audio frames. Subscribed on every connect.
-        self.handlers: dict[str, tuple[int, Callable[[str, bytes], None]]] = {}
+        # Topic filter -> (QoS, handler called with (topic, payload), and with the request's
+        # Reply too when asked): commands on <prefix>/set, Home Assistant's birth message,
+        # Hermes audio frames. Subscribed on every connect.
+        self.handlers: dict[str, tuple[int, Callable[..., None], bool]] = {}
+        self.protocol = first_protocol(settings)
         # Called after every (re)connect, before anything queued is sent (discovery messages).
         self.on_connect: list[Callable[[], None]] = []
         self.log = structlog.get_logger().bind(broker=f"{settings.host}:{settings.port}")
@@ -142,8 +116,12 @@ class Publisher:
         if rows:
             self._wake.set()
 
-    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
-        self.handlers[topic_filter] = (qos, handler)
+    def subscribe(
+        self, topic_filter: str, handler: Callable[..., None], qos: int = 1, with_reply: bool = False
+    ) -> None:
+        """``with_reply``: the handler also gets the MQTT 5 Reply (None without one; a bad
+        response topic reaches it as BadReply)."""
+        self.handlers[topic_filter] = (qos, handler, with_reply)
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -260,6 +238,7 @@ class Publisher:
             will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
             timeout=PUBLISH_TIMEOUT_S,
             tls_context=self._tls,
+            protocol=self.protocol,
         )
 
     async def run(self) -> None:
@@ -271,13 +250,14 @@ class Publisher:
                     attempt = 0
                     self.counters.connects += 1
                     await client.publish(self.status_topic, "online", qos=1, retain=True)
-                    for topic_filter, (qos, _) in self.handlers.items():
+                    for topic_filter, (qos, _, _) in self.handlers.items():
                         await client.subscribe(topic_filter, qos=qos)
                     self.connected.set()
                     self.attempted.set()
                     for announce in self.on_connect:
                         announce()
-                    self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending))
+                    version = "5" if self.protocol == V5 else "3.1.1"
+                    self.log.info("mqtt connected", client_id=self.client_id, pending=len(self.pending), mqtt=version)
                     try:
                         await self._session(client)
                     except aiomqtt.MqttError:
@@ -294,6 +274,11 @@ class Publisher:
                 for waiting in self.pending:
                     waiting.delayed = True
                 self.counters.connect_failures += 1
+                auto = self.protocol == V5 and self.settings.protocol == "auto"
+                if auto and await refuses_protocol(exc, self.settings.host, self.settings.port):
+                    self.protocol = V311  # for this process: the broker answered, it speaks only 3.1.1
+                    self.log.warning("broker refused MQTT 5: connecting with 3.1.1", error=str(exc))
+                    continue
                 self.attempted.set()
                 delay = backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
                 attempt += 1
@@ -340,11 +325,18 @@ class Publisher:
         async for message in client.messages:
             raw = message.payload
             payload = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
-            for topic_filter, (_, handler) in self.handlers.items():
+            for topic_filter, (_, handler, with_reply) in self.handlers.items():
                 if not message.topic.matches(topic_filter):
                     continue
                 try:
-                    handler(str(message.topic), bytes(payload))
+                    if not with_reply:
+                        handler(str(message.topic), bytes(payload))
+                        continue
+                    try:
+                        reply: object = reply_address(message.properties)
+                    except BadReply as exc:
+                        reply = exc
+                    handler(str(message.topic), bytes(payload), reply)
                 except Exception:  # a message must never take the connection (or the daemon) down
                     self.log.exception("message handler failed", topic=str(message.topic))
 
@@ -356,8 +348,9 @@ class Publisher:
                     continue
                 item = self.pending[0]
                 payload = with_delayed_flag(item.payload) if item.delayed and item.utterance_id else item.payload
+                properties = publish_properties(item.correlation) if item.correlation and self.protocol == V5 else None
                 try:
-                    await client.publish(item.topic, payload, qos=item.qos, retain=item.retain)
+                    await client.publish(item.topic, payload, qos=item.qos, retain=item.retain, properties=properties)
                 except (aiomqtt.MqttError, asyncio.CancelledError):
                     raise
                 except Exception as exc:  # this message can never go (too large...): it alone is dropped

@@ -19,7 +19,7 @@ import numpy as np
 
 from daemon.integrations import hermes
 from daemon.jobs import BatchJobs
-from daemon.mqtt import Outgoing
+from daemon.outgoing import Outgoing
 from daemon.recording import UtteranceRecorder
 from daemon.requests import Requests
 from daemon.runtime import Runtime

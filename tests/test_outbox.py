@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.mqtt import with_delayed_flag
 from daemon.outbox import Outbox
+from daemon.outgoing import with_delayed_flag
 from tests.helpers import SmallDisk
 
 
@@ -51,7 +51,8 @@ def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> N
     import threading
 
     from daemon.config import MqttSettings
-    from daemon.mqtt import Outgoing, Publisher
+    from daemon.mqtt import Publisher
+    from daemon.outgoing import Outgoing
 
     threads: list[str] = []
 

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from daemon.config import MqttSettings
-from daemon.mqtt import Outgoing, Publisher
+from daemon.mqtt import Publisher
 from daemon.outbox import Outbox
+from daemon.outgoing import Outgoing
 from daemon.safe import safe_text
 from tests.helpers import Mosquitto, SmallDisk, Subscriber, free_port
 

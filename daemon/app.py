@@ -153,6 +153,7 @@ class App:
         rt = self.rt
         self.service.start_metrics()  # first: a port in use fails the start before the model loads
         try:
+            await self._start_doors()  # the same for theirs; until the model is loaded they say so
             restored = await rt.publisher.restore()
             if restored:
                 self.log.warning("outbox: publishing utterances from before this start", count=restored)
@@ -165,9 +166,6 @@ class App:
                 room_tasks = [group.create_task(self._run_room(room), name=f"room:{room.name}") for room in rt.rooms]
                 group.create_task(self._watch_rooms(room_tasks), name="rooms-idle")
                 service = group.create_task(self.service.run(), name="service")
-                for door in (self.wyoming, self.http):
-                    if door is not None:
-                        await door.start()
                 await self.stop.wait()
                 self.notifier.stopping()
                 service.cancel()
@@ -176,10 +174,25 @@ class App:
                         await door.stop()  # no new requests; those in the graph finish
                 await self._drain(room_tasks, stage_tasks, mqtt_task)
         finally:
+            for door in (self.wyoming, self.http):
+                if door is not None:
+                    await door.stop()
             self.service.stop_metrics()
             rt.shutdown_executors()
         self.log.info("stopped", published=rt.publisher.counters.published)
         return EXIT_OK
+
+    async def _start_doors(self) -> None:
+        """The Wyoming and HTTP servers bound now: a port in use or not allowed is a start-up
+        error naming the key (exit 3), not a crash after the model has loaded."""
+        for key, door in (("wyoming", self.wyoming), ("http", self.http)):
+            if door is None:
+                continue
+            try:
+                await door.start()
+            except OSError as exc:
+                settings = getattr(self.rt.config, key)
+                raise StartupError(f"{key}.port {settings.port} on {settings.host}: {exc.strerror or exc}") from None
 
     async def _watch_rooms(self, room_tasks: list[asyncio.Task[None]]) -> None:
         if room_tasks:

@@ -33,10 +33,12 @@ if [ ! -e "$etc/config.toml" ]; then
   install -m 0644 "$here/samples/demo.flac" "$etc/samples/demo.flac"
   echo "roomscribe: wrote $etc/config.toml (edit the broker and the rooms)"
 fi
-# The MQTT password file, root-only; systemd hands it to the service as a credential.
-if [ ! -e "$etc/mqtt-password" ]; then
-  install -m 0600 /dev/null "$etc/mqtt-password"
-fi
+# The MQTT password and HTTP token files, root-only; systemd hands them to the service as credentials.
+for secret in mqtt-password http-token; do
+  if [ ! -e "$etc/$secret" ]; then
+    install -m 0600 /dev/null "$etc/$secret"
+  fi
+done
 
 install -d "$unit_dir"
 sed "s|/opt/roomscribe|$PREFIX|g" "$here/systemd/roomscribe.service" > "$unit_dir/roomscribe.service"

@@ -167,3 +167,18 @@ def test_the_daemon_creates_its_files_owner_only_whatever_the_umask(tmp_path: Pa
     for path in made:
         mode = path.stat().st_mode & 0o777
         assert mode & 0o077 == 0, (path, oct(mode))
+
+
+@pytest.mark.parametrize("door", ["http", "wyoming"])
+def test_a_door_port_in_use_is_a_start_up_error(tmp_path: Path, broker: Mosquitto, door: str) -> None:
+    """Bound before the model loads: exit 3 naming the key, not a crash once it has loaded."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        extra = f"[{door}]\nenabled = true\nport = {port}\n"
+        config = write_config(tmp_path / "c.toml", broker.port, "rs-door", looped_room(tmp_path), extra)
+        result = run_daemon(config)
+    assert result.returncode == 3, result.stderr
+    assert f"{door}.port {port}" in result.stderr and "in use" in result.stderr
+    assert "Traceback" not in result.stderr

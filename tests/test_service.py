@@ -44,7 +44,8 @@ def test_install_script_lays_out_config_credential_and_unit(tmp_path: Path) -> N
     etc = tmp_path / "etc" / "roomscribe"
     assert (etc / "config.toml").read_text() == (REPO / "config.toml").read_text()
     assert (etc / "samples" / "demo.flac").exists()  # the shipped config's room plays it
-    assert (etc / "mqtt-password").stat().st_mode & 0o777 == 0o600
+    for secret in ("mqtt-password", "http-token"):
+        assert (etc / secret).stat().st_mode & 0o777 == 0o600
     text = unit.read_text()
     assert f"ExecStart={REPO}/.venv/bin/roomscribe run" in text and "/opt/roomscribe" not in text
     # A second run upgrades the unit and keeps what the administrator edited.
@@ -65,6 +66,7 @@ def test_unit_file_declares_what_the_service_needs() -> None:
         "CacheDirectory=roomscribe",
         "ConfigurationDirectory=roomscribe",
         "LoadCredential=mqtt-password:",
+        "LoadCredential=http-token:",
         "DynamicUser=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",

@@ -122,8 +122,9 @@ class HttpApi:
         self.log.info("http api listening", host=self.settings.host, port=self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._runner is not None:  # once: App stops the doors early, and again on the way out
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     async def health(self, request: web.Request) -> web.Response:
         recognizer = self.rt.recognizer

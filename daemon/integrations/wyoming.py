@@ -228,9 +228,10 @@ class WyomingServer:
         self.log.info("wyoming server announced", name=name)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is not None:  # once: App stops the doors early, and again on the way out
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, writer)

@@ -41,8 +41,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test-deps:
+test-deps: .venv-ha/.installed
 	@scripts/install-system-deps.sh $(TEST_SYSTEM_PACKAGES)
+
+# Home Assistant in its own venv (it pins its own aiohttp and wyoming), for the test with its
+# Wyoming integration (tests/test_wyoming.py).
+.venv-ha/.installed: tests/ha-requirements.txt
+	python3 -m venv .venv-ha
+	.venv-ha/bin/pip install --quiet -r tests/ha-requirements.txt
+	touch .venv-ha/.installed
 
 test: lint typecheck test-deps
 	$(BIN)/pytest
@@ -57,4 +64,4 @@ install: system-deps
 	scripts/install-service.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-ha .pytest_cache .mypy_cache .ruff_cache *.egg-info

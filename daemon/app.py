@@ -158,6 +158,8 @@ class App:
             if restored:
                 self.log.warning("outbox: publishing utterances from before this start", count=restored)
             await self._start_model()
+            if self.wyoming is not None:
+                await self.wyoming.serve()
             assert rt.pipeline is not None and self.publish is not None
             async with asyncio.TaskGroup() as group:
                 mqtt_task = group.create_task(rt.publisher.run(), name="mqtt")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import soxr
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -23,7 +26,7 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
-from tests.helpers import Daemon, Mosquitto, free_port, normalize, speak, wer, write_config
+from tests.helpers import REPO, Daemon, Mosquitto, free_port, normalize, speak, wer, write_config
 
 SENTENCE = "Set a timer for ten minutes."
 MAX_AUDIO_S = 8.0
@@ -206,3 +209,25 @@ def test_a_client_that_leaves_mid_utterance_disturbs_nothing(server: int) -> Non
     asyncio.run(leave())
     events, _ = asyncio.run(transcribe(server, speak(SENTENCE)))
     assert "10 minutes" in text_of(events)
+
+
+HA_PYTHON = REPO / ".venv-ha" / "bin" / "python"
+
+
+@pytest.mark.skipif(not HA_PYTHON.exists(), reason="no .venv-ha with Home Assistant (make test installs it)")
+def test_home_assistants_own_wyoming_integration(server: int, tmp_path: Path) -> None:
+    """Home Assistant 2024.3.3's Wyoming integration (its WyomingService reads our info, its
+    speech-to-text provider streams as Assist does, with the wyoming 1.5.3 it pins)."""
+    wav = tmp_path / "timer.wav"
+    sf.write(wav, np.concatenate([speak(SENTENCE), np.zeros(8000, np.float32)]), 16000, subtype="PCM_16")
+    script = REPO / "tests" / "ha_wyoming_client.py"
+    run = subprocess.run(
+        [str(HA_PYTHON), str(script), "127.0.0.1", str(server), str(wav), "en"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout)
+    assert seen["name"] == "roomscribe" and seen["platforms"] == ["stt"] and seen["languages"] == ["en"]
+    assert seen["state"].endswith("SUCCESS")
+    assert wer([normalize(SENTENCE)], [normalize(seen["text"])]) <= 0.2, seen
+    assert "10 minutes" in seen["text"]  # written by our text stage

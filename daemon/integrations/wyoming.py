@@ -207,10 +207,19 @@ class WyomingServer:
         return "en" if recognizer is not None and not recognizer.capabilities.multilingual else None
 
     async def start(self) -> None:
+        """Binds the port (a port in use fails the start) but answers nobody yet: Home
+        Assistant reads ``info`` once when it sets the integration up, and must not get one
+        without the model's languages. A client that comes early waits in the backlog."""
         s = self.settings
-        self._server = await asyncio.start_server(self._connection, s.host, s.port, limit=MAX_LINE)
-        self.log.info("wyoming server listening", host=s.host, port=self.port)
-        if s.zeroconf:
+        self._server = await asyncio.start_server(self._connection, s.host, s.port, limit=MAX_LINE, start_serving=False)
+
+    async def serve(self) -> None:
+        """Once the model is loaded."""
+        if self._server is None:
+            return
+        await self._server.start_serving()
+        self.log.info("wyoming server listening", host=self.settings.host, port=self.port)
+        if self.settings.zeroconf:
             await self._announce()
 
     async def _announce(self) -> None:

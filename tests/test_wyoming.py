@@ -231,3 +231,42 @@ def test_home_assistants_own_wyoming_integration(server: int, tmp_path: Path) ->
     assert seen["state"].endswith("SUCCESS")
     assert wer([normalize(SENTENCE)], [normalize(seen["text"])]) <= 0.2, seen
     assert "10 minutes" in seen["text"]  # written by our text stage
+
+
+def test_zeroconf_announces_the_server_and_withdraws_it(tmp_path: Path) -> None:
+    """What Home Assistant's discovery looks for (_wyoming._tcp), resolved by python-zeroconf
+    to our port; gone once the daemon stops."""
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from daemon.integrations.wyoming import outgoing_address
+
+    try:
+        outgoing_address()
+    except OSError:
+        pytest.skip("this machine has no multicast route")
+
+    name = f"roomscribe-test-{uuid.uuid4().hex[:6]}"
+    kind = "_wyoming._tcp.local."
+
+    async def resolve() -> AsyncServiceInfo | None:
+        zeroconf = AsyncZeroconf()
+        try:
+            info = AsyncServiceInfo(kind, f"{name}.{kind}")
+            return info if await info.async_request(zeroconf.zeroconf, 3000) else None
+        finally:
+            await zeroconf.async_close()
+
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    port = free_port()
+    extra = f'[wyoming]\nenabled = true\nhost = "0.0.0.0"\nport = {port}\nzeroconf = true\nzeroconf_name = "{name}"\n'
+    daemon = Daemon(write_config(tmp_path / "c.toml", broker.port, f"rs-{uuid.uuid4().hex[:8]}", "", extra))
+    try:
+        daemon.wait_log("wyoming server announced", timeout_s=120)
+        found = asyncio.run(resolve())
+        assert found is not None and found.port == port and found.parsed_addresses()
+        assert daemon.terminate() == 0
+        assert asyncio.run(resolve()) is None
+    finally:
+        daemon.kill()
+        broker.stop()

@@ -35,12 +35,25 @@ from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
 from daemon.requests import RequestError, Requests
 
 if TYPE_CHECKING:
+    from zeroconf.asyncio import AsyncZeroconf
+
     from daemon.config_interfaces import WyomingSettings
     from daemon.runtime import Runtime
 
 RATE, WIDTH, CHANNELS = 16000, 2, 1
 MAX_LINE = 64 * 1024  # one event's JSON header
 MAX_PART = 1 << 20  # its data or payload: a 1 MB audio chunk is 30 s of 16 kHz stereo
+ZEROCONF_TYPE = "_wyoming._tcp.local."
+
+
+def outgoing_address() -> str:
+    """The address of the interface multicast leaves by (no packet is sent: a UDP socket's
+    connect only picks the route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("224.0.0.251", 5353))
+        return str(probe.getsockname()[0])
+
+
 ATTRIBUTION = Attribution(name="roomscribe", url="https://github.com/roomscribe/roomscribe")
 
 
@@ -170,7 +183,7 @@ class WyomingServer:
         self.settings, self.rt, self.requests = settings, runtime, requests
         self.log = structlog.get_logger().bind(component="wyoming")
         self._server: asyncio.Server | None = None
-        self._zeroconf: object | None = None
+        self._zeroconf: AsyncZeroconf | None = None
         self.bad_events = 0
 
     @property
@@ -223,20 +236,33 @@ class WyomingServer:
             await self._announce()
 
     async def _announce(self) -> None:
-        from wyoming.zeroconf import HomeAssistantZeroconf
+        """``_wyoming._tcp`` by mDNS, what Home Assistant's discovery looks for; withdrawn
+        (a goodbye packet) when the server stops, so Home Assistant does not keep a ghost."""
+        from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
         name = self.settings.zeroconf_name or f"roomscribe-{socket.gethostname()}"
         if self.settings.host in ("127.0.0.1", "::1", "localhost"):
             # An address only this machine can reach is no use to announce.
             self.log.warning("wyoming: not announced, the server listens on this machine only", host=self.settings.host)
             return
-        host = None if self.settings.host in ("0.0.0.0", "::") else self.settings.host
-        zeroconf = HomeAssistantZeroconf(port=self.port, name=name, host=host)
-        await zeroconf.register_server()
+        try:
+            host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else outgoing_address()
+            info = AsyncServiceInfo(
+                ZEROCONF_TYPE, f"{name}.{ZEROCONF_TYPE}", addresses=[socket.inet_aton(host)], port=self.port
+            )
+            zeroconf = AsyncZeroconf()
+            await zeroconf.async_register_service(info)
+        except (OSError, ValueError) as exc:  # no multicast route, a name taken: the server still serves
+            self.log.error("wyoming: not announced by mDNS", error=str(exc))
+            return
         self._zeroconf = zeroconf
-        self.log.info("wyoming server announced", name=name)
+        self.log.info("wyoming server announced", name=name, address=host, port=self.port)
 
     async def stop(self) -> None:
+        if self._zeroconf is not None:
+            zeroconf, self._zeroconf = self._zeroconf, None
+            await zeroconf.async_unregister_all_services()
+            await zeroconf.async_close()
         if self._server is not None:  # once: App stops the doors early, and again on the way out
             server, self._server = self._server, None
             server.close()

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
-from daemon.config import MqttSettings
+from daemon.config_mqtt import MqttSettings
 from daemon.mqtt import Publisher
 from daemon.outbox import Outbox
 from daemon.outgoing import Outgoing

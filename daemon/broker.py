@@ -16,7 +16,8 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import MqttSettings, credential_path
+from daemon.config import credential_path
+from daemon.config_mqtt import MqttSettings
 
 V5, V311 = aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311
 # CONNACK codes for "unsupported protocol version": 3.1.1's 1 and MQTT 5's 132.
@@ -71,9 +72,12 @@ def reply_address(properties: Any) -> Reply | None:
     return Reply(topic, bytes(correlation) if correlation is not None else None)
 
 
-def publish_properties(correlation: bytes) -> Properties:
+def publish_properties(correlation: bytes | None, response_topic: str | None = None) -> Properties:
     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    properties.CorrelationData = correlation
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
     return properties
 
 

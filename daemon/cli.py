@@ -1,4 +1,4 @@
-"""Command line: ``roomscribe run|demo|transcribe|itn|check-config|devices``."""
+"""Command line: ``roomscribe run|worker|demo|transcribe|itn|check-config|devices``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,16 @@ async def _run_app(config: Config, path: Path) -> int:
     except Exception:
         log.exception("daemon failed")
         return EXIT_RUNTIME_ERROR
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    config, path, code = load_or_report(args.config)
+    if config is None:
+        return code
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    from daemon.worker import worker_main
+
+    return worker_main(config, path, args.id)
 
 
 def cmd_devices(_args: argparse.Namespace) -> int:
@@ -134,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon")
     with_config(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="a recognizer node: take recognition jobs from the broker ([remote])")
+    p.add_argument("--id", default="", help="the worker's id in <prefix>/workers/<id> (default: host name and pid)")
+    with_config(p)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check-config", help="validate a config file; exit 0, or 2 with one line per problem")
     with_config(p)

@@ -18,6 +18,22 @@ class WyomingSettings(Section):
     )
 
 
+class RemoteSettings(Section):
+    enabled: bool = Field(False, description="Recognize with `roomscribe worker` nodes through the broker.")
+    group: str = Field(
+        "roomscribe", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The workers' shared-subscription group."
+    )
+    deadline_s: float = Field(
+        15.0, ge=1, le=600, description="A job not answered this long is sent again (the same job id)."
+    )
+    wait_for_worker_s: float = Field(
+        10.0, ge=0, le=600, description="At start, how long to wait for a worker to say what it can do."
+    )
+    fallback_local: bool = Field(
+        False, description="With no worker online, recognize with recognizer.model here (loaded at start)."
+    )
+
+
 class HttpSettings(Section):
     enabled: bool = Field(False, description="Serve the OpenAI-compatible transcription API over HTTP.")
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 for every interface.")

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from daemon import __version__
-from daemon.broker import BadReply, Reply
+from daemon.broker import BadReply, Reply, reply_address
 from daemon.commands import (
     AnyCommand,
     ClearCache,
@@ -62,15 +62,19 @@ class Controller:
         self.handled = 0
         self.rejected = 0
         publisher = runtime.publisher
-        publisher.subscribe(publisher.topic("set"), self.on_message, with_reply=True)
-        publisher.subscribe(publisher.topic("+", "set"), self.on_message, with_reply=True)
+        publisher.subscribe(publisher.topic("set"), self.on_message, with_properties=True)
+        publisher.subscribe(publisher.topic("+", "set"), self.on_message, with_properties=True)
 
-    def on_message(self, topic: str, payload: bytes, reply: Reply | BadReply | None = None) -> None:
+    def on_message(self, topic: str, payload: bytes, properties: Any = None) -> None:
         """Called by the publisher for every message on the command topics; never raises.
         An MQTT 5 request's answer goes to its response topic with its correlation data."""
         publisher = self.rt.publisher
         rest = topic[len(publisher.prefix) + 1 :]
         room = rest[: -len("/set")] if rest.endswith("/set") else None
+        try:
+            reply: Reply | BadReply | None = reply_address(properties)
+        except BadReply as exc:
+            reply = exc
         try:
             command = parse(payload)
             if isinstance(reply, BadReply):

@@ -31,16 +31,14 @@ import structlog
 from daemon.broker import (
     V5,
     V311,
-    BadReply,
     backoff_delay,
     first_protocol,
     publish_properties,
     read_password,
     refuses_protocol,
-    reply_address,
     tls_context,
 )
-from daemon.config import MqttSettings
+from daemon.config_mqtt import MqttSettings
 from daemon.durable import Durable
 from daemon.outbox import Outbox
 from daemon.outgoing import Outgoing, PublisherCounters, with_delayed_flag
@@ -117,11 +115,11 @@ class Publisher:
             self._wake.set()
 
     def subscribe(
-        self, topic_filter: str, handler: Callable[..., None], qos: int = 1, with_reply: bool = False
+        self, topic_filter: str, handler: Callable[..., None], qos: int = 1, with_properties: bool = False
     ) -> None:
-        """``with_reply``: the handler also gets the MQTT 5 Reply (None without one; a bad
-        response topic reaches it as BadReply)."""
-        self.handlers[topic_filter] = (qos, handler, with_reply)
+        """``with_properties``: the handler also gets the message's MQTT 5 properties (paho's
+        Properties, None under 3.1.1): a response topic, correlation data."""
+        self.handlers[topic_filter] = (qos, handler, with_properties)
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -178,6 +176,8 @@ class Publisher:
         now: without a broker they are skipped. Past ``max_pending``: a stored utterance waits
         on disk; any other message drops the oldest message that is not on disk."""
         message.topic, message.payload = safe_text(message.topic), safe_text(message.payload)
+        if message.correlation is not None and message.response_topic is not None:  # a request sent again
+            self.pending = deque(m for m in self.pending if m.correlation != message.correlation)
         if message.qos == 0 and not self.connected.is_set():
             self.counters.skipped += 1
             return
@@ -325,18 +325,14 @@ class Publisher:
         async for message in client.messages:
             raw = message.payload
             payload = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
-            for topic_filter, (_, handler, with_reply) in self.handlers.items():
+            for topic_filter, (_, handler, with_properties) in self.handlers.items():
                 if not message.topic.matches(topic_filter):
                     continue
                 try:
-                    if not with_reply:
+                    if with_properties:
+                        handler(str(message.topic), bytes(payload), message.properties)
+                    else:
                         handler(str(message.topic), bytes(payload))
-                        continue
-                    try:
-                        reply: object = reply_address(message.properties)
-                    except BadReply as exc:
-                        reply = exc
-                    handler(str(message.topic), bytes(payload), reply)
                 except Exception:  # a message must never take the connection (or the daemon) down
                     self.log.exception("message handler failed", topic=str(message.topic))
 
@@ -347,8 +343,11 @@ class Publisher:
                     await self._refill()
                     continue
                 item = self.pending[0]
-                payload = with_delayed_flag(item.payload) if item.delayed and item.utterance_id else item.payload
-                properties = publish_properties(item.correlation) if item.correlation and self.protocol == V5 else None
+                payload: str | bytes = item.binary if item.binary is not None else item.payload
+                if item.delayed and item.utterance_id:
+                    payload = with_delayed_flag(item.payload)
+                v5 = self.protocol == V5 and (item.correlation or item.response_topic)
+                properties = publish_properties(item.correlation, item.response_topic) if v5 else None
                 try:
                     await client.publish(item.topic, payload, qos=item.qos, retain=item.retain, properties=properties)
                 except (aiomqtt.MqttError, asyncio.CancelledError):

@@ -23,7 +23,9 @@ class Outgoing:
     settles: tuple[str, ...] = ()  # the journal's pieces it is made of (settled as it is stored)
     delayed: bool = False  # it waited for the broker (an outage, or from before a restart)
     summary: dict[str, Any] | None = None  # more fields for the "utterance published" log line
-    correlation: bytes | None = None  # MQTT 5: the correlation data of the request it answers
+    correlation: bytes | None = None  # MQTT 5: the correlation data of the request it answers (or asks)
+    response_topic: str | None = None  # MQTT 5: where the answer to this request goes
+    binary: bytes | None = None  # sent instead of ``payload`` (a recognition job's FLAC)
 
 
 @dataclass

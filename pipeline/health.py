@@ -22,6 +22,11 @@ class BusyWatch:
             self._busy.pop(what, None)
             self.completed += 1
 
+    def touch(self, what: str) -> None:
+        """A stretch that waits by design (on remote workers) shows it is still alive."""
+        if what in self._busy:
+            self._busy[what] = time.monotonic()
+
     def stuck(self, deadline_s: float, now: float | None = None) -> dict[str, float]:
         """What has been busy longer than ``deadline_s``, with for how long."""
         now = time.monotonic() if now is None else now

@@ -49,7 +49,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     mqtt = Subscriber(broker.port, f"{prefix}/+/utterance", f"{prefix}-sub")
     daemon = Daemon(config)
     try:
-        daemon.wait_log("http api listening", timeout_s=120)
+        daemon.wait_log("ready", timeout_s=120)
         yield Site(f"http://127.0.0.1:{port}", folder, mqtt)
         assert daemon.terminate() == 0
     finally:

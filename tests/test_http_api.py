@@ -35,7 +35,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     sf.write(folder / "talk.wav", audio, 16000)
     daemon = Daemon(config)
     try:
-        daemon.wait_log("http api listening", timeout_s=120)
+        daemon.wait_log("ready", timeout_s=120)
         yield f"http://127.0.0.1:{port}/v1", folder
         assert daemon.terminate() == 0
     finally:

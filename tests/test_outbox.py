@@ -50,7 +50,7 @@ def test_the_publisher_stores_utterances_off_the_event_loop(tmp_path: Path) -> N
     import asyncio
     import threading
 
-    from daemon.config import MqttSettings
+    from daemon.config_mqtt import MqttSettings
     from daemon.mqtt import Publisher
     from daemon.outgoing import Outgoing
 

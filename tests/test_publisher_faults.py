@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from daemon.config import MqttSettings
+from daemon.config_mqtt import MqttSettings
 from daemon.mqtt import Publisher
 from daemon.outbox import Outbox
 from daemon.outgoing import Outgoing

@@ -19,7 +19,7 @@ import structlog
 from daemon import __version__
 
 if TYPE_CHECKING:
-    from daemon.config import HomeAssistantSettings
+    from daemon.config_mqtt import HomeAssistantSettings
     from daemon.mqtt import Publisher
 
 STATE_MAX_CHARS = 255

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -36,6 +36,7 @@ from daemon.mqtt import Publisher
 from daemon.notify import Notifier
 from daemon.outbox import Outbox, OutboxError
 from daemon.publish import Partials, PublishStage
+from daemon.remote import RemoteRecognizer
 from daemon.requests import Requests
 from daemon.runtime import Runtime
 from daemon.service import Service
@@ -44,6 +45,9 @@ from daemon.wiring import build_rooms, check_languages, load_recognizer_in_threa
 from pipeline.messages import Transcript
 from pipeline.room import Room
 from pipeline.text.dictionary import DictionaryError
+
+if TYPE_CHECKING:
+    from models.api import Recognizer
 
 
 class App:
@@ -61,6 +65,9 @@ class App:
         self.service = Service(self.rt, self.notifier, lambda: self.hermes.bad_frames)
         self.partials = Partials(self.rt)
         self.requests = Requests(self.rt)
+        self.remote = (
+            RemoteRecognizer(config.remote, self.rt.publisher, self.rt.watch) if config.remote.enabled else None
+        )
         self.wyoming = WyomingServer(config.wyoming, self.rt, self.requests) if config.wyoming.enabled else None
         self.http = self._http_api(config, config_path)
         self.publish: PublishStage | None = None  # once the graph is built
@@ -103,7 +110,11 @@ class App:
         self.log.info("loading model", model=config.recognizer.model)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        recognizer = await loop.run_in_executor(rt.model_executor, load_recognizer_in_thread, config)
+        recognizer: Recognizer
+        if self.remote is None or config.remote.fallback_local:
+            recognizer = await loop.run_in_executor(rt.model_executor, load_recognizer_in_thread, config)
+        if self.remote is not None:
+            recognizer = await self._remote(recognizer if config.remote.fallback_local else None)
         self.log.info(
             "model loaded",
             model=recognizer.name,
@@ -148,6 +159,18 @@ class App:
             rt.watch,
         )
         self.hermes.attach(rt.rooms)
+
+    async def _remote(self, fallback: Recognizer | None) -> Recognizer:
+        """Workers through the broker: what they can do, and the rooms' state as they come and go."""
+        assert self.remote is not None
+        self.remote.fallback = fallback
+        await self.remote.discover(self.rt.config.remote.wait_for_worker_s)
+        self.remote.on_change.append(self._publish_states)
+        return self.remote
+
+    def _publish_states(self) -> None:
+        for room in self.rt.rooms:
+            self.rt.publish_state(room)
 
     async def run(self) -> int:
         rt = self.rt

@@ -226,6 +226,13 @@ class Publisher:
             self.log.warning("broker unreachable at shutdown", kept_in_outbox=kept, lost_other=lost)
             self._done.set()
 
+    def side_client(self, purpose: str) -> aiomqtt.Client:
+        """A second connection to the same broker with the same credentials (no will)."""
+        s = self.settings
+        return aiomqtt.Client(s.host, s.port, identifier=f"{self.client_id}-{purpose}", username=s.username or None,
+                              password=self._password, tls_context=self._tls, protocol=self.protocol,
+                              timeout=PUBLISH_TIMEOUT_S)  # fmt: skip
+
     def _client(self) -> aiomqtt.Client:
         s = self.settings
         return aiomqtt.Client(

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiomqtt
 import numpy as np
 import structlog
 
@@ -60,7 +61,7 @@ class RemoteRecognizer:
     def __init__(self, settings: RemoteSettings, publisher: Publisher, watch: BusyWatch,
                  fallback: Recognizer | None = None) -> None:  # fmt: skip
         self.settings, self.publisher, self.watch, self.fallback = settings, publisher, watch, fallback
-        self.loop = asyncio.get_running_loop()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, from discover()
         self.prefix = publisher.prefix
         self.reply_topic = f"{self.prefix}/results/{publisher.client_id}"
         self.workers: dict[str, dict[str, Any]] = {}  # id -> its record
@@ -70,15 +71,14 @@ class RemoteRecognizer:
         self._numbers = itertools.count(1)
         self._run = f"{int(time.time()):x}"
         self._waiting: dict[str, asyncio.Future[Recognition]] = {}
-        self.announced = asyncio.Event()
         self.log = structlog.get_logger().bind(component="remote")
         publisher.subscribe(self.reply_topic, self._on_result, qos=1)
         publisher.subscribe(f"{self.prefix}/workers/+", self._on_worker, qos=1)
         publisher.subscribe(f"{self.prefix}/workers/+/availability", self._on_availability, qos=1)
         self._capabilities: Capabilities | None = None
+        self.name = self._name()
 
-    @property
-    def name(self) -> str:
+    def _name(self) -> str:
         models = sorted({str(w.get("model")) for w in self.workers.values()})
         return "remote:" + ("+".join(models) if models else "no worker yet")
 
@@ -102,13 +102,23 @@ class RemoteRecognizer:
     def workers_online(self) -> int:
         return len(self.online)
 
-    async def wait_for_a_worker(self, timeout_s: float) -> bool:
-        """At start: a worker's retained record (its capabilities), if one comes in time."""
+    async def discover(self, timeout_s: float) -> bool:
+        """At start, before the stages are built: the workers' retained records (what they
+        can do), read on a connection of its own (the publisher starts later); whether one
+        came within ``timeout_s``."""
+        self.loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self.announced.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+            async with asyncio.timeout(timeout_s), self.publisher.side_client("discover") as client:
+                await client.subscribe(f"{self.prefix}/workers/+", qos=1)
+                async for message in client.messages:
+                    raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+                    self._on_worker(str(message.topic), bytes(raw))
+                    if self.workers:
+                        return True
+        except (TimeoutError, aiomqtt.MqttError, OSError) as exc:
+            self.log.warning("remote: no worker has said what it can do", error=str(exc) or "timed out",
+                             assumed="fallback model" if self.fallback else "whisper tiny.en")  # fmt: skip
+        return False
 
     # What the broker tells us (on the event loop).
 
@@ -120,9 +130,9 @@ class RemoteRecognizer:
             record = None
         if isinstance(record, dict):
             self.workers[worker] = record
-            self.announced.set()
         else:
             self.workers.pop(worker, None)
+        self.name = self._name()
 
     def _on_availability(self, topic: str, payload: bytes) -> None:
         worker = topic.split("/")[-2]
@@ -165,6 +175,7 @@ class RemoteRecognizer:
                                      kind="batch" if timestamps else "live", language=language,
                                      prompt=prompts[i] if prompts else "", timestamps=timestamps,
                                      hotwords=list(hotwords[i]) if hotwords else [], sentence_end=end))  # fmt: skip
+        assert self.loop is not None, "discover() first"
         asked = asyncio.run_coroutine_threadsafe(self._ask(headers, audios), self.loop)
         results: list[Recognition | None] = asked.result()
         missing = [i for i, r in enumerate(results) if r is None]
@@ -189,7 +200,7 @@ class RemoteRecognizer:
         for attempt in itertools.count():
             if self.fallback is not None and not self.online:
                 return None
-            future = self.loop.create_future()
+            future = asyncio.get_running_loop().create_future()
             self._waiting[header.id] = future
             self._send(header, payload)
             try:

@@ -77,6 +77,8 @@ class Runtime:
         }
         if s in ("unavailable", "failed"):
             state["error"] = room.counters.last_error
+        if (workers := getattr(self.recognizer, "workers_online", None)) is not None:
+            state["workers_online"] = workers  # remote recognition: 0 means utterances wait
         self.events.emit("state", {"room": room.name, **state})
         self.publisher.submit_json(self.publisher.topic(room.name, "state"), state, qos=1, retain=True, replace=True)
 

@@ -72,6 +72,9 @@ class Worker:
         self._password = read_password(config.mqtt, config_path)
         self._tls = tls_context(config.mqtt, config_path)
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._busy = False
+        # Jobs taken and not yet answered -> where else to answer them (a repeat came meanwhile).
+        self._in_hand: dict[str, list[tuple[str, bytes | None]]] = {}
 
     def _client(self) -> aiomqtt.Client:
         m = self.config.mqtt
@@ -102,6 +105,8 @@ class Worker:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        # What the last connection held cannot be answered on it any more: the daemons send it again.
+        self._inbox, self._in_hand, self._busy = asyncio.Queue(), {}, False
         await client.publish(self.topic, json.dumps(self.record()), qos=1, retain=True)
         await client.publish(f"{self.topic}/availability", "online", qos=1, retain=True)
         group = self.config.remote.group
@@ -115,11 +120,22 @@ class Worker:
             for task in done:
                 if task is not stopping and (exc := task.exception()) is not None:
                     raise exc
-            await client.publish(f"{self.topic}/availability", "offline", qos=1, retain=True)
+            await self._drain(client)
         finally:
             for task in (*tasks, stopping):
                 task.cancel()
             await asyncio.gather(*tasks, stopping, return_exceptions=True)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Stopping: take no more jobs, answer those held (up to daemon.drain_timeout_s; what
+        is left, the daemons send again), then say offline."""
+        for kind in ("live", "batch"):
+            await client.unsubscribe(f"$share/{self.config.remote.group}/{self.prefix}/jobs/{kind}")
+        deadline = time.monotonic() + self.config.daemon.drain_timeout_s
+        while (self._busy or not self._inbox.empty()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await client.publish(f"{self.topic}/availability", "offline", qos=1, retain=True)
+        self.log.info("worker drained", left=self._inbox.qsize())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -143,6 +159,11 @@ class Worker:
                 self.counters.repeated += 1
                 await self._answer(client, reply_to, correlation, cached)
                 continue
+            if (also := self._in_hand.get(job.header.id)) is not None:  # sent again while still here
+                self.counters.repeated += 1
+                also.append((reply_to, correlation))
+                continue
+            self._in_hand[job.header.id] = []
             self._inbox.put_nowait(Incoming(job, reply_to, correlation))
 
     async def _gather(self) -> list[Incoming]:
@@ -166,6 +187,8 @@ class Worker:
 
     async def _recognize(self, client: aiomqtt.Client, group: list[Incoming]) -> None:
         headers = [i.job.header for i in group]
+        self.log.info("worker batch started", jobs=[h.id for h in headers])
+        self._busy = True
         started = time.monotonic()
         error: str | None = None
         try:
@@ -186,7 +209,13 @@ class Worker:
                     self.answered.popitem(last=False)
             else:
                 self.counters.errors += 1
-            await self._answer(client, item.reply_to, item.correlation, body)
+            also = self._in_hand.pop(item.job.header.id, [])
+            for reply_to, correlation in [(item.reply_to, item.correlation), *also]:
+                await self._answer(client, reply_to, correlation, body)
+        self._busy = False
+        self.log.info(
+            "worker batch answered", jobs=[h.id for h in headers], ms=round((time.monotonic() - started) * 1000)
+        )
 
     def _call(self, group: list[Incoming]) -> list[Recognition]:
         """On the model thread: one batch, asked only what this model can do."""

@@ -316,7 +316,10 @@ class Subscriber:
 class Daemon:
     """``roomscribe run`` as a subprocess; its JSON log lines are parsed as they come."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, umask: int = -1) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, umask: int = -1, command: tuple[str, ...] = ("run",)
+    ) -> None:
+        """``command``: ("worker", "--id", "w1") runs a recognizer node instead."""
         import json
         import sys
 
@@ -324,7 +327,7 @@ class Daemon:
         self.raw: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            [sys.executable, "-m", "daemon", *command, "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -1,0 +1,263 @@
+"""Recognition by workers through the broker: the job format, and real workers
+(``roomscribe worker``) with a real daemon and a real Mosquitto: shared work, a worker killed
+with SIGKILL, a worker restarted, the broker restarted, no worker at all, bad jobs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import soundfile as sf
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.remote_wire import (
+    MAX_JOB_BYTES,
+    JobError,
+    JobHeader,
+    decode_job,
+    decode_result,
+    encode_job,
+    encode_result,
+)
+from models.api import Recognition
+from tests.helpers import (
+    Daemon,
+    Mosquitto,
+    Subscriber,
+    normalize,
+    speak,
+    speech_with_pauses,
+    wait_until,
+    wer,
+    write_config,
+)
+
+SENTENCES = [
+    "Please turn on the kitchen lights.",
+    "What is the weather like today?",
+    "Set a timer for ten minutes.",
+    "Open the garage door please.",
+    "Play some music in the living room.",
+    "Turn off the bedroom fan.",
+]
+
+
+def test_a_job_goes_there_and_back() -> None:
+    audio = speak("Hello there.")
+    header = JobHeader(id="j1", language="en", prompt="Earlier.", hotwords=["Kubernetes"], sentence_end="Hello")
+    job = decode_job(encode_job(header, audio))
+    assert job.header == header
+    assert np.abs(job.audio - audio).max() < 1e-3  # 16-bit FLAC
+    recognition = Recognition("Hello there.", "en", -0.2, 0.01, 0.9, 4, False, segments=((0.0, 1.0, "Hello"),))
+    assert decode_result(encode_result("j1", "w1", recognition)) == ("j1", "w1", recognition, None)
+    assert decode_result(encode_result("j1", "w1", None, "no")) == ("j1", "w1", None, "no")
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"no newline at all", "no header line"),
+        (b"{not json\n", "bad header"),
+        (b'{"id": "x", "colour": "red"}\n', "colour: Extra inputs"),
+        (b'{"id": "x", "language": "English"}\n', "language"),
+        (b'{"id": "x"}\nthis is not FLAC', "unreadable audio"),
+        (b'{"id": "x"}\n' + b"\0" * (MAX_JOB_BYTES + 1), "byte limit"),
+    ],
+)
+def test_a_bad_job_is_refused_with_the_reason(payload: bytes, says: str) -> None:
+    with pytest.raises(JobError, match=says):
+        decode_job(payload)
+
+
+def worker(config: Path, name: str) -> Daemon:
+    return Daemon(config, command=("worker", "--id", name))
+
+
+def room_files(folder: Path, rooms: int, sentences: list[str]) -> str:
+    """``rooms`` file rooms, each the sentences in its own order, played in real time."""
+    out = ""
+    for r in range(rooms):
+        order = sentences[r:] + sentences[:r]
+        audio, _ = speech_with_pauses(order, pause_s=1.5)
+        sf.write(folder / f"room{r}.wav", audio, 16000)
+        out += f'[[rooms]]\nname = "room{r}"\nsource = {{ type = "file", path = "{folder}/room{r}.wav" }}\n'
+    return out
+
+
+def remote(deadline_s: float = 3.0) -> str:
+    # Stitching off: one utterance per sentence, so "each exactly once" can be counted.
+    return f"[remote]\nenabled = true\ndeadline_s = {deadline_s}\nwait_for_worker_s = 30\n[stitch]\nenabled = false\n"
+
+
+def published(sub: Subscriber) -> list[dict[str, object]]:
+    return [json.loads(p) for p in sub.payloads("/utterance")]
+
+
+def check_rooms(records: list[dict[str, object]], rooms: int, sentences: list[str]) -> None:
+    """Each room's sentences once, in order, recognized. QoS 1 is at least once (a broker
+    that restarts before its PUBACK arrives gets the utterance again, docs/mqtt.md): a repeat
+    carries the same id and the same text, and counts once."""
+    by_id: dict[object, dict[str, object]] = {}
+    for record in records:
+        first = by_id.setdefault(record["id"], record)
+        assert first["text"] == record["text"], "an utterance was published twice with different text"
+    records = list(by_id.values())
+    for r in range(rooms):
+        mine = [x for x in records if x["room"] == f"room{r}"]
+        order = sentences[r:] + sentences[:r]
+        assert len(mine) == len(order), [x["text"] for x in mine]
+        assert [x["start"] for x in mine] == sorted(str(x["start"]) for x in mine)
+        assert wer([normalize(s) for s in order], [normalize(str(x["text"])) for x in mine]) <= 0.2
+
+
+def jobs_of(node: Daemon, event: str) -> list[str]:
+    return [job for entry in node.events(event) for job in entry["jobs"]]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.mark.slow
+def test_two_workers_a_killed_one_and_a_restarted_one(tmp_path: Path, broker: Mosquitto) -> None:
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    node_config = write_config(tmp_path / "w.toml", broker.port, prefix, "")
+    w1, w2 = worker(node_config, "w1"), worker(node_config, "w2")
+    sub = Subscriber(broker.port, f"{prefix}/+/utterance", f"{prefix}-sub")
+    daemon = None
+    try:
+        for w in (w1, w2):
+            w.wait_log("worker ready", timeout_s=120)
+        rooms = room_files(tmp_path, 3, SENTENCES)
+        daemon = Daemon(write_config(tmp_path / "d.toml", broker.port, prefix, rooms, remote()))
+        # w1 dies holding a job: after it started a batch, before it could answer.
+        w1.wait_log("worker batch started", timeout_s=120)
+        w1.proc.kill()
+        w1.kill()
+        held = set(jobs_of(w1, "worker batch started")) - set(jobs_of(w1, "worker batch answered"))
+        w1_again = worker(node_config, "w1")
+        try:
+            w1_again.wait_log("worker ready", timeout_s=120)
+            sub.wait_for("/utterance", 3 * len(SENTENCES), timeout_s=180)
+            assert daemon.terminate() == 0
+            done = set(jobs_of(w2, "worker batch answered")) | set(jobs_of(w1_again, "worker batch answered"))
+            assert held <= done, "a job the killed worker held was not redone"
+            if held:
+                assert daemon.events("remote: job not answered in time; sending it again")
+            assert jobs_of(w1_again, "worker batch answered"), "the restarted worker took no work"
+        finally:
+            w1_again.kill()
+        check_rooms(published(sub), 3, SENTENCES)
+        assert all(str(r["model"]).startswith("remote:") for r in published(sub))
+    finally:
+        for node in (daemon, w1, w2):
+            if node is not None:
+                node.kill()
+        sub.close()
+
+
+@pytest.mark.slow
+def test_no_worker_then_one_then_the_broker_restarts(tmp_path: Path, broker: Mosquitto) -> None:
+    """With no worker the room's state says so and its utterances wait; a worker comes and
+    they are published; the broker restarts mid-stream and nothing is lost."""
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    rooms = room_files(tmp_path, 1, SENTENCES)
+    states = Subscriber(broker.port, f"{prefix}/+/state", f"{prefix}-states")
+    sub = Subscriber(broker.port, f"{prefix}/+/utterance", f"{prefix}-sub", persistent=True)
+    extra = remote().replace("wait_for_worker_s = 30", "wait_for_worker_s = 1")
+    daemon = Daemon(write_config(tmp_path / "d.toml", broker.port, prefix, rooms, extra))
+    node = None
+    try:
+        daemon.wait_log("utterance cut", timeout_s=120)
+        waiting = [json.loads(p) for p in states.wait_for("/room0/state", 1, timeout_s=30)]
+        assert waiting[-1]["workers_online"] == 0
+        assert sub.payloads("/utterance") == []
+        node = worker(write_config(tmp_path / "w.toml", broker.port, prefix, ""), "w1")
+        sub.wait_for("/utterance", 2, timeout_s=120)
+        broker.stop()
+        broker.start()
+        sub.wait_for("/utterance", len(SENTENCES), timeout_s=180)
+        assert daemon.terminate() == 0
+        check_rooms(published(sub), 1, SENTENCES)
+        assert any(json.loads(p).get("workers_online") == 1 for p in states.payloads("/room0/state"))
+    finally:
+        for n in (daemon, node):
+            if n is not None:
+                n.kill()
+        sub.close()
+        states.close()
+
+
+class Requester:
+    """Publishes jobs as an MQTT 5 client, as the daemon does, and records the results."""
+
+    def __init__(self, port: int, reply_to: str) -> None:
+        self.results: list[dict[str, object]] = []
+        self.cond = threading.Condition()
+        self.reply_to = reply_to
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(reply_to, 1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.cond:
+            self.results.append(json.loads(msg.payload))
+            self.cond.notify_all()
+
+    def send(self, topic: str, payload: bytes, correlation: bytes) -> None:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ResponseTopic = self.reply_to
+        properties.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
+
+    def wait(self, count: int) -> list[dict[str, object]]:
+        return wait_until(self.cond, lambda: list(self.results), count, 60, "results")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.slow
+def test_a_worker_refuses_bad_jobs_and_answers_a_repeat_from_memory(tmp_path: Path, broker: Mosquitto) -> None:
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    node = worker(write_config(tmp_path / "w.toml", broker.port, prefix, ""), "w1")
+    requester = Requester(broker.port, f"{prefix}/results/test")
+    try:
+        node.wait_log("worker ready", timeout_s=120)
+        topic = f"{prefix}/jobs/live"
+        bad = [b"garbage", b'{"id": "b2"}\nnot audio', b'{"id": "b3"}\n' + b"\0" * (MAX_JOB_BYTES + 10)]
+        for n, payload in enumerate(bad):
+            requester.send(topic, payload, f"bad{n}".encode())
+        good = encode_job(JobHeader(id="g1"), speak(SENTENCES[2]))
+        requester.send(topic, good, b"g1")
+        requester.send(topic, good, b"g1")  # sent again: answered from memory
+        results = requester.wait(5)
+        errors = {str(r["id"]): str(r["error"]) for r in results if "error" in r}
+        assert "no header line" in errors["bad0"]
+        assert "unreadable audio" in errors["b2"] and "byte limit" in errors["b3"]
+        answers = [r for r in results if r["id"] == "g1"]
+        assert len(answers) == 2 and answers[0] == answers[1]
+        text = str(answers[0]["recognition"]["text"])  # type: ignore[index]
+        assert wer([normalize(SENTENCES[2])], [normalize(text)]) <= 0.2
+        assert len(node.events("worker batch started")) == 1  # the repeat was not decoded again
+    finally:
+        requester.close()
+        node.kill()

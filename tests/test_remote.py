@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,7 @@ class Requester:
 
     def __init__(self, port: int, reply_to: str) -> None:
         self.results: list[dict[str, object]] = []
+        self.arrivals: list[float] = []  # time.perf_counter() of each result, same order
         self.cond = threading.Condition()
         self.reply_to = reply_to
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -219,6 +221,7 @@ class Requester:
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self.cond:
             self.results.append(json.loads(msg.payload))
+            self.arrivals.append(time.perf_counter())
             self.cond.notify_all()
 
     def send(self, topic: str, payload: bytes, correlation: bytes) -> None:

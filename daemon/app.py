@@ -14,6 +14,7 @@ SIGINT exits at once; SIGHUP reloads the dictionary and the hotwords.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -102,6 +103,8 @@ class App:
             "jobs": len(self.jobs.running),
             "publish": {**(self.publish.counters_dict() if self.publish else {}), "partials": self.partials.published},
         }
+        if self.remote is not None:
+            parts["remote"] = {**dataclasses.asdict(self.remote.counters), "workers_online": sorted(self.remote.online)}
         return status(self.rt, parts)
 
     async def _start_model(self) -> None:

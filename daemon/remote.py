@@ -186,6 +186,7 @@ class RemoteRecognizer:
                                             sentence_end if isinstance(sentence_end, bool)
                                             else [sentence_end[i] for i in missing])  # fmt: skip
             self.counters.local += len(missing)
+            self.log.info("remote: no worker online; recognized here", utterances=len(missing))
             for i, r in zip(missing, local, strict=True):
                 results[i] = r
         return [r for r in results if r is not None]

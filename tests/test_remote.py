@@ -93,9 +93,12 @@ def room_files(folder: Path, rooms: int, sentences: list[str]) -> str:
     return out
 
 
-def remote(deadline_s: float = 3.0) -> str:
+def remote(wait_s: float = 30, fallback: bool = False) -> str:
     # Stitching off: one utterance per sentence, so "each exactly once" can be counted.
-    return f"[remote]\nenabled = true\ndeadline_s = {deadline_s}\nwait_for_worker_s = 30\n[stitch]\nenabled = false\n"
+    return (
+        f"[remote]\nenabled = true\ndeadline_s = 3\nwait_for_worker_s = {wait_s}\n"
+        f"fallback_local = {str(fallback).lower()}\n[stitch]\nenabled = false\n"
+    )
 
 
 def published(sub: Subscriber) -> list[dict[str, object]]:
@@ -177,7 +180,7 @@ def test_no_worker_then_one_then_the_broker_restarts(tmp_path: Path, broker: Mos
     rooms = room_files(tmp_path, 1, SENTENCES)
     states = Subscriber(broker.port, f"{prefix}/+/state", f"{prefix}-states")
     sub = Subscriber(broker.port, f"{prefix}/+/utterance", f"{prefix}-sub", persistent=True)
-    extra = remote().replace("wait_for_worker_s = 30", "wait_for_worker_s = 1")
+    extra = remote(wait_s=1)
     daemon = Daemon(write_config(tmp_path / "d.toml", broker.port, prefix, rooms, extra))
     node = None
     try:
@@ -264,3 +267,21 @@ def test_a_worker_refuses_bad_jobs_and_answers_a_repeat_from_memory(tmp_path: Pa
     finally:
         requester.close()
         node.kill()
+
+
+@pytest.mark.slow
+def test_with_no_worker_the_local_fallback_recognizes(tmp_path: Path, broker: Mosquitto) -> None:
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    sentences = SENTENCES[:2]
+    rooms = room_files(tmp_path, 1, sentences)
+    extra = remote(wait_s=1, fallback=True)
+    sub = Subscriber(broker.port, f"{prefix}/+/utterance", f"{prefix}-sub")
+    daemon = Daemon(write_config(tmp_path / "d.toml", broker.port, prefix, rooms, extra))
+    try:
+        sub.wait_for("/utterance", len(sentences), timeout_s=120)
+        assert daemon.terminate() == 0
+        check_rooms(published(sub), 1, sentences)
+        assert daemon.events("remote: no worker online; recognized here")
+    finally:
+        daemon.kill()
+        sub.close()

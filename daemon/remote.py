@@ -44,6 +44,9 @@ ASSUMED = Capabilities(multilingual=False, prompt=True, timestamps=True, hotword
                        max_batch=16, max_audio_s=30.0, sentence_end=True)  # fmt: skip
 
 
+MAX_REFUSALS = 3  # error results for one job before it fails like a local model call
+
+
 @dataclass
 class RemoteCounters:
     jobs: int = 0
@@ -198,6 +201,7 @@ class RemoteRecognizer:
         """One job until answered; None when nobody is online and the local model should do it."""
         payload = encode_job(header, audio)
         self.counters.jobs += 1
+        refusals = 0
         for attempt in itertools.count():
             if self.fallback is not None and not self.online:
                 return None
@@ -211,7 +215,10 @@ class RemoteRecognizer:
                 self.watch.touch("recognize")  # waiting on workers by design, not a stalled model
                 self.log.warning("remote: job not answered in time; sending it again", job=header.id,
                                  attempt=attempt + 1, workers_online=len(self.online))  # fmt: skip
-            except RuntimeError:  # an error result: give another worker (or the fallback) the job
+            except RuntimeError as exc:  # an error result: another worker may do better, twice
+                refusals += 1
+                if refusals >= MAX_REFUSALS:  # as a local model's failure: the stage logs and counts it
+                    raise RuntimeError(f"job {header.id} refused {refusals} times; last: {exc}") from None
                 await asyncio.sleep(min(self.settings.deadline_s, 1.0))
             finally:
                 self._waiting.pop(header.id, None)

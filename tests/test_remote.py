@@ -4,11 +4,12 @@ with SIGKILL, a worker restarted, the broker restarted, no worker at all, bad jo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.outgoing import Outgoing
+from daemon.remote import RemoteRecognizer
 from daemon.remote_wire import (
     MAX_JOB_BYTES,
     JobError,
@@ -285,3 +288,70 @@ def test_with_no_worker_the_local_fallback_recognizes(tmp_path: Path, broker: Mo
     finally:
         daemon.kill()
         sub.close()
+
+
+class Broker:
+    """The publisher's side the remote recognizer uses, recorded; the test answers the jobs."""
+
+    prefix, client_id = "rs", "me"
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+        self.handlers: dict[str, Callable[[str, bytes], None]] = {}
+        self.arrived = asyncio.Event()
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
+        self.handlers[topic] = handler
+
+    def submit(self, message: Outgoing) -> None:
+        self.sent.append(message)
+        self.arrived.set()
+
+    async def next_job(self, count: int) -> JobHeader:
+        while len(self.sent) < count:
+            self.arrived.clear()
+            await self.arrived.wait()
+        return decode_job(self.sent[count - 1].binary or b"").header
+
+    def answer(self, job: JobHeader, text: str | None) -> None:
+        recognition = Recognition(text, "en", -0.1, 0.0, 0.9, 3, False) if text is not None else None
+        self.handlers["rs/results/me"]("rs/results/me", encode_result(job.id, "w1", recognition, "refused"))
+
+
+def remote_recognizer(broker: Broker) -> RemoteRecognizer:
+    from daemon.config_interfaces import RemoteSettings
+    from pipeline.health import BusyWatch
+
+    recognizer = RemoteRecognizer(RemoteSettings(enabled=True, deadline_s=1), broker, BusyWatch())  # type: ignore[arg-type]
+    recognizer.loop = asyncio.get_running_loop()
+    return recognizer
+
+
+def test_a_late_job_is_sent_again_with_its_id_and_the_second_answer_is_dropped() -> None:
+    async def run() -> None:
+        broker = Broker()
+        recognizer = remote_recognizer(broker)
+        call = asyncio.get_running_loop().run_in_executor(None, recognizer.recognize, [speak("Hello.")])
+        first = await broker.next_job(1)
+        again = await broker.next_job(2)  # nobody answered within deadline_s
+        assert again.id == first.id and broker.sent[1].correlation == first.id.encode()
+        broker.answer(first, "Hello.")
+        broker.answer(first, "Hello again.")  # the slow worker's answer, after all
+        [result] = await call
+        assert result.text == "Hello." and recognizer.counters.resent >= 1 and recognizer.counters.late == 1
+
+    asyncio.run(run())
+
+
+def test_a_job_every_worker_refuses_fails_like_a_local_model_call() -> None:
+    async def run() -> None:
+        broker = Broker()
+        recognizer = remote_recognizer(broker)
+        call = asyncio.get_running_loop().run_in_executor(None, recognizer.recognize, [speak("Hello.")])
+        for n in range(1, 4):
+            broker.answer(await broker.next_job(n), None)
+        with pytest.raises(RuntimeError, match="refused 3 times"):
+            await call
+        assert recognizer.counters.errors == 3
+
+    asyncio.run(run())

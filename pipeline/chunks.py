@@ -190,10 +190,12 @@ def _unspaced(c: str) -> bool:
 def settle(
     segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]
 ) -> tuple[tuple[TimedText, ...], list[tuple[float, float]]]:
-    """The chunk's segments, and the speech spans they do not account for: spans no segment
-    overlaps, and spans after the first of a segment whose words are too few for the speech
-    it spans (that segment is cut back to its first span)."""
-    covered: set[int] = set()
+    """The chunk's segments, and the speech they do not account for: spans no segment
+    overlaps; spans after the first of a segment whose words are too few for the speech it
+    spans (that segment is cut back to its first span); and the head or tail of a span its
+    segments leave out by more than SNAP_S (more than coarse timing explains: a decode that
+    ended before the speech did, seen dropping a sentence's last five words)."""
+    covered: dict[int, list[TimedText]] = {}
     out = []
     for seg in segments:
         spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
@@ -201,6 +203,17 @@ def settle(
         if len(spans) > 1 and spoken_words(seg.raw_text) < MIN_WORDS_PER_S * talk:
             spans = spans[:1]
             seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
-        covered.update(spans)
+        for k in spans:
+            covered.setdefault(k, []).append(seg)
         out.append(seg)
-    return tuple(out), [span for k, span in enumerate(speech) if k not in covered]
+    left_out = []
+    for k, (begin, end) in enumerate(speech):
+        if k not in covered:
+            left_out.append((begin, end))
+            continue
+        first, last = min(s.start_s for s in covered[k]), max(s.end_s for s in covered[k])
+        if first - begin > SNAP_S:
+            left_out.append((begin, first))
+        if end - last > SNAP_S:
+            left_out.append((last, end))
+    return tuple(out), sorted(left_out)

@@ -295,6 +295,22 @@ def test_settle_finds_speech_a_timestamped_decode_left_out() -> None:
     assert settle(dense, speech) == (tuple(dense), [])
 
 
+def test_settle_finds_the_tail_of_a_span_the_decode_stopped_short_of() -> None:
+    """One 13 s span of speech (a long sentence) whose two timed segments end 2.9 s before
+    it does (tiny.en dropped "were trivialities not worth thinking about"): the tail is left
+    out and will be recognized on its own; a tail within SNAP_S is coarse timing, not a gap."""
+    from pipeline.chunks import settle
+    from pipeline.messages import TimedText
+
+    speech = [(0.0, 3.1), (4.5, 17.5)]
+    segments = [TimedText(0.0, 3.1, "What is the weather like today?"),
+                TimedText(4.5, 9.7, "The cut on his chest still dripping blood."),
+                TimedText(10.4, 14.6, "Even the soaring arena around him with thousands of spectators.")]  # fmt: skip
+    assert settle(segments, speech) == (tuple(segments), [(14.6, 17.5)])
+    close = [*segments[:2], TimedText(10.4, 16.0, segments[2].raw_text)]
+    assert settle(close, speech)[1] == []
+
+
 def test_settle_counts_chinese_words_by_characters() -> None:
     """A Chinese segment has no spaces: 28 characters over two spans of 6 s of speech are
     words enough (they used to count as one word, and the second span was redone)."""

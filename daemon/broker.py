@@ -72,6 +72,12 @@ def reply_address(properties: Any) -> Reply | None:
     return Reply(topic, bytes(correlation) if correlation is not None else None)
 
 
+def payload_bytes(message: aiomqtt.Message) -> bytes:
+    """A received message's payload as bytes (aiomqtt may hand over str, int or float)."""
+    raw = message.payload
+    return bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw).encode()
+
+
 def publish_properties(correlation: bytes | None, response_topic: str | None = None) -> Properties:
     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if correlation is not None:

@@ -79,8 +79,6 @@ class Controller:
             command = parse(payload)
             if isinstance(reply, BadReply):
                 raise CommandError(str(reply), command.command, command.transaction)
-            if room is not None and room not in self.rt.states:
-                raise CommandError(f"no room named {room!r}", command.command, command.transaction)
         except CommandError as exc:
             self._reply("error", exc.command, exc.transaction, str(exc), topic=topic, reply=_good(reply))
             return
@@ -91,7 +89,7 @@ class Controller:
     async def _run(self, command: AnyCommand, room: str | None, topic: str, reply: Reply | None) -> None:
         c = command
         try:
-            result = await self._execute(command, room)
+            result = await self.execute(command, room)
         except (CommandError, ConfigError, DictionaryError) as exc:
             self._reply("error", c.command, c.transaction, str(exc), topic=topic, reply=reply)
             return
@@ -102,7 +100,7 @@ class Controller:
         self._reply("ok", c.command, c.transaction, None, result, topic=topic, reply=reply)
 
     async def execute(self, command: AnyCommand, room: str | None) -> dict[str, Any] | None:
-        """Runs one command for another door (the caption page); raises CommandError."""
+        """Runs one command (from MQTT, or another door: the caption page); raises CommandError."""
         if room is not None and room not in self.rt.states:
             raise CommandError(f"no room named {room!r}", command.command, command.transaction)
         return await self._execute(command, room)

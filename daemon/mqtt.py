@@ -33,6 +33,7 @@ from daemon.broker import (
     V311,
     backoff_delay,
     first_protocol,
+    payload_bytes,
     publish_properties,
     read_password,
     refuses_protocol,
@@ -228,21 +229,18 @@ class Publisher:
 
     def side_client(self, purpose: str) -> aiomqtt.Client:
         """A second connection to the same broker with the same credentials (no will)."""
-        s = self.settings
-        return aiomqtt.Client(s.host, s.port, identifier=f"{self.client_id}-{purpose}", username=s.username or None,
-                              password=self._password, tls_context=self._tls, protocol=self.protocol,
-                              timeout=PUBLISH_TIMEOUT_S)  # fmt: skip
+        return self._client(f"{self.client_id}-{purpose}", will=False)
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, identifier: str | None = None, will: bool = True) -> aiomqtt.Client:
         s = self.settings
         return aiomqtt.Client(
             s.host,
             s.port,
-            identifier=self.client_id,
+            identifier=identifier or self.client_id,
             username=s.username or None,
             password=self._password,
             keepalive=s.keepalive_s,
-            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
+            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True) if will else None,
             timeout=PUBLISH_TIMEOUT_S,
             tls_context=self._tls,
             protocol=self.protocol,
@@ -330,16 +328,15 @@ class Publisher:
         # Iterating the message stream raises MqttError as soon as the connection drops,
         # even while nothing is being published; that ends the session's task group.
         async for message in client.messages:
-            raw = message.payload
-            payload = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
+            payload = payload_bytes(message)
             for topic_filter, (_, handler, with_properties) in self.handlers.items():
                 if not message.topic.matches(topic_filter):
                     continue
                 try:
                     if with_properties:
-                        handler(str(message.topic), bytes(payload), message.properties)
+                        handler(str(message.topic), payload, message.properties)
                     else:
-                        handler(str(message.topic), bytes(payload))
+                        handler(str(message.topic), payload)
                 except Exception:  # a message must never take the connection (or the daemon) down
                     self.log.exception("message handler failed", topic=str(message.topic))
 

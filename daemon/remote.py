@@ -30,6 +30,7 @@ import aiomqtt
 import numpy as np
 import structlog
 
+from daemon.broker import payload_bytes
 from daemon.outgoing import Outgoing
 from daemon.remote_wire import JobHeader, capabilities_from, decode_result, encode_job
 from models.api import Capabilities, Recognition, Recognizer
@@ -114,8 +115,7 @@ class RemoteRecognizer:
             async with asyncio.timeout(timeout_s), self.publisher.side_client("discover") as client:
                 await client.subscribe(f"{self.prefix}/workers/+", qos=1)
                 async for message in client.messages:
-                    raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-                    self._on_worker(str(message.topic), bytes(raw))
+                    self._on_worker(str(message.topic), payload_bytes(message))
                     if self.workers:
                         return True
         except (TimeoutError, aiomqtt.MqttError, OSError) as exc:

@@ -29,7 +29,16 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from daemon.broker import V5, backoff_delay, read_password, tls_context
+from daemon.broker import (
+    V5,
+    BadReply,
+    backoff_delay,
+    payload_bytes,
+    publish_properties,
+    read_password,
+    reply_address,
+    tls_context,
+)
 from daemon.config import Config
 from daemon.remote_wire import Job, JobError, capabilities_record, decode_job, encode_result, job_id_of
 from models.api import Recognition, Recognizer
@@ -139,20 +148,22 @@ class Worker:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            reply_to = getattr(message.properties, "ResponseTopic", None)
-            correlation = getattr(message.properties, "CorrelationData", None)
-            raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            payload = bytes(raw)
-            if not reply_to or "+" in reply_to or "#" in reply_to:
+            payload = payload_bytes(message)
+            try:
+                reply = reply_address(message.properties)
+            except BadReply:
+                reply = None
+            if reply is None:
                 self.counters.errors += 1
                 self.log.warning("job without a usable response topic: dropped", topic=str(message.topic))
                 continue
+            reply_to, correlation = reply.topic, reply.correlation
             try:
                 job = decode_job(payload)
             except JobError as exc:
                 self.counters.errors += 1
                 self.log.warning("job refused", error=str(exc), topic=str(message.topic))
-                job_id = job_id_of(payload) or (bytes(correlation).decode(errors="replace") if correlation else "?")
+                job_id = job_id_of(payload) or (correlation.decode(errors="replace") if correlation else "?")
                 await self._answer(client, reply_to, correlation, encode_result(job_id, self.id, None, str(exc)))
                 continue
             if (cached := self.answered.get(job.header.id)) is not None:
@@ -235,8 +246,6 @@ class Worker:
         )
 
     async def _answer(self, client: aiomqtt.Client, topic: str, correlation: bytes | None, body: bytes) -> None:
-        from daemon.broker import publish_properties
-
         await client.publish(topic, body, qos=1, properties=publish_properties(correlation))
 
     async def _stats(self, client: aiomqtt.Client) -> None:

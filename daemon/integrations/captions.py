@@ -34,16 +34,17 @@ from aiohttp import WSMsgType, web
 from daemon.commands import ClearCache, CommandError, Pause, Resume, Status, parse, response
 from daemon.config_sources import BrowserSourceSettings
 from daemon.status import status_line
+from pipeline.messages import SAMPLE_RATE
+from pipeline.sources import PushSource
 
 if TYPE_CHECKING:
     from daemon.control import Controller
     from daemon.runtime import Runtime
-    from pipeline.sources import PushSource
 
 PAGE_COMMANDS = (Pause, Resume, ClearCache, Status)
 STATUS_EVERY_S = 2.0
 MAX_MESSAGE_BYTES = 1 << 20  # a 500 ms chunk at 48 kHz is 48 kB
-MAX_RATE = 192_000
+MIN_RATE, MAX_RATE = 8000, 192_000
 
 
 def same_origin(request: web.Request) -> bool:
@@ -150,13 +151,19 @@ class CaptionPage:
         name = request.match_info["room"]
         room = self.rt.room(name)
         source = room.source if room is not None and name in self.mic_rooms() else None
+        if not isinstance(source, PushSource):  # a browser room's source always is one
+            source = None
         try:
             rate = int(request.query.get("rate", "16000"))
         except ValueError:
             rate = 0
         ws = await self._open(request)
-        if source is None or not 8000 <= rate <= MAX_RATE:
-            why = f"no browser microphone room named {name!r}" if source is None else f"rate {rate} out of 8000-192000"
+        if source is None or not MIN_RATE <= rate <= MAX_RATE:
+            why = (
+                f"no browser microphone room named {name!r}"
+                if source is None
+                else f"rate {rate} out of {MIN_RATE}-{MAX_RATE}"
+            )
             await ws.send_json(self._bad(why))
             await ws.close(code=4404 if source is None else 4400, message=why.encode()[:120])
             return ws
@@ -166,11 +173,11 @@ class CaptionPage:
         self.mics[name] = ws
         self.log.info("browser microphone connected", room=name, rate=rate)
         try:
-            await self._hear(ws, source, rate)  # type: ignore[arg-type]
+            await self._hear(ws, source, rate)
         finally:
             if self.mics.get(name) is ws:
                 del self.mics[name]
-                self._flush(name, source)  # type: ignore[arg-type]
+                self._flush(name, source)
             self.log.info("browser microphone disconnected", room=name)
         return ws
 
@@ -189,4 +196,4 @@ class CaptionPage:
         settings = next(r for r in self.rt.config.rooms if r.name == room)
         params = self.rt.config.room_vad_params(settings)
         seconds = (params.hangover_ms + params.post_roll_ms) / 1000 + 1.0
-        source.push(np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
+        source.push(np.zeros(int(SAMPLE_RATE * seconds), dtype=np.float32), SAMPLE_RATE)

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results
 from bench.stitch_pool import commands
 from daemon.remote_wire import JobHeader, encode_job
-from tests.helpers import Daemon, Mosquitto, speak, speech_with_pauses, write_config
-from tests.test_remote import Requester
+from tests.helpers import Daemon, Mosquitto, Mqtt5Client, speak, speech_with_pauses, write_config
+from tests.test_remote import results
 
 RATE = 16000
 
@@ -54,17 +54,18 @@ def p95(values: list[float]) -> float:
     return sorted(values)[int(0.95 * (len(values) - 1))]
 
 
-def timed_jobs(requester: Requester, topic: str, audios: list[np.ndarray], tag: str) -> tuple[float, list[float]]:
+def timed_jobs(requester: Mqtt5Client, topic: str, audios: list[np.ndarray], tag: str) -> tuple[float, list[float]]:
     """Send every job at once; (seconds until the last answer, each job's seconds)."""
-    before = len(requester.results)
+    before = len(requester.messages)
+    reply_to = requester.topics[0]
     sent: dict[str, float] = {}
     for i, audio in enumerate(audios):
         job_id = f"{tag}-{i}"
         sent[job_id] = time.perf_counter()
-        requester.send(topic, encode_job(JobHeader(id=job_id), audio), job_id.encode())
-    requester.wait(before + len(audios))
+        requester.request(topic, encode_job(JobHeader(id=job_id), audio), reply_to, job_id.encode())
+    got = results(requester, before + len(audios))[before:]
     arrived = requester.arrivals[before:]
-    ids = [str(r["id"]) for r in requester.results[before:]]
+    ids = [str(r["id"]) for r in got]
     each = [t - sent[i] for i, t in zip(ids, arrived, strict=True)]
     return max(arrived) - min(sent.values()), each
 
@@ -77,7 +78,7 @@ def local_model() -> Any:
 
 
 def throughput_and_latency(port: int, prefix: str, audios: list[np.ndarray]) -> list[dict[str, Any]]:
-    requester = Requester(port, f"{prefix}/results/bench")
+    requester = Mqtt5Client(port, [f"{prefix}/results/bench"])
     topic = f"{prefix}/jobs/live"
     model = local_model()
     try:

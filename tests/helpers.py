@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import re
 import shutil
@@ -307,6 +308,56 @@ class Subscriber:
             timeout_s,
             f"messages on *{suffix}",
         )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+Received = tuple[str, dict[str, object], bytes | None]  # topic, JSON payload, correlation data
+
+
+class Mqtt5Client:
+    """A paho MQTT 5 client that sends requests with a response topic and correlation data
+    (as the daemon's commands and jobs are asked) and records what comes on ``topics``."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.topics = topics
+        self.messages: list[Received] = []
+        self.arrivals: list[float] = []  # time.perf_counter() of each message, same order
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def _on_message(self, _client, _userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        with self.cond:
+            self.messages.append((msg.topic, json.loads(msg.payload), correlation))
+            self.arrivals.append(time.perf_counter())
+            self.cond.notify_all()
+
+    def request(self, topic: str, payload: bytes, reply_to: str, correlation: bytes | None) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ResponseTopic = reply_to
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
+
+    def wait(self, find: Callable[[], list[T]], count: int, what: str, timeout_s: float = 60) -> list[T]:
+        """Until ``find()`` (reading ``messages``) gives ``count`` items."""
+        return wait_until(self.cond, find, count, timeout_s, what)
 
     def close(self) -> None:
         self.client.disconnect()

@@ -7,57 +7,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from tests.helpers import Daemon, Mosquitto, free_port, wait_for_port, wait_until, write_config
+from tests.helpers import Daemon, Mosquitto, Mqtt5Client, Received, free_port, wait_for_port, write_config
 
 
-class Client5:
-    """A paho MQTT 5 client that records (topic, payload, correlation data)."""
+def answers(client: Mqtt5Client, transaction: str, count: int = 1) -> list[Received]:
+    def mine() -> list[Received]:
+        return [m for m in client.messages if m[1].get("transaction") == transaction]
 
-    def __init__(self, port: int, topics: list[str]) -> None:
-        self.messages: list[tuple[str, dict[str, object], bytes | None]] = []
-        self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+    return client.wait(mine, count, f"answers to {transaction}", timeout_s=30)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        correlation = getattr(msg.properties, "CorrelationData", None)
-        with self.cond:
-            self.messages.append((msg.topic, json.loads(msg.payload), correlation))
-            self.cond.notify_all()
 
-    def request(self, topic: str, command: dict[str, object], reply_to: str, correlation: bytes | None) -> None:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = reply_to
-        if correlation is not None:
-            properties.CorrelationData = correlation
-        self.client.publish(topic, json.dumps(command), qos=1, properties=properties).wait_for_publish(10)
-
-    def answers(self, transaction: str, count: int = 1) -> list[tuple[str, dict[str, object], bytes | None]]:
-        def mine() -> list[tuple[str, dict[str, object], bytes | None]]:
-            return [m for m in self.messages if m[1].get("transaction") == transaction]
-
-        return wait_until(self.cond, mine, count, 30, f"answers to {transaction}")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def ask(client: Mqtt5Client, topic: str, command: dict[str, object], reply_to: str, correlation: bytes | None) -> None:
+    client.request(topic, json.dumps(command).encode(), reply_to, correlation)
 
 
 def no_rooms() -> str:
@@ -66,12 +33,12 @@ def no_rooms() -> str:
 
 
 @pytest.fixture
-def daemon5(tmp_path: Path) -> Iterator[tuple[Daemon, Client5, str]]:
+def daemon5(tmp_path: Path) -> Iterator[tuple[Daemon, Mqtt5Client, str]]:
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     daemon = Daemon(write_config(tmp_path / "c.toml", broker.port, prefix, "", no_rooms()))
-    client = Client5(broker.port, [f"{prefix}/response", "replies/#"])
+    client = Mqtt5Client(broker.port, [f"{prefix}/response", "replies/#"])
     try:
         daemon.wait_log("mqtt connected", timeout_s=120)
         yield daemon, client, prefix
@@ -82,31 +49,31 @@ def daemon5(tmp_path: Path) -> Iterator[tuple[Daemon, Client5, str]]:
         broker.stop()
 
 
-def test_a_command_is_answered_on_its_response_topic(daemon5: tuple[Daemon, Client5, str]) -> None:
+def test_a_command_is_answered_on_its_response_topic(daemon5: tuple[Daemon, Mqtt5Client, str]) -> None:
     daemon, client, prefix = daemon5
     assert daemon.events("mqtt connected")[0]["mqtt"] == "5"
     correlation = b"\x00\xffreq-1"
-    client.request(f"{prefix}/set", {"command": "status", "transaction": "a"}, "replies/me", correlation)
-    [(topic, answer, got)] = client.answers("a")
+    ask(client, f"{prefix}/set", {"command": "status", "transaction": "a"}, "replies/me", correlation)
+    [(topic, answer, got)] = answers(client, "a")
     assert topic == "replies/me" and answer["status"] == "ok" and got == correlation
     # Without correlation data, still to the response topic; an error answer too.
-    client.request(f"{prefix}/nowhere/set", {"command": "pause", "transaction": "b"}, "replies/other", None)
-    [(topic, answer, got)] = client.answers("b")
+    ask(client, f"{prefix}/nowhere/set", {"command": "pause", "transaction": "b"}, "replies/other", None)
+    [(topic, answer, got)] = answers(client, "b")
     assert topic == "replies/other" and answer["status"] == "error" and "no room" in str(answer["error"])
     assert got is None
 
 
 def test_a_bad_response_topic_is_answered_on_the_response_topic_of_the_contract(
-    daemon5: tuple[Daemon, Client5, str],
+    daemon5: tuple[Daemon, Mqtt5Client, str],
 ) -> None:
     _, client, prefix = daemon5
-    client.request(f"{prefix}/set", {"command": "status", "transaction": "c"}, "replies/+/x", b"id")
-    [(topic, answer, _)] = client.answers("c")
+    ask(client, f"{prefix}/set", {"command": "status", "transaction": "c"}, "replies/+/x", b"id")
+    [(topic, answer, _)] = answers(client, "c")
     assert topic == f"{prefix}/response" and answer["status"] == "error"
     assert "response_topic" in str(answer["error"])
     # The connection survived (a publish to a wildcard topic would have cost it): a good one works.
-    client.request(f"{prefix}/set", {"command": "status", "transaction": "d"}, "replies/me", b"id2")
-    assert client.answers("d")[0][0] == "replies/me"
+    ask(client, f"{prefix}/set", {"command": "status", "transaction": "d"}, "replies/me", b"id2")
+    assert answers(client, "d")[0][0] == "replies/me"
 
 
 AMQTT = """

@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 import soundfile as sf
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from daemon.outgoing import Outgoing
 from daemon.remote import RemoteRecognizer
@@ -35,11 +29,11 @@ from models.api import Recognition
 from tests.helpers import (
     Daemon,
     Mosquitto,
+    Mqtt5Client,
     Subscriber,
     normalize,
     speak,
     speech_with_pauses,
-    wait_until,
     wer,
     write_config,
 )
@@ -218,62 +212,35 @@ def test_no_worker_then_one_then_the_broker_restarts(tmp_path: Path, broker: Mos
         states.close()
 
 
-class Requester:
-    """Publishes jobs as an MQTT 5 client, as the daemon does, and records the results."""
+def results(client: Mqtt5Client, count: int) -> list[dict[str, object]]:
+    """The first ``count`` results a requester got (waiting for them)."""
 
-    def __init__(self, port: int, reply_to: str) -> None:
-        self.results: list[dict[str, object]] = []
-        self.arrivals: list[float] = []  # time.perf_counter() of each result, same order
-        self.cond = threading.Condition()
-        self.reply_to = reply_to
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe(reply_to, 1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+    def bodies() -> list[dict[str, object]]:
+        return [body for _, body, _ in client.messages]
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self.cond:
-            self.results.append(json.loads(msg.payload))
-            self.arrivals.append(time.perf_counter())
-            self.cond.notify_all()
-
-    def send(self, topic: str, payload: bytes, correlation: bytes) -> None:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = self.reply_to
-        properties.CorrelationData = correlation
-        self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
-
-    def wait(self, count: int) -> list[dict[str, object]]:
-        return wait_until(self.cond, lambda: list(self.results), count, 60, "results")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+    return client.wait(bodies, count, "results")
 
 
 @pytest.mark.slow
 def test_a_worker_refuses_bad_jobs_and_answers_a_repeat_from_memory(tmp_path: Path, broker: Mosquitto) -> None:
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     node = worker(write_config(tmp_path / "w.toml", broker.port, prefix, ""), "w1")
-    requester = Requester(broker.port, f"{prefix}/results/test")
+    reply_to = f"{prefix}/results/test"
+    requester = Mqtt5Client(broker.port, [reply_to])
     try:
         node.wait_log("worker ready", timeout_s=120)
         topic = f"{prefix}/jobs/live"
         bad = [b"garbage", b'{"id": "b2"}\nnot audio', b'{"id": "b3"}\n' + b"\0" * (MAX_JOB_BYTES + 10)]
         for n, payload in enumerate(bad):
-            requester.send(topic, payload, f"bad{n}".encode())
+            requester.request(topic, payload, reply_to, f"bad{n}".encode())
         good = encode_job(JobHeader(id="g1"), speak(SENTENCES[2]))
-        requester.send(topic, good, b"g1")
-        requester.send(topic, good, b"g1")  # sent again: answered from memory
-        results = requester.wait(5)
-        errors = {str(r["id"]): str(r["error"]) for r in results if "error" in r}
+        requester.request(topic, good, reply_to, b"g1")
+        requester.request(topic, good, reply_to, b"g1")  # sent again: answered from memory
+        got = results(requester, 5)
+        errors = {str(r["id"]): str(r["error"]) for r in got if "error" in r}
         assert "no header line" in errors["bad0"]
         assert "unreadable audio" in errors["b2"] and "byte limit" in errors["b3"]
-        answers = [r for r in results if r["id"] == "g1"]
+        answers = [r for r in got if r["id"] == "g1"]
         assert len(answers) == 2 and answers[0] == answers[1]
         text = str(answers[0]["recognition"]["text"])  # type: ignore[index]
         assert wer([normalize(SENTENCES[2])], [normalize(text)]) <= 0.2

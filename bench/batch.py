@@ -4,20 +4,22 @@
     python bench/batch.py --pack audio.npz --model DIR   # a GPU machine without espeak-ng
 
 "long": 50 clips of 5-60 s, each a run of recorded English clips from ../shared/data/speech/
-(when present) and espeak-ng sentences with 0.8-2.5 s pauses between them (seed 5).
-"short": 40 recorded English clips of at most 30 s from ../shared/data/speech, drawn at random
-(seed 24) from all 91 of them, each transcribed as its own file. Per set, one after the other
-on this machine: `roomscribe transcribe` with the default queue (several files in flight; a
+(when present) and espeak-ng sentences with 0.8-2.5 s pauses between them (seed 5). "short":
+40 recorded English clips of at most 30 s from ../shared/data/speech, drawn at random (seed
+24) from all 91 of them, each transcribed as its own file. Per set, one after the other on
+this machine: `roomscribe transcribe` with the default queue (several files in flight; a
 file of at most 30 s whole, longer ones in timestamped chunks), the same with --jobs 1 (the
 plain serial loop: one file at a time, one VAD segment per call), and faster-whisper (same
 CTranslate2 weights, greedy) over the files one by one: its serial loop with its Silero VAD
 filter, and its BatchedInferencePipeline at batch 8 and 16. With --repeat N the queue and
-faster-whisper alternate N times and each reports its median wall. Wall times include
-loading the model. WER against the clips' texts checks that speed was not bought with
-accuracy; ``diffs`` in the JSON lists, per set, every file where the queue's words differ
-from the serial loop's. Nothing here is tuned on these sets (the 30 s rule is Whisper's
-window). With ``--pack`` (bench/recognizer.py --write-pack) the long clips are built from
-that file's utterances instead; faster-whisper is left out where it is not installed.
+faster-whisper alternate N times and each reports its median wall. Every run is a process of
+its own, timed whole: the interpreter, imports and loading the model included (until
+2026-12-03 faster-whisper ran inside the bench, its imports already paid). WER against the
+clips' texts checks that speed was not bought with accuracy; ``diffs`` in the JSON lists,
+per set, every file where the queue's words differ from the serial loop's. Nothing here is
+tuned on these sets (the 30 s rule is Whisper's window). With ``--pack``
+(bench/recognizer.py --write-pack) the long clips are built from that file's utterances
+instead; faster-whisper is left out where it is not installed.
 """
 
 from __future__ import annotations
@@ -116,14 +118,31 @@ def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, di
 
 
 def faster_whisper(folder: Path, batch: int = 0) -> tuple[float, float, dict[str, str]]:
-    """Serial faster-whisper (its VAD filter), or with ``batch`` its BatchedInferencePipeline
-    (VAD segments of a file decoded ``batch`` at a time, without timestamps)."""
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
-
+    """faster-whisper over the folder in a process of its own, timed whole like ours (the
+    interpreter, its imports and the model load included): (wall, load, texts)."""
     from models.loading import resolve_model
 
+    # The parent finds the folder: models.loading imports torch, which faster-whisper does not need.
+    model = resolve_model("bundled:tiny.en").weights.parent
+    command = [sys.executable, __file__, "--fw-worker", str(folder), "--fw-batch", str(batch), "--fw-model", str(model)]
     started = time.perf_counter()
-    model = WhisperModel(str(resolve_model("bundled:tiny.en").weights.parent), device="cpu", compute_type="float32")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        if "No module named 'faster_whisper'" in done.stderr:
+            raise ImportError("faster_whisper")
+        raise RuntimeError(done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return wall, float(result["load_s"]), dict(result["texts"])
+
+
+def fw_worker(folder: Path, batch: int, model_dir: Path) -> None:
+    """Serial faster-whisper (its VAD filter), or with ``batch`` its BatchedInferencePipeline
+    (VAD segments of a file decoded ``batch`` at a time, without timestamps)."""
+    started = time.perf_counter()
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="float32")
     load = time.perf_counter() - started
     texts = {}
     for path in sorted(folder.glob("*.*")):
@@ -133,7 +152,7 @@ def faster_whisper(folder: Path, batch: int = 0) -> tuple[float, float, dict[str
         else:
             segments, _ = model.transcribe(str(path), beam_size=1, language="en", vad_filter=True)
         texts[path.name] = " ".join(s.text.strip() for s in segments)
-    return time.perf_counter() - started, load, texts
+    print(json.dumps({"load_s": round(load, 2), "texts": texts}))
 
 
 def short_clips(folder: Path, count: int, seed: int = 24) -> dict[str, str]:
@@ -222,7 +241,13 @@ def main() -> None:
     parser.add_argument("--model", help="recognizer.model for our runs (default: the bundled tiny.en)")
     parser.add_argument("--device", default="auto", help="recognizer.device for our runs")
     parser.add_argument("--repeat", type=int, default=1, help="queue and faster-whisper runs, alternating (median)")
+    parser.add_argument("--fw-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fw-batch", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--fw-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fw_worker:
+        fw_worker(args.fw_worker, args.fw_batch, args.fw_model)
+        return
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"diffs": {}, "sets": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """SenseVoice-Small's speed, random weights at the full size, beside our Whisper engines.
 
-    python bench/sensevoice.py [--repeat 5] [--modes sv-ours,sv-reference,whisper-tiny.en,whisper-base]
+    python bench/sensevoice.py [--repeat 5] [--rounds 3] [--modes sv-ours,sv-reference,whisper-tiny.en,whisper-base]
 
 No registry ships SenseVoice weights, so its rows time the real architecture (512 wide,
 50 + 20 SAN-M blocks, 25055-token CTC head: 234M parameters) with random weights; they are
@@ -10,9 +10,11 @@ SenseVoice rows: SentencePiece on a few dozen ids takes microseconds, and random
 outside the test tokenizer.) The Whisper rows are the real models (tiny.en, multilingual
 base), greedy, on the same audio: espeak-ng speech cut to 2, 5 and 10 s.
 
-Per mode, in its own process (its own peak RSS): median latency per utterance for each
-length at batch 1 (after a warm-up), throughput (audio seconds per second) at batch 1 and at
-the best batch, peak RSS. sv-reference is FunASR's implementation with the same weights
+The -int8 modes are the same engines with ``recognizer.quantize = "int8"`` (every linear
+layer). Per mode, in its own process (its own peak RSS): median latency per utterance for
+each length at batch 1 (after a warm-up), throughput (audio seconds per second) at batch 1
+and at the best batch, peak RSS; the modes run interleaved ``--rounds`` times and each
+number is its median over the rounds. sv-reference is FunASR's implementation with the same weights
 (funasr, bench/test-only). Writes bench/results/sensevoice-<device>-<date>.json.
 """
 
@@ -37,7 +39,7 @@ from bench.common import write_results
 
 LENGTHS = (2.0, 5.0, 10.0)
 BATCHES = (1, 2, 4, 8, 16)
-MODES = ("sv-ours", "sv-reference", "whisper-tiny.en", "whisper-base")
+MODES = ("sv-ours", "sv-ours-int8", "sv-reference", "whisper-tiny.en", "whisper-tiny.en-int8", "whisper-base")
 
 
 def clips() -> dict[float, np.ndarray]:
@@ -71,10 +73,11 @@ class _NoText:
 def _runner(mode: str, folder: Path) -> Any:
     import torch
 
-    if mode == "sv-ours":
+    quantize = "int8" if mode.endswith("-int8") else "none"
+    if mode.startswith("sv-ours"):
         from models.sensevoice.recognizer import SenseVoiceRecognizer
 
-        engine = SenseVoiceRecognizer(folder, "cpu", "float32")
+        engine = SenseVoiceRecognizer(folder, "cpu", "float32", quantize=quantize)
 
         def run(batch: list[np.ndarray]) -> None:
             with torch.inference_mode():
@@ -88,8 +91,9 @@ def _runner(mode: str, folder: Path) -> Any:
     from models.api import DecodingOptions
     from models.recognizer import load_recognizer
 
-    whisper = load_recognizer(f"bundled:{mode.removeprefix('whisper-')}", "cpu", "float32", DecodingOptions())
-    language = "en" if mode == "whisper-base" else None
+    name = mode.removeprefix("whisper-").removesuffix("-int8")
+    whisper = load_recognizer(f"bundled:{name}", "cpu", "float32", DecodingOptions(), quantize=quantize)
+    language = "en" if name == "base" else None
     return lambda batch: whisper.recognize(batch, language=language)
 
 
@@ -148,9 +152,38 @@ def measure(mode: str, folder: Path, repeat: int) -> dict[str, Any]:
     return row
 
 
+RATIOS = {
+    "sv_5s_over_tiny_en_5s": ("sv-ours", "whisper-tiny.en"),
+    "sv_int8_5s_over_tiny_en_5s": ("sv-ours-int8", "whisper-tiny.en"),
+    "sv_int8_5s_over_tiny_en_int8_5s": ("sv-ours-int8", "whisper-tiny.en-int8"),
+    "sv_int8_5s_over_sv_5s": ("sv-ours-int8", "sv-ours"),
+    "sv_ours_over_reference_5s": ("sv-ours", "sv-reference"),
+}
+
+
+def median_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per mode: the median over rounds of every measured number (the best batch and
+    peak RSS of the round with the median throughput)."""
+    timed = [k for k in rounds[0] if k.startswith(("latency_", "throughput_"))]
+    middle = sorted(rounds, key=lambda r: r["throughput_best"])[len(rounds) // 2]
+    row = {**middle, **{k: round(statistics.median(r[k] for r in rounds), 1) for k in timed}}
+    row["rounds"] = len(rounds)
+    return row
+
+
+def five_second_ratios(by_mode: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Latency ratios for 5 s of audio, between modes measured in this run."""
+    return {
+        name: round(by_mode[a]["latency_5s_ms"] / by_mode[b]["latency_5s_ms"], 3)
+        for name, (a, b) in RATIOS.items()
+        if a in by_mode and b in by_mode
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="times every mode runs, interleaved (median)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -158,29 +191,28 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.folder, args.repeat)))
         return
-    rows = []
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = full_folder(Path(tmp))
-        for mode in args.modes.split(","):
-            command = [sys.executable, __file__, "--one", mode, "--folder", str(folder), "--repeat", str(args.repeat)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                rows.append({"mode": mode, "error": done.stderr.strip().splitlines()[-1]})
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    by_mode = {r["mode"]: r for r in rows if "error" not in r}
-    ratios: dict[str, float] = {}
-    if "sv-ours" in by_mode and "whisper-tiny.en" in by_mode:
-        ratios["sv_5s_over_tiny_en_5s"] = round(
-            by_mode["sv-ours"]["latency_5s_ms"] / by_mode["whisper-tiny.en"]["latency_5s_ms"], 3
-        )
-    if "sv-ours" in by_mode and "sv-reference" in by_mode:
-        ratios["sv_ours_over_reference_5s"] = round(
-            by_mode["sv-ours"]["latency_5s_ms"] / by_mode["sv-reference"]["latency_5s_ms"], 3
-        )
+        # Rounds interleave the modes: this shared box drifts by 10-30% within minutes, and
+        # a mode measured only while a neighbour was busy would skew every ratio it is in.
+        for _ in range(args.rounds):
+            for mode in modes:
+                command = [sys.executable, __file__, "--one", mode, "--folder", str(folder)]
+                command += ["--repeat", str(args.repeat)]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    errors[mode] = done.stderr.strip().splitlines()[-1]
+                    continue
+                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = [median_row(runs[mode]) if runs[mode] else {"mode": mode, "error": errors[mode]} for mode in modes]
+    ratios = five_second_ratios({r["mode"]: r for r in rows if "error" not in r})
     print(json.dumps(ratios))
-    write_results("sensevoice", rows, {"ratios": ratios, "repeat": args.repeat, "lengths_s": list(LENGTHS)})
+    extra = {"ratios": ratios, "repeat": args.repeat, "rounds": args.rounds, "lengths_s": list(LENGTHS)}
+    write_results("sensevoice", rows, extra)
 
 
 if __name__ == "__main__":

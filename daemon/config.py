@@ -71,7 +71,9 @@ class RecognizerSettings(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on a GPU, float32 on a CPU."
     )
-    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic int8 linear layers (CPU only).")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 linear layers (CPU, float32; Whisper and SenseVoice)."
+    )
     threads: int = Field(0, ge=0, le=256, description="CPU threads for the model; 0 lets torch decide.")
     beam_size: int = Field(D.beam_size, ge=1, le=16, description="1 is greedy decoding; more is beam search.")
     language_beams: dict[str, int] = Field(

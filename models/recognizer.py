@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from models.decoding import (
     split_segments,
     token_budget,
 )
-from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype
+from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype, quantize_linear_int8
 from models.loading import BUNDLED_PREFIX, ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
@@ -82,17 +81,7 @@ class WhisperRecognizer:
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
         self.quantize = quantize
         if quantize == "int8":
-            if not device.startswith("cpu") or dtype != "float32":
-                raise ValueError("quantize = int8 needs device = cpu and dtype = float32")
-            # Dynamic int8 linear layers: weights stored int8, activations quantized per call.
-            # torch.ao.quantization is deprecated in favour of torchao, but still the only
-            # int8 CPU kernel path in torch itself; its warnings are about that future.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-                torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]  # untyped in torch
-                    self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-                )
+            quantize_linear_int8(self.model, device, dtype)
         self.tokenizer = WhisperTokenizer(tokenizer_path(files, self.model.dims.n_vocab), self.model.dims.n_vocab)
         # CTranslate2 models carry their suppress lists; for the others we derive the same
         # list the way OpenAI's decoder does.
@@ -390,10 +379,8 @@ def load_recognizer(
     chosen = choose_device(device, cuda_count)
     path = Path(model).expanduser()
     if not model.startswith(BUNDLED_PREFIX) and looks_like_sensevoice(path):
-        if quantize != "none":
-            raise ValueError("recognizer.quantize applies to Whisper models only")
         from models.sensevoice.recognizer import SenseVoiceRecognizer
 
-        return SenseVoiceRecognizer(path, chosen, choose_dtype(dtype, chosen), options, batch_size)
+        return SenseVoiceRecognizer(path, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)
     files = resolve_model(model)
     return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)

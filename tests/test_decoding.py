@@ -16,7 +16,7 @@ from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak, wer
 # float16/bfloat16 must give the float32 words, except for at most this many word edits
 # over all test utterances (rounding can flip a near-tie; none was seen in the measurements).
 MAX_WORD_EDITS_LOW_PRECISION = 2
-INT8_ESPEAK_WER_BOUND = 0.30
+INT8_ESPEAK_WER_BOUND = 0.20
 
 
 def word_edits(reference: list[str], hypothesis: list[str]) -> int:
@@ -141,8 +141,9 @@ def test_low_precision_matches_float32(recognizer: WhisperRecognizer, audios: li
 
 @pytest.mark.slow
 def test_int8_quantization_stays_usable() -> None:
-    # int8 is lossy (per-tensor weight scales): it is held to a word error rate bound on
-    # the espeak sentences rather than to float32's exact words. Measured: 22% (float32: 8.8%).
+    # int8 is lossy (per-call activation scales): it is held to a word error rate bound on
+    # the espeak sentences rather than to float32's exact words. Measured: 10.3% with
+    # per-channel weight scales, 22% with the per-tensor ones used before (float32: 8.8%).
     int8 = load_recognizer("bundled:tiny.en", "cpu", "float32", quantize="int8")
     texts = [r.text for r in int8.recognize([speak(s) for s in SENTENCES])]
     assert wer(SENTENCES, texts) <= INT8_ESPEAK_WER_BOUND, texts

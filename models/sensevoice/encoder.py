@@ -9,9 +9,10 @@ norm. Four query rows go in front of the features: language, emotion, audio even
 normalization; the CTC head's first four output rows are read as those tags.
 
 Padding: every length-dependent step is masked (the convolution's input and output, the
-attention's keys), so a padded batch gives each item what it gives alone. Layer norms and
-the softmax run in float32 whatever the weights' dtype (the reference does the same for
-the norms); that is what keeps float16 on a GPU from overflowing.
+attention's keys), so a padded batch gives each item what it gives alone; a batch with no
+padding skips the masks. Layer norms run in float32 whatever the weights' dtype (the
+reference does the same) and the fused attention accumulates its softmax in float32;
+that is what keeps float16 on a GPU from overflowing.
 """
 
 from __future__ import annotations
@@ -73,22 +74,23 @@ class SanmAttention(nn.Module):
         left = (kernel - 1) // 2 + max(0, shift)
         self.padding = (left, kernel - 1 - left)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """``mask`` (B, T, 1) 1.0 on real frames; ``key_mask`` (B, 1, 1, T) True on them."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask`` (B, T, 1) 1.0 on real frames; ``key_mask`` (B, 1, 1, T) True on them;
+        both None when no item of the batch is padded (nothing to mask)."""
         b, t, _ = x.shape
         q, k, v = self.linear_q_k_v(x).split(self.heads * self.d_k, dim=-1)
-        memory = v * mask
+        memory = v if mask is None else v * mask
         conv = self.fsmn_block(F.pad(memory.transpose(1, 2), self.padding)).transpose(1, 2)
-        memory = (conv + memory) * mask
+        memory = conv + memory if mask is None else (conv + memory) * mask
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.reshape(b, t, self.heads, self.d_k).transpose(1, 2)
 
-        scores = (heads(q) * self.d_k**-0.5) @ heads(k).transpose(-2, -1)
-        scores = scores.float().masked_fill(~key_mask, -math.inf)
-        weights = torch.softmax(scores, dim=-1).masked_fill(~key_mask, 0.0).type_as(v)
-        context = (weights @ heads(v)).transpose(1, 2).reshape(b, t, -1)
-        out: torch.Tensor = self.linear_out(context) + memory
+        # Fused attention: the softmax accumulates in float32 for half inputs. A padded query
+        # row attends to the real keys (never to none, which would give NaN) and is masked
+        # out of the memory and the next layers' keys.
+        context = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=key_mask)
+        out: torch.Tensor = self.linear_out(context.transpose(1, 2).reshape(b, t, -1)) + memory
         return out
 
 
@@ -102,7 +104,7 @@ class SanmLayer(nn.Module):
         self.norm2 = LayerNorm(width)
         self.residual = in_size == width
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
         attended: torch.Tensor = self.self_attn(self.norm1(x), mask, key_mask)
         x = x + attended if self.residual else attended
         out: torch.Tensor = x + self.feed_forward(self.norm2(x))
@@ -130,7 +132,10 @@ class SenseVoiceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-        mask, key_mask = valid[:, :, None].to(x.dtype), valid[:, None, None, :]
+        mask: torch.Tensor | None = valid[:, :, None].to(x.dtype)
+        key_mask: torch.Tensor | None = valid[:, None, None, :]
+        if bool(valid.all()):  # one item, or all of one length: masking would change nothing
+            mask = key_mask = None
         # The reference scales by the model width, not the input width.
         x = x * self.config.output_size**0.5
         x = x + positions(x.shape[1], x.shape[2], x.dtype, x.device)

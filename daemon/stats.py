@@ -36,7 +36,13 @@ def gpu_memory() -> dict[str, int] | None:
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    # Another thread may be importing torch right now (the VAD's or the model's, on their
+    # first use): a module still initializing is in sys.modules without its attributes,
+    # and reading torch.cuda then crashed a daemon's first status snapshot.
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None or not cuda.is_available() or not cuda.is_initialized():
         return None
     return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
 

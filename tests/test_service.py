@@ -272,3 +272,21 @@ def test_stats_on_mqtt_and_prometheus_on_loopback(tmp_path: Path, broker: Mosqui
     finally:
         daemon.kill()
         sub.close()
+
+
+def test_a_status_snapshot_while_another_thread_imports_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A satellite (remote recognizer) imports torch on the VAD's thread at its first use; the
+    # first status snapshot could find the module in sys.modules, half initialized.
+    import importlib.machinery
+    import sys
+    import types
+
+    from daemon.stats import gpu_memory
+
+    half = types.ModuleType("torch")
+    half.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    half.__spec__._initializing = True  # type: ignore[attr-defined]  # what importlib sets meanwhile
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert gpu_memory() is None
+    half.__spec__._initializing = False  # type: ignore[attr-defined]
+    assert gpu_memory() is None  # done, but without torch.cuda: no GPU figures, no crash

@@ -22,7 +22,7 @@ from typing import cast
 import numpy as np
 import structlog
 
-from pipeline.chunks import KeptAudio, chunk, keep_whole, whole
+from pipeline.chunks import KeptAudio, chunk, keep_whole, spoken_words, whole
 from pipeline.ffmpeg import FfmpegSource, ffmpeg_path
 from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
@@ -45,11 +45,21 @@ class FileResult:
     error: str | None = None
     whole: Transcript | None = None  # a short file's whole audio, recognized as one
 
-    def settle_whole(self) -> None:
+    def settle_whole(self) -> dict[str, object] | None:
         """A short file: its whole-audio transcript, unless the other recognition of its
-        segments says clearly more (chunks.keep_whole)."""
-        if self.whole is not None and keep_whole(self.whole.raw_text, [t.raw_text for t in self.segments]):
+        segments says clearly more (chunks.keep_whole). Returns what was weighed when there
+        were two recognitions to weigh (for the run's log), else None."""
+        if self.whole is None:
+            return None
+        others = [t.raw_text for t in self.segments]
+        kept = keep_whole(self.whole.raw_text, others)
+        weighed: dict[str, object] | None = None
+        if others:
+            weighed = {"kept": "whole" if kept else "segments", "whole_words": spoken_words(self.whole.raw_text),
+                       "segment_words": sum(spoken_words(t) for t in others)}  # fmt: skip
+        if kept:
             self.segments = [self.whole]
+        return weighed
 
 
 def expand_paths(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
@@ -265,7 +275,9 @@ class BatchJob:
             return
         self._done.add(index)
         result.segments.sort(key=lambda t: t.utterance.start_s)
-        result.settle_whole()
+        if (weighed := result.settle_whole()) is not None:
+            # A short file with several segments was recognized twice; which one stood.
+            self.log.info("short file settled", file=str(result.path), **weighed)
         # Outputs are disk work: written on a worker thread, never on the event loop.
         written = asyncio.get_running_loop().run_in_executor(None, self._write, result)
         written.add_done_callback(lambda _: self._written())

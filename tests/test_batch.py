@@ -306,3 +306,29 @@ def test_transcribe_corrects_hotwords_like_the_daemon(tmp_path: Path) -> None:
     # tiny.en writes the name as it hears it; with the hotword configured, the written text has it.
     assert "Shivonne" not in outputs[0] and "Shivon" in outputs[0], outputs
     assert "Shivonne" in outputs[1], outputs
+
+
+def test_a_short_file_keeps_its_whole_text_unless_its_segments_say_clearly_more() -> None:
+    from pipeline.batch import FileResult
+    from pipeline.messages import Transcript, Utterance
+
+    def transcript(text: str, start_s: float) -> Transcript:
+        utt = Utterance(
+            room="batch-0", id=f"f-{start_s}", audio=np.zeros(160, np.float32), start_s=start_s, end_s=start_s + 1,
+            start_wall=0.0, end_wall=1.0, reason="end_of_stream", decided_at=0.0,
+        )  # fmt: skip
+        return Transcript(utt, text, text, "en", 0.9, "whisper-tiny.en", 5.0)
+
+    two = [transcript("Open the door.", 0), transcript("Then close it.", 3)]
+    stopped_early = FileResult(Path("a.wav"), segments=list(two))
+    stopped_early.whole = transcript("Open the door.", 0)
+    assert stopped_early.settle_whole() == {"kept": "segments", "whole_words": 3, "segment_words": 6}
+    assert [t.text for t in stopped_early.segments] == ["Open the door.", "Then close it."]
+    complete = FileResult(Path("b.wav"), segments=list(two))
+    complete.whole = transcript("Open the door, then close it.", 0)
+    assert complete.settle_whole() == {"kept": "whole", "whole_words": 6, "segment_words": 6}
+    assert [t.text for t in complete.segments] == ["Open the door, then close it."]
+    alone = FileResult(Path("c.wav"))
+    alone.whole = transcript("Open the door.", 0)
+    assert alone.settle_whole() is None  # one segment: recognized once, nothing weighed
+    assert [t.text for t in alone.segments] == ["Open the door."]

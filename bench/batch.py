@@ -74,31 +74,46 @@ def pieces(pack: Path | None = None) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def build(folder: Path, clips: int, seed: int = 5, pack: Path | None = None) -> dict[str, str]:
+def build(
+    folder: Path,
+    clips: int,
+    seed: int = 5,
+    pack: Path | None = None,
+    *,
+    seconds: tuple[float, float] = (5.0, 60.0),
+    at_most_s: float | None = None,
+    pieces_under_s: float | None = None,
+    name: str = "clip",
+    tail_s: float = 1.0,
+) -> dict[str, str]:
+    """``clips`` files of a length drawn from ``seconds``, each a run of pieces (recorded clips
+    and espeak sentences, of less than ``pieces_under_s`` when given) with 0.8-2.5 s pauses,
+    never past ``at_most_s`` when given, then ``tail_s`` of silence; references by file name."""
     rng = random.Random(seed)
-    source = pieces(pack)
+    source = [p for p in pieces(pack) if pieces_under_s is None or len(p[0]) < pieces_under_s * RATE]
     references = {}
     for n in range(clips):
-        target = rng.uniform(5, 60) * RATE
+        target = rng.uniform(*seconds) * RATE
         parts, texts, length = [], [], 0
         while length < target:
             audio, text = source[rng.randrange(len(source))]
             gap = np.zeros(int(rng.uniform(0.8, 2.5) * RATE), np.float32)
+            if at_most_s is not None and length and length + len(gap) + len(audio) > at_most_s * RATE:
+                break
             parts += [gap, audio]
             texts.append(text)
             length += len(gap) + len(audio)
-        parts.append(np.zeros(RATE, np.float32))
-        name = f"clip{n:02d}.flac"
-        sf.write(folder / name, np.concatenate(parts), RATE)
-        references[name] = " ".join(texts)
+        parts.append(np.zeros(int(tail_s * RATE), np.float32))
+        file = f"{name}{n:02d}.flac"
+        sf.write(folder / file, np.concatenate(parts), RATE)
+        references[file] = " ".join(texts)
     return references
 
 
-def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, dict[str, str], dict[str, Any]]:
-    """Wall time, texts by file, and the run's own account of where the time went."""
-    args = [sys.executable, "-m", "daemon", "transcribe", str(folder), "--format", "jsonl", "--verbose"]
-    args += ["--jobs", str(jobs)] if jobs else []
-    args += ["--config", str(config)] if config else []
+def transcribe(folder: Path, options: list[str]) -> tuple[float, dict[str, str], list[dict[str, Any]]]:
+    """``roomscribe transcribe --verbose`` over ``folder`` in its own process: its wall time,
+    the text of each file, and its JSON log records."""
+    args = [sys.executable, "-m", "daemon", "transcribe", str(folder), "--format", "jsonl", "--verbose", *options]
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=True)
     wall = time.perf_counter() - started
@@ -106,15 +121,25 @@ def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, di
     for line in result.stdout.splitlines():
         record = json.loads(line)
         texts.setdefault(Path(record["file"]).name, []).append((record["start"], record["text"]))
-    summary: dict[str, Any] = {}
+    records = []
     for line in result.stderr.splitlines():
         with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if record.get("event") == "transcribe done":
-                summary = {k: record[k] for k in ("load_s", "model_s", "vad_s", "model_calls", "gaps_filled")}
-                # Interpreter start and imports (torch, CUDA) come before the run's own clock.
-                summary["start_s"] = round(wall - record["wall_s"], 2)
-    return wall, {name: " ".join(t for _, t in sorted(found)) for name, found in texts.items()}, summary
+            records.append(json.loads(line))
+    return wall, {name: " ".join(t for _, t in sorted(found)) for name, found in texts.items()}, records
+
+
+def ours(folder: Path, jobs: int | None, config: Path | None) -> tuple[float, dict[str, str], dict[str, Any]]:
+    """Wall time, texts by file, and the run's own account of where the time went."""
+    options = ["--jobs", str(jobs)] if jobs else []
+    options += ["--config", str(config)] if config else []
+    wall, texts, records = transcribe(folder, options)
+    summary: dict[str, Any] = {}
+    for record in records:
+        if record.get("event") == "transcribe done":
+            summary = {k: record[k] for k in ("load_s", "model_s", "vad_s", "model_calls", "gaps_filled")}
+            # Interpreter start and imports (torch, CUDA) come before the run's own clock.
+            summary["start_s"] = round(wall - record["wall_s"], 2)
+    return wall, texts, summary
 
 
 def faster_whisper(folder: Path, batch: int = 0) -> tuple[float, float, dict[str, str]]:

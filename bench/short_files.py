@@ -18,66 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.batch import RATE, pieces
+from bench.batch import build, transcribe
 from bench.common import write_results
-from tests.helpers import REPO, wer
-
-
-def build(folder: Path, count: int, seed: int) -> dict[str, str]:
-    rng = random.Random(seed)
-    source = [p for p in pieces() if len(p[0]) < 12 * RATE]
-    references = {}
-    for n in range(count):
-        target = rng.uniform(8, 28) * RATE
-        parts: list[np.ndarray] = []
-        texts: list[str] = []
-        length = 0
-        while length < target:
-            audio, text = source[rng.randrange(len(source))]
-            gap = np.zeros(int(rng.uniform(0.8, 2.5) * RATE), np.float32)
-            if length and length + len(gap) + len(audio) > 29 * RATE:
-                break
-            parts += [gap, audio]
-            texts.append(text)
-            length += len(gap) + len(audio)
-        parts.append(np.zeros(RATE // 2, np.float32))
-        name = f"short{n:02d}.flac"
-        sf.write(folder / name, np.concatenate(parts), RATE)
-        references[name] = " ".join(texts)
-    return references
+from tests.helpers import wer
 
 
 def run(folder: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, Any]]:
     """Texts by file, the "short file settled" records by file, and the run's summary."""
-    command = [sys.executable, "-m", "daemon", "transcribe", str(folder), "--format", "jsonl", "--verbose"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
-    found: dict[str, list[tuple[float, str]]] = {}
-    for line in done.stdout.splitlines():
-        record = json.loads(line)
-        found.setdefault(Path(record["file"]).name, []).append((record["start"], record["text"]))
-    settled, summary = {}, {}
-    for line in done.stderr.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == "short file settled":
-            settled[Path(record["file"]).name] = record
-        elif record.get("event") == "transcribe done":
-            summary = {k: record[k] for k in ("wall_s", "model_s", "model_calls", "segments")}
-    texts = {name: " ".join(t for _, t in sorted(parts)) for name, parts in found.items()}
+    _, texts, records = transcribe(folder, [])
+    settled = {Path(r["file"]).name: r for r in records if r.get("event") == "short file settled"}
+    done = [r for r in records if r.get("event") == "transcribe done"]
+    summary = {k: done[-1][k] for k in ("wall_s", "model_s", "model_calls", "segments")} if done else {}
     return texts, settled, summary
 
 
@@ -87,7 +45,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        references = build(Path(tmp), args.files, args.seed)
+        references = build(
+            Path(tmp), args.files, args.seed, seconds=(8, 28), at_most_s=29, pieces_under_s=12, name="short", tail_s=0.5
+        )
         texts, settled, summary = run(Path(tmp))
     names = sorted(references)
     rows = [

@@ -44,7 +44,7 @@ def gpu_memory() -> dict[str, int] | None:
     cuda = getattr(torch, "cuda", None)
     if cuda is None or not cuda.is_available() or not cuda.is_initialized():
         return None
-    return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
+    return {"allocated_bytes": cuda.memory_allocated(), "reserved_bytes": cuda.memory_reserved()}
 
 
 # Snapshot key -> (Prometheus name, help, counter?) for the flat numbers worth scraping.

@@ -43,9 +43,6 @@ def avoid_per_shape_attention_plans() -> None:
         enable(False)
 
 
-QUANTIZE_CHOICES = ("none", "int8")
-
-
 def quantize_linear_int8(module: object, device: str, dtype: str) -> None:
     """Make ``module``'s linear layers dynamic int8 in place (CPU, float32 weights only).
 

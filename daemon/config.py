@@ -215,11 +215,19 @@ class StitchSettingsSection(Section):
     joint_decode: bool = Field(
         True, description="Recognize a piece together with an unfinished one before it, to join their words."
     )
+    speculate_ms: int = Field(
+        S.speculate_ms,
+        ge=0,
+        le=5000,
+        description="Silence after which a live piece is recognized ahead of its endpoint (0: never).",
+    )
 
     @model_validator(mode="after")
     def _hold_covers_gap(self) -> StitchSettingsSection:
         if self.enabled and self.max_hold_ms < self.max_gap_ms:
             raise ValueError("max_hold_ms must be at least max_gap_ms")
+        if self.speculate_ms and self.speculate_ms >= self.endpoint_ms:
+            raise ValueError("speculate_ms must be below endpoint_ms (or 0: no speculation)")
         return self
 
     def settings(self) -> StitchSettings:
@@ -341,7 +349,12 @@ class Config(Section):
         if not (self.stitch.enabled and room.stitch) or room.vad.model_dump(exclude_none=True).get("hangover_ms"):
             return params
         endpoint = self.stitch.endpoint_ms
-        return dataclasses.replace(params, hangover_ms=endpoint, post_roll_ms=min(params.post_roll_ms, endpoint))
+        return dataclasses.replace(
+            params,
+            hangover_ms=endpoint,
+            post_roll_ms=min(params.post_roll_ms, endpoint),
+            speculate_ms=self.stitch.speculate_ms,
+        )
 
 
 def credential_path(value: str, config_path: Path) -> Path:

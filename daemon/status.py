@@ -86,6 +86,12 @@ def snapshot(rt: Runtime, bad_audio_frames: int = 0) -> dict[str, Any]:
             "mean": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
             "max": max(batch_sizes, default=None),
         },
+        # Pieces recognized ahead of their endpoint: how many, whose text stood, spent in vain.
+        "speculative": {
+            "made": counters.speculative if counters else 0,
+            "used": counters.speculative_used if counters else 0,
+            "wasted": counters.speculative_wasted if counters else 0,
+        },
         "stalled": sorted(rt.stalled),
         "bad_audio_frames": bad_audio_frames,
         "rooms": rooms,

@@ -20,10 +20,14 @@ class Work(StrEnum):
     LIVE = "live"  # a room's finished utterance: stitched, published
     BATCH = "batch"  # a segment or chunk of a batch job's file: back to its job, never published
     PARTIAL = "partial"  # the audio of speech still going on: an interim result only
+    # A live utterance whose endpoint is still open, recognized ahead so its text is ready
+    # when the endpoint comes; kept by the recognize stage, never published itself.
+    SPECULATIVE = "speculative"
 
 
-# Lower goes first: live rooms, then batch work, then partials (only when nothing else waits).
-PRIORITY = {Work.LIVE: 0, Work.BATCH: 1, Work.PARTIAL: 2}
+# Lower goes first: live rooms, their speculations, then batch work, then partials (only
+# when nothing else waits).
+PRIORITY = {Work.LIVE: 0, Work.SPECULATIVE: 1, Work.BATCH: 2, Work.PARTIAL: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,7 @@ class Utterance:
     end_s: float
     start_wall: float  # epoch seconds
     end_wall: float
-    reason: str  # why it was cut: silence | max_length | end_of_stream | shutdown | partial
+    reason: str  # why it was cut: silence | max_length | end_of_stream | shutdown | partial | speculative
     decided_at: float  # time.monotonic() when the VAD cut it
     language: str | None = None
     kind: Work = Work.LIVE
@@ -69,6 +73,9 @@ class Utterance:
     timestamps: bool = False
     speech: tuple[tuple[float, float], ...] = ()
     restored: bool = False  # recognized before a crash, replayed from the journal at start
+    # A live utterance whose speech ended where its speculation did (seconds in the stream):
+    # that speculation's text stands for it. None: no speculation stands.
+    speculation_end_s: float | None = None
 
     @property
     def partial(self) -> bool:
@@ -77,6 +84,10 @@ class Utterance:
     @property
     def batch(self) -> bool:
         return self.kind is Work.BATCH
+
+    @property
+    def speculative(self) -> bool:
+        return self.kind is Work.SPECULATIVE
 
     @property
     def priority(self) -> int:

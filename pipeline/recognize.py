@@ -20,6 +20,7 @@ from pipeline.health import BusyWatch
 from pipeline.journal import Journal
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
 from pipeline.roomstate import RoomStates
+from pipeline.speculation import Speculations
 from pipeline.stage import Stage
 from pipeline.stitch_rules import END_THRESHOLD, JOINT_PAUSE_S, joint_partner
 
@@ -52,6 +53,9 @@ class RecognizeCounters:
     partials: int = 0
     partials_skipped: int = 0
     joint: int = 0
+    speculative: int = 0  # live pieces recognized ahead of their endpoint
+    speculative_used: int = 0  # ... whose text stood for the finished piece
+    speculative_wasted: int = 0  # ... in vain: speech went on (a recognition spent, no message changed)
     gaps_filled: int = 0  # speech spans of batch chunks recognized again on their own
     model_seconds: float = 0.0  # time spent in model calls (the rest of a batch job's wall time went elsewhere)
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
@@ -94,6 +98,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         self.counters = RecognizeCounters()
         self.watch = watch or BusyWatch()  # the model calls, for the watchdog
         self._waiting: list[Utterance] = []
+        self.speculations = Speculations(self.counters, rooms)
         self._ended = False
         self._released = True
 
@@ -108,6 +113,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
                 await self.end()
                 return
             self._drop_stale_partials()
+            self._waiting = self.speculations.superseded_dropped(self._waiting)
             if not self._waiting:
                 continue
             # Live rooms first, then batch work, then partials; the oldest first within each.
@@ -218,20 +224,30 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             self.counters.model_seconds += time.monotonic() - started
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
-        started = time.monotonic()
-        try:
-            results = await self._call(batch, language)
-        except Exception:
-            await self._failed(batch, language)
-            return
-        elapsed_ms = (time.monotonic() - started) * 1000
-        c = self.counters
-        c.latencies_ms.append(elapsed_ms)
-        c.batches += 1
-        c.batch_sizes.append(len(batch))
-        pairs = zip(batch, results, strict=True)
-        transcripts = [t for utt, result in pairs if (t := self._transcript(utt, result, elapsed_ms, len(batch)))]
-        transcripts = await self._fill_gaps(transcripts, language)
+        ready: dict[str, Transcript | None] = {}  # finished pieces whose speculation stands
+        for u in batch:
+            found, transcript = self.speculations.take(u)
+            if found:
+                ready[u.id] = transcript
+        todo = [u for u in batch if u.id not in ready]
+        recognized: dict[str, Transcript] = {}
+        if todo:
+            started = time.monotonic()
+            try:
+                results = await self._call(todo, language)
+            except Exception:
+                await self._failed(todo, language)
+                return
+            elapsed_ms = (time.monotonic() - started) * 1000
+            c = self.counters
+            c.latencies_ms.append(elapsed_ms)
+            c.batches += 1
+            c.batch_sizes.append(len(todo))
+            for utt, result in zip(todo, results, strict=True):
+                if t := self._transcript(utt, result, elapsed_ms, len(todo)):
+                    recognized[utt.id] = t
+        in_order = [t for u in batch if not u.speculative and (t := ready.get(u.id) or recognized.get(u.id))]
+        transcripts = await self._fill_gaps(in_order, language)
         for t in await self._with_joint(transcripts, language):
             if self.journal is not None and not t.utterance.batch:
                 await self.journal.keep(t)  # on disk before it waits in the stitcher
@@ -260,6 +276,9 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             if self.on_partial is not None and result.text:
                 self.on_partial(utt, result)
             return None
+        if utt.speculative:
+            self.speculations.keep(self._make_transcript(utt, result, elapsed_ms))
+            return None
         self.counters.utterances += 1
         self.counters.audio_seconds += utt.duration_s
         log = self.log.bind(room=utt.room, utterance_id=utt.id)
@@ -277,6 +296,9 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             temperature=result.temperature,
             text=result.text,
         )
+        return self._make_transcript(utt, result, elapsed_ms)
+
+    def _make_transcript(self, utt: Utterance, result: Recognition, elapsed_ms: float) -> Transcript:
         return Transcript(
             utterance=utt,
             text=result.text,
@@ -330,7 +352,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             previous, room.last_piece = room.last_piece, (u, t)
             s = self.settings
             max_gap_s = s.stitch_max_gap_s if room.stitch and s.joint_decode else 0.0
-            if previous is not None and (first := joint_partner(previous, t, max_gap_s, s.end_threshold)) is not None:
+            first = joint_partner(previous, t, max_gap_s, s.end_threshold)
+            if first is not None and previous is not None:
                 chosen.append((i, first, previous[1].raw_text))
         return chosen
 

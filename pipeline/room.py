@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -34,6 +35,7 @@ class RoomCounters:
     state: str = "starting"  # starting | listening | speaking | paused | unavailable | idle | failed
     last_error: str | None = None
     partials_skipped: int = 0
+    speculations_skipped: int = 0  # the recognize queue was full: the endpoint is waited for
     vad_seconds: float = 0.0  # time in VAD calls (on the VAD thread)
 
 
@@ -188,7 +190,11 @@ class Room:
     async def _vad(self) -> None:
         loop = asyncio.get_running_loop()
         speech_prob = await loop.run_in_executor(self.vad_executor, self.speech_prob_factory)
-        assembler = UtteranceAssembler(self.vad_params, speech_prob)
+        params = self.vad_params
+        if not self.source.realtime or self.batch_file is not None:
+            # Read faster than real time, a file's endpoint comes within the same block.
+            params = dataclasses.replace(params, speculate_ms=0)
+        assembler = UtteranceAssembler(params, speech_prob)
         wall0: float | None = None
         ended = False
         while True:
@@ -289,22 +295,12 @@ class Room:
 
     async def _emit(self, segments: list[Segment], wall0: float) -> None:
         for seg in segments:
+            if seg.speculative:
+                self._speculate(seg, wall0)
+                continue
             self._count += 1
             self.counters.utterances += 1
-            utt = Utterance(
-                room=self.name,
-                id=f"{self.id_prefix}-{self._count:06d}",
-                audio=seg.audio,
-                start_s=seg.start / SAMPLE_RATE,
-                end_s=seg.end / SAMPLE_RATE,
-                start_wall=wall0 + seg.start / SAMPLE_RATE,
-                end_wall=wall0 + seg.end / SAMPLE_RATE,
-                reason=seg.reason,
-                decided_at=time.monotonic(),
-                language=self.state.language,
-                kind=Work.LIVE if self.batch_file is None else Work.BATCH,
-                file=self.batch_file,
-            )
+            utt = self._utterance(seg, wall0, f"{self.id_prefix}-{self._count:06d}")
             self.log.info(
                 "utterance cut",
                 utterance_id=utt.id,
@@ -313,3 +309,29 @@ class Room:
                 reason=seg.reason,
             )
             await self.out.put(utt)
+
+    def _utterance(self, seg: Segment, wall0: float, utterance_id: str) -> Utterance:
+        speculative = seg.speculative
+        return Utterance(
+            room=self.name,
+            id=utterance_id,
+            audio=seg.audio,
+            start_s=seg.start / SAMPLE_RATE,
+            end_s=seg.end / SAMPLE_RATE,
+            start_wall=wall0 + seg.start / SAMPLE_RATE,
+            end_wall=wall0 + seg.end / SAMPLE_RATE,
+            reason=seg.reason,
+            decided_at=time.monotonic(),
+            language=self.state.language,
+            kind=Work.SPECULATIVE if speculative else Work.LIVE if self.batch_file is None else Work.BATCH,
+            file=self.batch_file,
+            speculation_end_s=seg.speculated_end / SAMPLE_RATE if seg.speculated_end >= 0 else None,
+        )
+
+    def _speculate(self, seg: Segment, wall0: float) -> None:
+        """The utterance so far, to be recognized before its endpoint (under the id the
+        finished one will get); skipped, never waited for, when the recognizer is behind."""
+        try:
+            self.out.put_nowait(self._utterance(seg, wall0, f"{self.id_prefix}-{self._count + 1:06d}"))
+        except asyncio.QueueFull:
+            self.counters.speculations_skipped += 1

@@ -36,6 +36,9 @@ class StitchSettings:
     # A piece that ends its sentence waits this long after its cut for more (0: published
     # when recognized).
     complete_wait_ms: int = 0
+    # After this much silence the piece so far is recognized ahead (the VAD's speculation,
+    # pipeline/vad.py), so its text is ready when the endpoint comes; 0: never.
+    speculate_ms: int = 160
 
 
 @dataclass
@@ -128,17 +131,20 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
                 item, arrived = joined, held.arrived
             else:
                 await self._alone(first)
-        if not ends_sentence(item, self.settings.end_threshold):
+        if not self._complete(item):
             self.counters.held += 1
         self.held[room] = _Held(item, arrived, last_id)
         await self._release_due()
+
+    def _complete(self, t: Transcript) -> bool:
+        return ends_sentence(t, self.settings.end_threshold)
 
     def _deadline(self, room: str, held: _Held) -> float:
         """When ``held`` must go: max_hold after it arrived, or max_gap after its cut when
         no new speech started in the room in that time."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
-        complete = ends_sentence(t, self.settings.end_threshold)
+        complete = self._complete(t)
         wait_ms = self.settings.complete_wait_ms if complete else self.settings.max_gap_ms
         gap_until = t.utterance.decided_at + min(wait_ms, self.settings.max_gap_ms) / 1000
         started = self.rooms[room].speech_started_at
@@ -160,6 +166,6 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
 
     async def _alone(self, t: Transcript) -> None:
         """A piece (or joined pieces) going out with nothing more joined to it."""
-        if not ends_sentence(t, self.settings.end_threshold):
+        if not self._complete(t):
             self.counters.waited_in_vain += 1
         await self.emit(t)

@@ -39,6 +39,9 @@ class VadParams:
     min_utterance_ms: int = 400
     max_utterance_ms: int = 20000
     cut_search_ms: int = 4000
+    # After this much silence (less than hangover_ms) the utterance so far goes out once as a
+    # speculation, so that its text can be ready when the endpoint is decided. 0: never.
+    speculate_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,17 @@ class Segment:
     start: int  # sample offsets in the stream, end exclusive
     end: int
     audio: np.ndarray
-    reason: str
+    reason: str  # silence | max_length | end_of_stream | shutdown | ... | speculative
+    # A finished segment whose speech ended where its speculation ended (no speech came
+    # since): that speculation's end offset, so its text stands for this segment. -1: none.
+    speculated_end: int = -1
+
+    @property
+    def speculative(self) -> bool:
+        return self.reason == SPECULATIVE
+
+
+SPECULATIVE = "speculative"
 
 
 def _ms(ms: int) -> int:
@@ -74,6 +87,7 @@ class UtteranceAssembler:
         self._speech_start = 0
         self._last_speech_end = 0
         self._energy: list[tuple[int, float]] = []  # (window start, rms) inside the utterance
+        self._speculated = -1  # end offset of the speculation that stands for this silence
         self.discarded = 0  # speech too short to be an utterance
 
     @property
@@ -102,7 +116,9 @@ class UtteranceAssembler:
         out: list[Segment] = []
         for window, prob in zip(windows, probs, strict=True):
             out.extend(self._window(window, prob))
-        return out
+        # A speculation that its own finished segment follows in the same block gains nothing.
+        finished = {seg.start for seg in out if not seg.speculative}
+        return [seg for seg in out if not (seg.speculative and seg.start in finished)]
 
     def flush(self, reason: str = "end_of_stream") -> list[Segment]:
         """End of stream: the utterance in progress (if any) is finished as it stands."""
@@ -137,6 +153,7 @@ class UtteranceAssembler:
         self._in_silence = False
         self._run = 0
         self._energy = []
+        self._speculated = -1
 
     def _window(self, window: np.ndarray, prob: float) -> list[Segment]:
         start = self._pos
@@ -148,16 +165,29 @@ class UtteranceAssembler:
         if prob >= self.p.threshold or (prob >= self.neg_threshold and not self._in_silence):
             self._last_speech_end = self._pos
             self._in_silence = False
+            self._speculated = -1  # speech again: any speculation is void
         elif prob < self.neg_threshold:
             self._in_silence = True
-        if self._pos - self._last_speech_end >= _ms(self.p.hangover_ms):
+        silence = self._pos - self._last_speech_end
+        if silence >= _ms(self.p.hangover_ms):
             end = min(self._pos, self._last_speech_end + _ms(self.p.post_roll_ms))
             out = self._emit(end, "silence")
             self._reset_idle()
             return out
         if self._pos - self._utt_start >= _ms(self.p.max_utterance_ms):
             return self._cut_long()
+        if self.p.speculate_ms and self._speculated < 0 and silence >= _ms(self.p.speculate_ms):
+            return self._speculate()
         return []
+
+    def _speculate(self) -> list[Segment]:
+        """The utterance so far, once per silence: recognized while the endpoint is still
+        open. Nothing is trimmed; the utterance goes on as if this had not happened."""
+        start = self._utt_start
+        if self._last_speech_end - max(start, self._speech_start) < _ms(self.p.min_utterance_ms):
+            return []
+        self._speculated = self._pos
+        return [Segment(start, self._pos, self._audio(start, self._pos).copy(), SPECULATIVE)]
 
     def _idle_window(self, start: int, prob: float) -> list[Segment]:
         if prob >= self.p.threshold:
@@ -183,6 +213,7 @@ class UtteranceAssembler:
         earliest = max(self._utt_start + _ms(self.p.min_utterance_ms), self._pos - _ms(self.p.cut_search_ms))
         candidates = [(rms, s) for s, rms in self._energy if s >= earliest]
         cut = min(candidates)[1] + WINDOW // 2 if candidates else self._pos
+        self._speculated = -1  # a speculation covered up to where the silence began, not the cut
         out = self._emit(cut, "max_length")
         self._utt_start = self._speech_start = cut
         self._energy = [(s, r) for s, r in self._energy if s >= cut]
@@ -194,7 +225,7 @@ class UtteranceAssembler:
         speech_len = self._last_speech_end - max(start, self._speech_start)
         out: list[Segment] = []
         if reason == "max_length" or speech_len >= _ms(self.p.min_utterance_ms):
-            out.append(Segment(start, end, self._audio(start, end).copy(), reason))
+            out.append(Segment(start, end, self._audio(start, end).copy(), reason, self._speculated))
         else:
             self.discarded += 1
         self._trim(end)

@@ -155,3 +155,35 @@ def test_silero_probs_for_many_windows_match_one_by_one() -> None:
     assert many.probs(np.zeros((0, WINDOW), np.float32)).shape == (0,)
     with pytest.raises(ValueError, match="windows"):
         many.probs(np.zeros((3, 100), np.float32))
+
+
+def test_a_speculation_goes_out_when_silence_begins_and_stands_for_its_piece() -> None:
+    # 1 s of speech, then silence: after speculate_ms the piece so far goes out once; the
+    # finished piece (after the hangover) names it, as no speech came in between.
+    audio = pattern((1.0, 0.0), (1.0, 0.9), (1.5, 0.0))
+    params = VadParams(hangover_ms=400, post_roll_ms=200, speculate_ms=160)
+    spec, final = assemble(audio, params, chunk=WINDOW)[0]
+    speech_end = windows(1.0) + windows(1.0)
+    assert spec.speculative and not final.speculative
+    assert spec.start == final.start
+    assert speech_end + 160 * 16 <= spec.end < speech_end + 160 * 16 + WINDOW
+    assert final.speculated_end == spec.end
+    np.testing.assert_array_equal(spec.audio, audio[spec.start : spec.end])
+
+
+def test_speech_after_a_speculation_voids_it() -> None:
+    # A 250 ms pause (speculated on, shorter than the hangover), then more speech: the
+    # finished piece names only the speculation made after the last speech.
+    audio = pattern((1.0, 0.0), (1.0, 0.9), (0.25, 0.0), (0.8, 0.9), (1.5, 0.0))
+    params = VadParams(hangover_ms=400, post_roll_ms=200, speculate_ms=160)
+    segments = assemble(audio, params, chunk=WINDOW)[0]
+    assert [s.speculative for s in segments] == [True, True, False]
+    first, second, final = segments
+    assert first.end < second.end and final.speculated_end == second.end
+
+
+def test_no_speculation_when_the_endpoint_comes_in_the_same_block() -> None:
+    audio = pattern((1.0, 0.0), (1.0, 0.9), (1.5, 0.0))
+    params = VadParams(hangover_ms=400, post_roll_ms=200, speculate_ms=160)
+    (final,) = assemble(audio, params, chunk=len(audio))[0]
+    assert final.reason == "silence" and final.speculated_end > 0

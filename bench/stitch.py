@@ -47,8 +47,8 @@ from tests.helpers import SPEECH_DIR, _espeak
 VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+m3", "en-us+f2"]
 SPEEDS = (135, 185)
 END_THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(14)]  # 0.30 .. 0.95
-JOINT_THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]  # 0.1 .. 0.9
-MAX_GAPS_MS = list(range(800, 2001, 200))  # the longest pause joined; a held piece waits this long
+JOINT_THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 19)]  # 0.05 .. 0.90
+MAX_GAPS_MS = list(range(600, 2001, 100))  # the longest pause joined; a held piece waits this long
 
 
 @dataclass

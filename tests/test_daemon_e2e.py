@@ -22,6 +22,7 @@ from tests.helpers import (
     free_port,
     journal_ids,
     normalize,
+    speak,
     speech_with_pauses,
     wer,
     write_config,
@@ -364,3 +365,40 @@ def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) 
         sub.close()
         server.stop()
     assert journal_ids(database) == []  # stored, so settled: a third start replays nothing
+
+
+def test_a_text_recognized_ahead_of_the_endpoint_is_the_one_published(tmp_path: Path, broker: Mosquitto) -> None:
+    # Each sentence's last voiced sample falls 200 ms into a 500 ms frame (a real-time file
+    # is framed from its first sample), so the VAD sees 160 ms of silence one frame before the
+    # 400 ms endpoint: the piece is recognized ahead, and that text is what is published.
+    # 4 s apart, so the model is idle when each speculation comes (one still waiting when its
+    # finished piece arrives is dropped, not recognized twice); the first may meet the model
+    # still loading.
+    texts = ["Please turn on the kitchen lights.", "Open the garage door please.", "What is the weather like today?",
+             "Set a timer for ten minutes."]  # fmt: skip
+    parts = [np.zeros(8000, np.float32)]
+    for text in texts:
+        voice = speak(text)
+        last = int(np.flatnonzero(np.abs(voice) > 0.02 * np.abs(voice).max())[-1])
+        length = sum(len(p) for p in parts)
+        lead = (-(length + last) + 3200) % 8000  # last voiced sample at 200 ms into a frame
+        parts += [np.zeros(lead, np.float32), voice, np.zeros(64000, np.float32)]
+    sf.write(tmp_path / "room.wav", np.concatenate(parts), 16000)
+    prefix = f"rs-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(tmp_path / "room.wav", realtime=True))
+    sub = Subscriber(broker.port, f"{prefix}/kitchen/utterance", "viewer")
+    assert sub.connected.wait(10)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_log("room idle", 1, timeout_s=120)
+        sub.wait_for("/kitchen/utterance", 4, timeout_s=60)
+        assert daemon.terminate() == 0
+        records = {r["id"]: r for r in (json.loads(p) for p in sub.payloads("/kitchen/utterance"))}
+        assert wer(texts, [r["text"] for r in sorted(records.values(), key=lambda r: r["start"])]) <= WER_BOUND
+        stood = daemon.events("speculation stands")
+        assert len(stood) >= 3
+        for entry in stood:
+            assert records[str(entry["utterance_id"])]["raw_text"] == entry["text"]
+    finally:
+        daemon.kill()
+        sub.close()

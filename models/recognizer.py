@@ -24,6 +24,7 @@ from models.decoding import (
     token_budget,
 )
 from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype, quantize_linear_int8
+from models.encoded import EncodedCache
 from models.loading import BUNDLED_PREFIX, ModelFiles, load_whisper, resolve_model, tokenizer_path
 from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
@@ -120,6 +121,7 @@ class WhisperRecognizer:
         self._owner: int | None = None
         self._hotword_cache: dict[tuple[str, ...], list[HotwordTokens]] = {}
         self._final_marks: torch.Tensor | None = None  # models/sentence_end.final_mark_tokens
+        self._encoded = EncodedCache()  # the latest audios' encoder outputs (models/encoded.py)
 
     @property
     def multilingual(self) -> bool:
@@ -183,6 +185,7 @@ class WhisperRecognizer:
 
     def release_memory(self) -> None:
         """Release cached device memory (after an out-of-memory error, when idle, on command)."""
+        self._encoded.clear()
         release_cached_memory(self.device)
 
     def _hotword_tokens(self, words: tuple[str, ...]) -> list[HotwordTokens]:
@@ -204,8 +207,7 @@ class WhisperRecognizer:
     ) -> list[Recognition]:
         if not audios:
             return []
-        mel = log_mel_spectrogram(padded_batch(audios).to(self._torch_device), self.model.dims.n_mels)
-        memory = self._encode(mel.to(getattr(torch, self.dtype)))
+        memory = self._encoded.encode(audios, self._encode_audios)
         memory_kv = self.model.decoder.project_memory(memory)
 
         languages: list[tuple[str, float | None]]
@@ -260,6 +262,10 @@ class WhisperRecognizer:
 
     def _index(self, items: list[int]) -> torch.Tensor:
         return torch.tensor(items, device=self._torch_device)
+
+    def _encode_audios(self, audios: list[np.ndarray]) -> torch.Tensor:
+        mel = log_mel_spectrogram(padded_batch(audios).to(self._torch_device), self.model.dims.n_mels)
+        return self._encode(mel.to(getattr(torch, self.dtype)))
 
     def _encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder output for a batch of log-mel windows. On a CPU a few windows at a time:

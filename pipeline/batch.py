@@ -22,7 +22,7 @@ from typing import cast
 import numpy as np
 import structlog
 
-from pipeline.chunks import KeptAudio, chunk, keep_whole, spoken_words, whole
+from pipeline.chunks import KeptAudio, chunk, keep_whole, spoken_words, whole, whole_check
 from pipeline.ffmpeg import FfmpegSource, ffmpeg_path
 from pipeline.messages import FRAME_MS, BatchFile, Transcript, Utterance
 from pipeline.room import Room
@@ -249,10 +249,15 @@ class BatchJob:
                 long.discard(item.index)
                 if short and item.audio is not None:
                     await put(item.index, whole(short, item.audio))
-                # A long file (its silence made it so), or a short one of several segments:
-                # those recognized as without the rule too (chunks.WHOLE_KEEPS decides).
-                for piece in short if item.audio is None or len(short) > 1 else []:
-                    await place(item.index, piece)
+                if len(short) > 1 and item.audio is not None and self.chunk_s:
+                    # A short file of several segments: its whole audio with timestamps too,
+                    # sharing the whole decode's encoder pass (chunks.WHOLE_KEEPS decides).
+                    await put(item.index, whole_check(short, item.audio))
+                else:
+                    # A long file (its silence made it so), or segments recognized as they
+                    # are (no chunks for this recognizer): as without the rule.
+                    for piece in short if item.audio is None or len(short) > 1 else []:
+                        await place(item.index, piece)
                 await send(item.index, pending.pop(item.index, []))
                 self._expected[item.index] = sent.pop(item.index, 0)
                 self._maybe_done(item.index)

@@ -121,6 +121,25 @@ def whole(pieces: list[Utterance], audio: np.ndarray) -> Utterance:
     )
 
 
+def whole_check(pieces: list[Utterance], audio: np.ndarray) -> Utterance:
+    """A short file's whole audio once more, decoded with timestamps and placed on its
+    segments' speech, to check the whole decode (WHOLE_KEEPS). It is the very same audio,
+    so the recognizer encodes it once for both (models/encoded.py); its times run from the
+    file's start."""
+    first, last = pieces[0], pieces[-1]
+    return dataclasses.replace(
+        first,
+        audio=audio,
+        start_s=0.0,
+        start_wall=first.start_wall - first.start_s,
+        end_s=last.end_s,
+        end_wall=last.end_wall,
+        reason=last.reason,
+        timestamps=True,
+        speech=tuple((round(p.start_s, 3), round(p.end_s, 3)) for p in pieces),
+    )
+
+
 # Without timestamps Whisper may end a decode at a pause and leave the speech after it out
 # (a 25 s file of four sentences came back as its first one). So a short file with several
 # segments is recognized both whole and as it would be otherwise (its chunk or segments),

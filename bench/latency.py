@@ -59,6 +59,11 @@ def make_wav(folder: Path, i: int, text: str) -> tuple[Path, float]:
     return path, (len(audio) - 1 - int(voiced[-1])) / RATE
 
 
+def speculated(daemon: Daemon) -> set[object]:
+    """Ids of the pieces whose text was recognized ahead of their endpoint."""
+    return {e.get("utterance_id") for e in daemon.events("utterance recognized") if e.get("speculated")}
+
+
 def epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -91,7 +96,7 @@ def run_config(
                 "recognize_s": latency["recognize"] / 1000,
                 "decided_to_publish_s": latency.get("end_to_publish", 0) / 1000,
                 "voice_to_end_s": round(epoch(payload["end"]) - last_voiced, 3),
-                "speculated": payload["id"] in {e.get("utterance_id") for e in daemon.events("speculation stands")},
+                "speculated": payload["id"] in speculated(daemon),
             })  # fmt: skip
             if len(sub.payloads("/utterance")) > seen + 1:
                 raise RuntimeError(f"one sentence, several utterances: {sub.payloads('/utterance')[seen:]}")

@@ -224,29 +224,31 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             self.counters.model_seconds += time.monotonic() - started
 
     async def _recognize(self, batch: list[Utterance], language: str | None) -> None:
-        ready: dict[str, Transcript | None] = {}  # finished pieces whose speculation stands
-        for u in batch:
+        # By place in the batch, not by id: batch files of the same name share ids.
+        ready: dict[int, Transcript | None] = {}  # finished pieces whose speculation stands
+        for i, u in enumerate(batch):
             found, transcript = self.speculations.take(u)
             if found:
-                ready[u.id] = transcript
-        todo = [u for u in batch if u.id not in ready]
-        recognized: dict[str, Transcript] = {}
+                ready[i] = transcript
+        todo = [i for i in range(len(batch)) if i not in ready]
+        recognized: dict[int, Transcript] = {}
         if todo:
             started = time.monotonic()
+            utterances = [batch[i] for i in todo]
             try:
-                results = await self._call(todo, language)
+                results = await self._call(utterances, language)
             except Exception:
-                await self._failed(todo, language)
+                await self._failed(utterances, language)
                 return
             elapsed_ms = (time.monotonic() - started) * 1000
             c = self.counters
             c.latencies_ms.append(elapsed_ms)
             c.batches += 1
             c.batch_sizes.append(len(todo))
-            for utt, result in zip(todo, results, strict=True):
-                if t := self._transcript(utt, result, elapsed_ms, len(todo)):
-                    recognized[utt.id] = t
-        in_order = [t for u in batch if not u.speculative and (t := ready.get(u.id) or recognized.get(u.id))]
+            for i, result in zip(todo, results, strict=True):
+                if t := self._transcript(batch[i], result, elapsed_ms, len(todo)):
+                    recognized[i] = t
+        in_order = [t for i in range(len(batch)) if (t := ready.get(i) or recognized.get(i))]
         transcripts = await self._fill_gaps(in_order, language)
         for t in await self._with_joint(transcripts, language):
             if self.journal is not None and not t.utterance.batch:

@@ -76,5 +76,13 @@ class Speculations:
             c.empty += 1
             return True, None
         self.rooms.remember(utt.room, spec.text, utt.end_wall)
-        self.log.info("speculation stands", room=utt.room, utterance_id=utt.id, text=spec.text)
+        # The same event as any recognized piece (what operators and tests follow), marked.
+        self.log.info(
+            "utterance recognized",
+            room=utt.room,
+            utterance_id=utt.id,
+            recognize_ms=round(spec.recognize_ms),
+            speculated=True,
+            text=spec.text,
+        )
         return True, dataclasses.replace(spec, utterance=utt)

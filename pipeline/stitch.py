@@ -31,7 +31,7 @@ class StitchSettings:
     endpoint_ms: int = 400
     end_threshold: float = END_THRESHOLD
     joint_threshold: float = JOINT_THRESHOLD
-    max_gap_ms: int = 1000  # tuned with the thresholds (stitch_rules.END_THRESHOLD)
+    max_gap_ms: int = 1200  # tuned with the thresholds (stitch_rules.END_THRESHOLD)
     max_hold_ms: int = 5000
     # A piece that ends its sentence waits this long after its cut for more (0: published
     # when recognized).

@@ -35,6 +35,7 @@ class RecordingRecognizer:
         self.threads: set[int] = set()
         self.released = 0
         self.hotwords: list[list[tuple[str, ...]]] = []
+        self.started = threading.Event()  # set when a call begins (tests/test_speculation.py)
 
     def recognize(
         self,
@@ -45,6 +46,7 @@ class RecordingRecognizer:
         timestamps: bool = False,
         sentence_end: bool | Sequence[str] = False,
     ) -> list[Recognition]:
+        self.started.set()
         self.threads.add(threading.get_ident())
         self.hotwords.append([tuple(h) for h in hotwords or []])
         texts = [f"text {int(a[0])}" for a in audios]

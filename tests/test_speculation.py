@@ -5,38 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from models.api import Recognition
 from pipeline.messages import Transcript, Utterance, Work
 from pipeline.recognize import RecognizeSettings, RecognizeStage
 from pipeline.roomstate import RoomStates
 from tests.test_recognize_stage import RecordingRecognizer, run_stage, utterance
-
-
-class SignallingRecognizer(RecordingRecognizer):
-    """Sets ``started`` when a call begins, so the test can send the next item while the
-    model is busy (it then waits in the inbox, as behind a real recognition)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = threading.Event()
-
-    def recognize(
-        self,
-        audios: list[np.ndarray],
-        language: str | None = None,
-        prompts: list[str] | None = None,
-        hotwords: list[Sequence[str]] | None = None,
-        timestamps: bool = False,
-        sentence_end: bool | Sequence[str] = False,
-    ) -> list[Recognition]:
-        self.started.set()
-        return super().recognize(audios, language, prompts, hotwords, timestamps, sentence_end)
 
 
 def speculation(n: int, end: float) -> Utterance:
@@ -50,9 +26,10 @@ def finished(n: int, speculation_end: float | None, marker: int | None = None) -
     return dataclasses.replace(u, audio=audio, speculation_end_s=speculation_end)
 
 
-def run_in_turn(items: list[Utterance]) -> tuple[SignallingRecognizer, RecognizeStage, list[Transcript]]:
-    """Each item goes in only once the model is busy with the one before."""
-    recognizer = SignallingRecognizer()
+def run_in_turn(items: list[Utterance]) -> tuple[RecordingRecognizer, RecognizeStage, list[Transcript]]:
+    """Each speculation is followed only once the model is busy with it (the next item then
+    waits in the inbox, as behind a real recognition)."""
+    recognizer = RecordingRecognizer()
 
     async def scenario() -> tuple[RecognizeStage, list[Transcript]]:
         inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
@@ -107,3 +84,10 @@ def test_a_speculation_whose_piece_already_waits_is_never_recognized() -> None:
     recognizer, (t,) = run_stage([speculation(1, 0.8), finished(1, 0.8, marker=9)], RecognizeSettings())
     assert [texts for texts, _ in recognizer.calls] == [["text 9"]]
     assert t.text == "text 9"
+
+
+def test_pieces_that_share_an_id_in_one_batch_each_come_out() -> None:
+    # Batch files of the same name (talk.wav, talk.flac) give their utterances one id.
+    items = [utterance(1, "talk", Work.BATCH), dataclasses.replace(utterance(2, "talk", Work.BATCH), id="talk-1")]
+    _, out = run_stage(items, RecognizeSettings())
+    assert sorted(t.text for t in out) == ["text 1", "text 2"]

@@ -19,7 +19,7 @@ from daemon.config_interfaces import HttpSettings, RemoteSettings, WyomingSettin
 from daemon.config_mqtt import HermesSettings, HomeAssistantSettings, MqttSettings
 from daemon.config_sources import SourceSettings
 from models.api import LANGUAGE_CODES, DecodingOptions
-from pipeline.recognize import RecognizeSettings
+from pipeline.recognize_settings import RecognizeSettings
 from pipeline.stitch import StitchSettings
 from pipeline.text.processor import TextSettings
 from pipeline.text.script import Script

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.health import BusyWatch
 from pipeline.journal import Journal
 from pipeline.messages import Transcript, Utterance
-from pipeline.recognize import RecognizeSettings, RecognizeStage
+from pipeline.recognize import RecognizeStage
+from pipeline.recognize_settings import RecognizeSettings
 from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
 from pipeline.stitch import StitchSettings, StitchStage

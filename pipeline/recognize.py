@@ -7,10 +7,8 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -19,47 +17,14 @@ from pipeline.chunks import settle, timed_segments
 from pipeline.health import BusyWatch
 from pipeline.journal import Journal
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
+from pipeline.recognize_settings import RecognizeCounters, RecognizeSettings
 from pipeline.roomstate import RoomStates
 from pipeline.speculation import Speculations
 from pipeline.stage import Stage
-from pipeline.stitch_rules import END_THRESHOLD, JOINT_PAUSE_S, joint_partner
+from pipeline.stitch_rules import JOINT_PAUSE_S, joint_partner
 
 if TYPE_CHECKING:  # the model (and torch) stays out of the pipeline's import time
     from models.api import Recognition, Recognizer
-
-
-@dataclass(frozen=True)
-class RecognizeSettings:
-    max_batch: int = 16
-    max_wait_ms: int = 10
-    prompt_previous: bool = True
-    prompt_max_gap_s: float = 60.0
-    idle_release_s: float = 30.0
-    # Stitching (pipeline/stitch_rules): pieces of a room at most this far apart may be
-    # joined; 0: no stitching, so no sentence-end evidence and no joint decodes.
-    stitch_max_gap_s: float = 0.0
-    end_threshold: float = END_THRESHOLD  # stitch.end_threshold
-    joint_decode: bool = True  # a piece after one that did not end its sentence is decoded with it
-
-
-@dataclass
-class RecognizeCounters:
-    batches: int = 0
-    utterances: int = 0
-    audio_seconds: float = 0.0
-    empty: int = 0
-    failed: int = 0
-    releases: int = 0
-    partials: int = 0
-    partials_skipped: int = 0
-    joint: int = 0
-    speculative: int = 0  # live pieces recognized ahead of their endpoint
-    speculative_used: int = 0  # ... whose text stood for the finished piece
-    speculative_wasted: int = 0  # ... in vain: speech went on (a recognition spent, no message changed)
-    gaps_filled: int = 0  # speech spans of batch chunks recognized again on their own
-    model_seconds: float = 0.0  # time spent in model calls (the rest of a batch job's wall time went elsewhere)
-    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))  # the latest ones
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))  # per model call, the latest
 
 
 class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
@@ -98,7 +63,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         self.counters = RecognizeCounters()
         self.watch = watch or BusyWatch()  # the model calls, for the watchdog
         self._waiting: list[Utterance] = []
-        self.speculations = Speculations(self.counters, rooms)
+        self.speculations = Speculations(self.counters)
         self._ended = False
         self._released = True
 
@@ -227,9 +192,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         # By place in the batch, not by id: batch files of the same name share ids.
         ready: dict[int, Transcript | None] = {}  # finished pieces whose speculation stands
         for i, u in enumerate(batch):
-            found, transcript = self.speculations.take(u)
-            if found:
-                ready[i] = transcript
+            if (spec := self.speculations.take(u)) is not None:
+                ready[i] = self._speculated(spec)
         todo = [i for i in range(len(batch)) if i not in ready]
         recognized: dict[int, Transcript] = {}
         if todo:
@@ -281,16 +245,12 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         if utt.speculative:
             self.speculations.keep(self._make_transcript(utt, result, elapsed_ms))
             return None
-        self.counters.utterances += 1
-        self.counters.audio_seconds += utt.duration_s
+        self._count_finished(utt, result.text)
         log = self.log.bind(room=utt.room, utterance_id=utt.id)
         if not result.text:
-            self.counters.empty += 1
             log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
             if not utt.batch:
                 return None
-        else:
-            self.rooms.remember(utt.room, result.text, utt.end_wall)
         log.info(
             "utterance recognized",
             recognize_ms=round(elapsed_ms),
@@ -299,6 +259,26 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             text=result.text,
         )
         return self._make_transcript(utt, result, elapsed_ms)
+
+    def _count_finished(self, utt: Utterance, text: str) -> None:
+        """A finished piece counted, and its text kept as its room's next prompt."""
+        self.counters.utterances += 1
+        self.counters.audio_seconds += utt.duration_s
+        if not text:
+            self.counters.empty += 1
+        else:
+            self.rooms.remember(utt.room, text, utt.end_wall)
+
+    def _speculated(self, t: Transcript) -> Transcript | None:
+        """A finished piece whose speculation stood: counted like any recognized piece, and
+        logged with the same event, marked; None when it found no text."""
+        u = t.utterance
+        self._count_finished(u, t.text)
+        if not t.text:
+            return None
+        log = self.log.bind(room=u.room, utterance_id=u.id)
+        log.info("utterance recognized", recognize_ms=round(t.recognize_ms), speculated=True, text=t.text)
+        return t
 
     def _make_transcript(self, utt: Utterance, result: Recognition, elapsed_ms: float) -> Transcript:
         return Transcript(
@@ -354,8 +334,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
             previous, room.last_piece = room.last_piece, (u, t)
             s = self.settings
             max_gap_s = s.stitch_max_gap_s if room.stitch and s.joint_decode else 0.0
-            first = joint_partner(previous, t, max_gap_s, s.end_threshold)
-            if first is not None and previous is not None:
+            if previous is not None and (first := joint_partner(previous, t, max_gap_s, s.end_threshold)) is not None:
                 chosen.append((i, first, previous[1].raw_text))
         return chosen
 

@@ -311,7 +311,6 @@ class Room:
             await self.out.put(utt)
 
     def _utterance(self, seg: Segment, wall0: float, utterance_id: str) -> Utterance:
-        speculative = seg.speculative
         return Utterance(
             room=self.name,
             id=utterance_id,
@@ -323,7 +322,7 @@ class Room:
             reason=seg.reason,
             decided_at=time.monotonic(),
             language=self.state.language,
-            kind=Work.SPECULATIVE if speculative else Work.LIVE if self.batch_file is None else Work.BATCH,
+            kind=Work.SPECULATIVE if seg.speculative else Work.LIVE if self.batch_file is None else Work.BATCH,
             file=self.batch_file,
             speculation_end_s=seg.speculated_end / SAMPLE_RATE if seg.speculated_end >= 0 else None,
         )

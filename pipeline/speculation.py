@@ -14,29 +14,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-import structlog
-
 from pipeline.messages import Transcript, Utterance, Work
-from pipeline.roomstate import RoomStates
 
 
 class SpeculationCounters(Protocol):
     speculative: int
     speculative_used: int
     speculative_wasted: int
-    utterances: int
-    audio_seconds: float
-    empty: int
 
 
 class Speculations:
     """Per room, its newest speculation's transcript, until that room's next finished piece."""
 
-    def __init__(self, counters: SpeculationCounters, rooms: RoomStates) -> None:
+    def __init__(self, counters: SpeculationCounters) -> None:
         self.counters = counters
-        self.rooms = rooms
         self.by_room: dict[str, Transcript] = {}
-        self.log = structlog.get_logger().bind(stage="recognize")
 
     def superseded_dropped(self, waiting: list[Utterance]) -> list[Utterance]:
         """``waiting`` without the speculations that could only be wasted: those whose
@@ -56,33 +48,18 @@ class Speculations:
             self.counters.speculative_wasted += 1  # an older one, overtaken by more speech
         self.by_room[t.utterance.room] = t
 
-    def take(self, utt: Utterance) -> tuple[bool, Transcript | None]:
-        """For a finished live piece: (True, its transcript) when its room's speculation
-        stands for it (same piece, no speech since; None when that found no text), else
-        (False, None). A speculation that does not stand is counted as wasted."""
+    def take(self, utt: Utterance) -> Transcript | None:
+        """For a finished live piece: its transcript (its text may be empty) when its
+        room's speculation stands for it (same piece, no speech since), else None. A
+        speculation that does not stand is counted as wasted."""
         if utt.kind is not Work.LIVE:
-            return False, None
+            return None
         spec = self.by_room.pop(utt.room, None)
         if spec is None:
-            return False, None
-        s, c = spec.utterance, self.counters
+            return None
+        s = spec.utterance
         if s.id != utt.id or utt.speculation_end_s is None or abs(s.end_s - utt.speculation_end_s) > 1e-6:
-            c.speculative_wasted += 1
-            return False, None
-        c.speculative_used += 1
-        c.utterances += 1
-        c.audio_seconds += utt.duration_s
-        if not spec.text:
-            c.empty += 1
-            return True, None
-        self.rooms.remember(utt.room, spec.text, utt.end_wall)
-        # The same event as any recognized piece (what operators and tests follow), marked.
-        self.log.info(
-            "utterance recognized",
-            room=utt.room,
-            utterance_id=utt.id,
-            recognize_ms=round(spec.recognize_ms),
-            speculated=True,
-            text=spec.text,
-        )
-        return True, dataclasses.replace(spec, utterance=utt)
+            self.counters.speculative_wasted += 1
+            return None
+        self.counters.speculative_used += 1
+        return dataclasses.replace(spec, utterance=utt)

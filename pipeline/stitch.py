@@ -131,20 +131,17 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
                 item, arrived = joined, held.arrived
             else:
                 await self._alone(first)
-        if not self._complete(item):
+        if not ends_sentence(item, self.settings.end_threshold):
             self.counters.held += 1
         self.held[room] = _Held(item, arrived, last_id)
         await self._release_due()
-
-    def _complete(self, t: Transcript) -> bool:
-        return ends_sentence(t, self.settings.end_threshold)
 
     def _deadline(self, room: str, held: _Held) -> float:
         """When ``held`` must go: max_hold after it arrived, or max_gap after its cut when
         no new speech started in the room in that time."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
-        complete = self._complete(t)
+        complete = ends_sentence(t, self.settings.end_threshold)
         wait_ms = self.settings.complete_wait_ms if complete else self.settings.max_gap_ms
         gap_until = t.utterance.decided_at + min(wait_ms, self.settings.max_gap_ms) / 1000
         started = self.rooms[room].speech_started_at
@@ -166,6 +163,6 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
 
     async def _alone(self, t: Transcript) -> None:
         """A piece (or joined pieces) going out with nothing more joined to it."""
-        if not self._complete(t):
+        if not ends_sentence(t, self.settings.end_threshold):
             self.counters.waited_in_vain += 1
         await self.emit(t)

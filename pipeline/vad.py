@@ -184,10 +184,14 @@ class UtteranceAssembler:
         """The utterance so far, once per silence: recognized while the endpoint is still
         open. Nothing is trimmed; the utterance goes on as if this had not happened."""
         start = self._utt_start
-        if self._last_speech_end - max(start, self._speech_start) < _ms(self.p.min_utterance_ms):
+        if not self._long_enough(start):
             return []
         self._speculated = self._pos
         return [Segment(start, self._pos, self._audio(start, self._pos).copy(), SPECULATIVE)]
+
+    def _long_enough(self, start: int) -> bool:
+        """The speech from ``start`` on lasts min_utterance_ms: an utterance, not a noise."""
+        return self._last_speech_end - max(start, self._speech_start) >= _ms(self.p.min_utterance_ms)
 
     def _idle_window(self, start: int, prob: float) -> list[Segment]:
         if prob >= self.p.threshold:
@@ -222,9 +226,8 @@ class UtteranceAssembler:
 
     def _emit(self, end: int, reason: str) -> list[Segment]:
         start = self._utt_start
-        speech_len = self._last_speech_end - max(start, self._speech_start)
         out: list[Segment] = []
-        if reason == "max_length" or speech_len >= _ms(self.p.min_utterance_ms):
+        if reason == "max_length" or self._long_enough(start):
             out.append(Segment(start, end, self._audio(start, end).copy(), reason, self._speculated))
         else:
             self.discarded += 1

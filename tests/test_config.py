@@ -172,7 +172,7 @@ def test_each_default_lives_in_the_settings_it_feeds_and_maps_by_keyword(tmp_pat
     map onto them by name: the defaults agree, and changed values land on their own fields
     (a positional mapping once could swap two ints silently)."""
     from models.api import DecodingOptions
-    from pipeline.recognize import RecognizeSettings
+    from pipeline.recognize_settings import RecognizeSettings
     from pipeline.stitch import StitchSettings
     from pipeline.text.processor import TextSettings
     from pipeline.vad import VadParams

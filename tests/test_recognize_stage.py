@@ -14,7 +14,8 @@ import numpy as np
 
 from models.api import Capabilities, Recognition, Recognizer
 from pipeline.messages import Transcript, Utterance, Work
-from pipeline.recognize import RecognizeSettings, RecognizeStage
+from pipeline.recognize import RecognizeStage
+from pipeline.recognize_settings import RecognizeSettings
 from pipeline.roomstate import RoomState, RoomStates
 
 CAPABILITIES = Capabilities(

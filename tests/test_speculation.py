@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pipeline.messages import Transcript, Utterance, Work
-from pipeline.recognize import RecognizeSettings, RecognizeStage
+from pipeline.recognize import RecognizeStage
+from pipeline.recognize_settings import RecognizeSettings
 from pipeline.roomstate import RoomStates
 from tests.test_recognize_stage import RecordingRecognizer, run_stage, utterance
 

@@ -58,7 +58,7 @@ def main() -> None:
 
     import jiwer
 
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     recognizer = load_recognizer("bundled:tiny.en", args.device, args.dtype)
     rows = []

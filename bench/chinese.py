@@ -1,6 +1,6 @@
 """Chinese through the real paths: the shared Mandarin clips, bundled:base, side by side.
 
-    python bench/chinese.py [--device cpu|cuda] [--dtype float32|float16] [--modes a,b] [--repeat N]
+    python bench/chinese.py [--device cpu|cuda] [--dtype auto|float32|float16] [--modes a,b] [--repeat N]
 
 Every clip of ../shared/data/speech with language zh. Per mode, in its own process (so time
 and peak memory are its own): our recognizer on each whole clip, ``roomscribe transcribe``
@@ -80,7 +80,7 @@ def worker(mode: str, device: str, dtype: str, fw_path: str) -> dict[str, Any]:
     texts: list[str]
     if mode.startswith("ours-clip"):
         from models.api import DecodingOptions
-        from models.recognizer import load_recognizer
+        from models.engines import load_recognizer
 
         beam = 5 if mode.endswith("beam5") else 1
         options = DecodingOptions(beam_size=beam, language_beams=())
@@ -89,7 +89,9 @@ def worker(mode: str, device: str, dtype: str, fw_path: str) -> dict[str, Any]:
     else:
         from faster_whisper import WhisperModel
 
-        model = WhisperModel(fw_path, device=device, compute_type=dtype)
+        # faster-whisper has no mixed precision: float32 on a CPU, float16 on a GPU for auto.
+        compute = dtype if dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+        model = WhisperModel(fw_path, device=device, compute_type=compute)
         beam = 5 if mode.endswith("beam5") else 1
         texts = []
         for e in entries:
@@ -146,7 +148,7 @@ def run_mode(mode: str, args: argparse.Namespace, tmp: Path, fw_path: str) -> di
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--worker")
     parser.add_argument("--fw", default="")
     parser.add_argument("--tmp", type=Path)

@@ -47,7 +47,7 @@ def timed(fn: Any, repeats: int = 5) -> float:
 def time_split(model: str, audios: list[np.ndarray], device: str = "cuda") -> list[dict[str, Any]]:
     import torch
 
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     rows = []
     clip = max(audios[:20], key=len)
@@ -82,7 +82,7 @@ def _split_one(recognizer: Any, clip: np.ndarray, batch: int) -> dict[str, Any]:
 def memory_policy(model: str, audios: list[np.ndarray]) -> list[dict[str, Any]]:
     import torch
 
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     rows: list[dict[str, Any]] = []
     recognizer = load_recognizer(model, "cuda", "float16", batch_size="auto")

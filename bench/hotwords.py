@@ -42,7 +42,7 @@ OTHER_HOTWORDS = ["roomscribe", "Home Assistant", "Node-RED", "Raspberry Pi", "å
 
 def main() -> None:
     from models.api import DecodingOptions
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     hotwords = [h for h, _ in CASES] + OTHER_HOTWORDS
     boosted = load_recognizer("bundled:tiny.en", "cpu", "float32")

@@ -37,7 +37,8 @@ GPU_BATCHES = (8, 16, 32, 64)
 MODES = {
     "ours-greedy": {"engine": "ours", "beam": 1},
     "ours-beam5": {"engine": "ours", "beam": 5},
-    "ours-greedy-int8": {"engine": "ours", "beam": 1, "quantize": "int8", "no_batch": True},
+    "ours-greedy-fp32": {"engine": "ours", "beam": 1, "dtype": "float32"},
+    "ours-greedy-int8": {"engine": "ours", "beam": 1, "dtype": "float32", "quantize": "int8", "no_batch": True},
     "fw-beam1": {"engine": "fw", "beam": 1},
     "fw-beam5": {"engine": "fw", "beam": 5},
 }
@@ -100,13 +101,15 @@ def worker(mode: str, spec: dict[str, Any], args: argparse.Namespace, device: st
     audios, refs = dataset(args.quick, args.pack)
     normalize = EnglishTextNormalizer()
     audio_s = sum(len(a) for a in audios) / 16000
-    dtype = spec.get("dtype", "float32")
+    # Ours at the daemon's default (auto: on a CPU with AMX tiles, a bfloat16 encoder), or
+    # as the mode says; faster-whisper in float32 on a CPU, as its float16 weights load there.
+    dtype = spec.get("dtype", "auto" if spec["engine"] == "ours" else "float32")
     started = time.perf_counter()
     if spec["engine"] == "ours":
         import torch
 
         from models.api import DecodingOptions
-        from models.recognizer import load_recognizer
+        from models.engines import load_recognizer
 
         recognizer = load_recognizer(
             args.model,

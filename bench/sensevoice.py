@@ -10,8 +10,10 @@ SenseVoice rows: SentencePiece on a few dozen ids takes microseconds, and random
 outside the test tokenizer.) The Whisper rows are the real models (tiny.en, multilingual
 base), greedy, on the same audio: espeak-ng speech cut to 2, 5 and 10 s.
 
-The -int8 modes are the same engines with ``recognizer.quantize = "int8"`` (every linear
-layer). Per mode, in its own process (its own peak RSS): median latency per utterance for
+Ours runs at the daemon's default precision (``dtype = auto``: on a CPU with AMX tiles, a
+bfloat16 encoder, which for SenseVoice is all of it); the -fp32 modes keep all of it float32;
+the -int8 modes are float32 with ``recognizer.quantize = "int8"`` (every linear layer).
+Per mode, in its own process (its own peak RSS): median latency per utterance for
 each length at batch 1 (after a warm-up), throughput (audio seconds per second) at batch 1
 and at the best batch, peak RSS; the modes run interleaved ``--rounds`` times and each
 number is its median over the rounds. sv-reference is FunASR's implementation with the same weights
@@ -39,7 +41,16 @@ from bench.common import write_results
 
 LENGTHS = (2.0, 5.0, 10.0)
 BATCHES = (1, 2, 4, 8, 16)
-MODES = ("sv-ours", "sv-ours-int8", "sv-reference", "whisper-tiny.en", "whisper-tiny.en-int8", "whisper-base")
+MODES = (
+    "sv-ours",
+    "sv-ours-fp32",
+    "sv-ours-int8",
+    "sv-reference",
+    "whisper-tiny.en",
+    "whisper-tiny.en-fp32",
+    "whisper-tiny.en-int8",
+    "whisper-base",
+)
 
 
 def clips() -> dict[float, np.ndarray]:
@@ -71,13 +82,18 @@ class _NoText:
 
 
 def _runner(mode: str, folder: Path) -> Any:
+    """Ours at the daemon's default precision (dtype auto), -fp32 all float32, -int8 int8."""
     import torch
 
+    from models.device import choose_encoder_dtype, cpu_flags
+
     quantize = "int8" if mode.endswith("-int8") else "none"
+    dtype = "float32" if mode.endswith(("-fp32", "-int8")) else "auto"
     if mode.startswith("sv-ours"):
         from models.sensevoice.recognizer import SenseVoiceRecognizer
 
-        engine = SenseVoiceRecognizer(folder, "cpu", "float32", quantize=quantize)
+        chosen = choose_encoder_dtype(dtype, "cpu", "float32", quantize, cpu_flags())
+        engine = SenseVoiceRecognizer(folder, "cpu", chosen, quantize=quantize)
 
         def run(batch: list[np.ndarray]) -> None:
             with torch.inference_mode():
@@ -89,10 +105,10 @@ def _runner(mode: str, folder: Path) -> Any:
     if mode == "sv-reference":
         return _reference_runner(folder)
     from models.api import DecodingOptions
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
-    name = mode.removeprefix("whisper-").removesuffix("-int8")
-    whisper = load_recognizer(f"bundled:{name}", "cpu", "float32", DecodingOptions(), quantize=quantize)
+    name = mode.removeprefix("whisper-").removesuffix("-int8").removesuffix("-fp32")
+    whisper = load_recognizer(f"bundled:{name}", "cpu", dtype, DecodingOptions(), quantize=quantize)
     language = "en" if name == "base" else None
     return lambda batch: whisper.recognize(batch, language=language)
 
@@ -121,11 +137,22 @@ def _reference_runner(folder: Path) -> Any:
     return run
 
 
+_calls = iter(range(1, 1 << 30))
+
+
+def _fresh(batch: list[np.ndarray]) -> list[np.ndarray]:
+    """Every item of every call a different array (a DC offset of a few millionths): the
+    Whisper engine keeps the encoder outputs of audio it has seen (models/encoded.py), and
+    a repeated clip would time a cache hit, not a recognition."""
+    return [(a + np.float32(next(_calls) * 1e-6)).astype(np.float32) for a in batch]
+
+
 def _timed(run: Any, batch: list[np.ndarray], repeat: int) -> float:
     times = []
     for _ in range(repeat):
+        items = _fresh(batch)
         start = time.perf_counter()
-        run(batch)
+        run(items)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -133,7 +160,7 @@ def _timed(run: Any, batch: list[np.ndarray], repeat: int) -> float:
 def measure(mode: str, folder: Path, repeat: int) -> dict[str, Any]:
     audio = clips()
     run = _runner(mode, folder)
-    run([audio[5.0]])  # warm-up
+    run(_fresh([audio[5.0]]))  # warm-up
     row: dict[str, Any] = {"mode": mode, "weights": "random, full size" if mode.startswith("sv") else "real"}
     for length, clip in audio.items():
         row[f"latency_{length:g}s_ms"] = round(_timed(run, [clip], repeat) * 1000, 1)
@@ -154,10 +181,14 @@ def measure(mode: str, folder: Path, repeat: int) -> dict[str, Any]:
 
 RATIOS = {
     "sv_5s_over_tiny_en_5s": ("sv-ours", "whisper-tiny.en"),
+    "sv_5s_over_tiny_en_fp32_5s": ("sv-ours", "whisper-tiny.en-fp32"),
+    "sv_fp32_5s_over_tiny_en_fp32_5s": ("sv-ours-fp32", "whisper-tiny.en-fp32"),
+    "sv_5s_over_sv_fp32_5s": ("sv-ours", "sv-ours-fp32"),
+    "sv_fp32_over_reference_5s": ("sv-ours-fp32", "sv-reference"),
     "sv_int8_5s_over_tiny_en_5s": ("sv-ours-int8", "whisper-tiny.en"),
     "sv_int8_5s_over_tiny_en_int8_5s": ("sv-ours-int8", "whisper-tiny.en-int8"),
-    "sv_int8_5s_over_sv_5s": ("sv-ours-int8", "sv-ours"),
     "sv_ours_over_reference_5s": ("sv-ours", "sv-reference"),
+    "sv_int8_5s_over_sv_fp32_5s": ("sv-ours-int8", "sv-ours-fp32"),
 }
 
 

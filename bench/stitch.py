@@ -92,11 +92,11 @@ class Harness:
     """One room of the daemon, offline: the room's VAD, then the daemon's stages."""
 
     def __init__(self, stitch: dict[str, Any]) -> None:
-        from models.recognizer import load_recognizer
+        from models.engines import load_recognizer
         from models.vad import SileroVad
 
         self.vad = SileroVad()
-        self.recognizer = load_recognizer("bundled:tiny.en", "cpu", "float32")
+        self.recognizer = load_recognizer("bundled:tiny.en", "cpu")  # dtype auto, as the daemon
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.configure(stitch)
 

@@ -47,8 +47,8 @@ def load_recognizer_in_thread(config: Config) -> Recognizer:
     import torch
 
     from models.ct2 import ModelFormatError
+    from models.engines import load_recognizer
     from models.loading import ModelNotFoundError
-    from models.recognizer import load_recognizer
 
     if r.threads:
         torch.set_num_threads(r.threads)

@@ -25,6 +25,38 @@ def choose_dtype(setting: str, device: str) -> str:
     return setting
 
 
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_encoder_dtype(setting: str, device: str, dtype: str, quantize: str, flags: frozenset[str]) -> str:
+    """The encoder's dtype: the model's, except that ``auto`` on a CPU with AMX bfloat16
+    tiles (Intel Xeon since Sapphire Rapids: the ``amx_bf16`` flag) runs the encoder in
+    bfloat16. There a bfloat16 GEMM is 3-7x a float32 one, and the encoder (a 30 s window
+    for Whisper, the whole model for SenseVoice) is where the arithmetic is; Whisper's
+    decoder, whose steps are small and whose word choices are the fragile part, stays
+    float32. tiny.en on bench/recognizer.py's 101 utterances: 5.40% -> 5.48% WER greedy,
+    5.24% both at beam 5, for 1.6x the speed (docs/architecture.md, Precision). Without
+    those tiles bfloat16 is emulated and slower, so float32 stays.
+    """
+    if setting == "auto" and device == "cpu" and dtype == "float32" and quantize == "none" and "amx_bf16" in flags:
+        return "bfloat16"
+    return dtype
+
+
+def precision_name(dtype: str, encoder_dtype: str) -> str:
+    """What status and logs call a model's precision: ``float32`` or ``float32, encoder bfloat16``."""
+    return dtype if encoder_dtype == dtype else f"{dtype}, encoder {encoder_dtype}"
+
+
 def avoid_per_shape_attention_plans() -> None:
     """Leave cuDNN out of scaled_dot_product_attention (flash, memory-efficient and math remain).
 

@@ -8,12 +8,11 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.api import Capabilities, DecodingOptions, Recognition, Recognizer
+from models.api import Capabilities, DecodingOptions, Recognition
 from models.decoding import (
     Decoded,
     compression_ratio,
@@ -23,9 +22,9 @@ from models.decoding import (
     split_segments,
     token_budget,
 )
-from models.device import avoid_per_shape_attention_plans, choose_device, choose_dtype, quantize_linear_int8
+from models.device import avoid_per_shape_attention_plans, precision_name, quantize_linear_int8
 from models.encoded import EncodedCache
-from models.loading import BUNDLED_PREFIX, ModelFiles, load_whisper, resolve_model, tokenizer_path
+from models.loading import ModelFiles, load_whisper, tokenizer_path
 from models.logits import HotwordTokens, LogitRules, hotword_tokens, suppress_mask
 from models.mel import SAMPLE_RATE, log_mel_spectrogram, padded_batch
 from models.memory import (
@@ -37,7 +36,6 @@ from models.memory import (
     trim_heap,
 )
 from models.search import Search
-from models.sensevoice.loading import looks_like_sensevoice
 from models.sentence_end import final_mark_tokens, sentence_end_probs, text_tokens
 from models.tokenizer import WhisperTokenizer
 from models.whisper import KVCache
@@ -71,15 +69,23 @@ class WhisperRecognizer:
         options: DecodingOptions | None = None,
         batch_size: int | str = "auto",
         quantize: str = "none",
+        encoder_dtype: str | None = None,
     ) -> None:
         self.name = files.name
         self.device = device
-        self.dtype = dtype
+        self.dtype = precision_name(dtype, encoder_dtype or dtype)
         self.options = options or DecodingOptions()
         self._torch_device = torch.device(device)
         if self._torch_device.type == "cuda":
             avoid_per_shape_attention_plans()
         self.model = load_whisper(files, self._torch_device, getattr(torch, dtype))
+        # The encoder may run in its own dtype (models/device.choose_encoder_dtype); its
+        # output is cast to the decoder's.
+        self._decoder_dtype = getattr(torch, dtype)
+        self._encoder_dtype = getattr(torch, encoder_dtype or dtype)
+        if quantize == "int8" and self._encoder_dtype != self._decoder_dtype:
+            raise ValueError("quantize = int8 needs one dtype (float32) for the whole model")
+        self.model.encoder.to(self._encoder_dtype)
         self.quantize = quantize
         if quantize == "int8":
             quantize_linear_int8(self.model, device, dtype)
@@ -265,7 +271,7 @@ class WhisperRecognizer:
 
     def _encode_audios(self, audios: list[np.ndarray]) -> torch.Tensor:
         mel = log_mel_spectrogram(padded_batch(audios).to(self._torch_device), self.model.dims.n_mels)
-        return self._encode(mel.to(getattr(torch, self.dtype)))
+        return self._encode(mel.to(self._encoder_dtype)).to(self._decoder_dtype)
 
     def _encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder output for a batch of log-mel windows. On a CPU a few windows at a time:
@@ -366,27 +372,3 @@ class WhisperRecognizer:
             rejected=attempt.rejected,
             segments=tuple(segments),
         )
-
-
-def load_recognizer(
-    model: str,
-    device: str = "auto",
-    dtype: str = "auto",
-    options: DecodingOptions | None = None,
-    batch_size: int | str = "auto",
-    quantize: str = "none",
-) -> Recognizer:
-    """Load the configured recognizer; raises ModelNotFoundError with a clear message.
-
-    A SenseVoiceSmall folder (FunASR's files) loads the SenseVoice engine; everything else
-    is read as a Whisper checkpoint.
-    """
-    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    chosen = choose_device(device, cuda_count)
-    path = Path(model).expanduser()
-    if not model.startswith(BUNDLED_PREFIX) and looks_like_sensevoice(path):
-        from models.sensevoice.recognizer import SenseVoiceRecognizer
-
-        return SenseVoiceRecognizer(path, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)
-    files = resolve_model(model)
-    return WhisperRecognizer(files, chosen, choose_dtype(dtype, chosen), options, batch_size, quantize)

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def recognizer() -> WhisperRecognizer:
-    """The bundled Whisper tiny.en, loaded once for the whole session (float32, CPU)."""
-    from models.recognizer import WhisperRecognizer, load_recognizer
+    """The bundled Whisper tiny.en, loaded once for the whole session (CPU, dtype auto: float32,
+    its encoder bfloat16 where the CPU has AMX tiles, as a user gets it)."""
+    from models.engines import load_recognizer
+    from models.recognizer import WhisperRecognizer
 
     loaded = load_recognizer("bundled:tiny.en", device="cpu")
     assert isinstance(loaded, WhisperRecognizer)

@@ -24,8 +24,8 @@ CLIP = SPEECH_DIR / "aishell1_dev_BAC009S0724W0121.wav"  # 广州市房地产中
 
 
 def test_the_split_bundled_model_loads_as_one_and_knows_chinese() -> None:
+    from models.engines import load_recognizer
     from models.loading import resolve_model
-    from models.recognizer import load_recognizer
 
     files = resolve_model("bundled:base")
     assert len(files.parts) == 2 and not files.weights.exists()  # read from its parts, no copy
@@ -69,7 +69,7 @@ def test_each_language_is_decoded_with_its_own_beam() -> None:
     language detected per item, each is still recognized in its own language."""
     from bench.accuracy import load_clip
     from models.api import DecodingOptions
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
     from tests.helpers import speak, wer
 
     mixed = load_recognizer("bundled:base", "cpu", options=DecodingOptions(beam_size=1, language_beams=(("zh", 5),)))
@@ -172,7 +172,7 @@ def test_sentence_end_evidence_for_chinese_speech() -> None:
     import numpy as np
     import soundfile as sf
 
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     audio, rate = sf.read(PUNCTUATED, dtype="float32")
     assert rate == 16000

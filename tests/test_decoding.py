@@ -10,7 +10,8 @@ import pytest
 
 from models.api import DecodingOptions
 from models.decoding import compression_ratio
-from models.recognizer import WhisperRecognizer, load_recognizer
+from models.engines import load_recognizer
+from models.recognizer import WhisperRecognizer
 from tests.helpers import SENTENCES, SPEECH_DIR, normalize, speak, wer
 
 # float16/bfloat16 must give the float32 words, except for at most this many word edits

@@ -155,7 +155,7 @@ def test_converted_checkpoints_give_identical_transcripts(
     recognizer: WhisperRecognizer,
     fmt: str,
 ) -> None:
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     other = load_recognizer(str(converted[fmt]), device="cpu")
     assert resolve_model(str(converted[fmt])).format == fmt

@@ -46,6 +46,26 @@ def test_espeak_sentences(recognizer: WhisperRecognizer) -> None:
     assert all(r.language == "en" for r in results)
 
 
+def test_precision_is_as_chosen_and_reported(recognizer: WhisperRecognizer) -> None:
+    import torch
+
+    from models.device import choose_encoder_dtype, cpu_flags
+    from models.engines import load_recognizer
+    from models.recognizer import WhisperRecognizer
+
+    expected = getattr(torch, choose_encoder_dtype("auto", "cpu", "float32", "none", cpu_flags()))
+    assert next(recognizer.model.encoder.parameters()).dtype == expected
+    assert next(recognizer.model.decoder.parameters()).dtype == torch.float32
+    assert recognizer.dtype == ("float32" if expected == torch.float32 else "float32, encoder bfloat16")
+    strict = load_recognizer("bundled:tiny.en", device="cpu", dtype="float32")
+    assert isinstance(strict, WhisperRecognizer)
+    assert strict.dtype == "float32"
+    assert next(strict.model.encoder.parameters()).dtype == torch.float32
+    # Either way the words are the same on clear speech.
+    audios = [speak(s) for s in SENTENCES[:3]]
+    assert [r.text for r in strict.recognize(audios)] == [r.text for r in recognizer.recognize(audios)]
+
+
 def test_batched_equals_one_by_one(recognizer: WhisperRecognizer) -> None:
     audios = [speak(s) for s in SENTENCES[:3]]
     batched = [r.text for r in recognizer.recognize(audios)]
@@ -64,11 +84,12 @@ def test_cpu_encoder_slices_keep_windows_in_order(recognizer: WhisperRecognizer)
     audios = [speak(s) for s in SENTENCES[: 2 * CPU_ENCODER_SLICE + 1]]
     with torch.inference_mode():
         mel = log_mel_spectrogram(padded_batch(audios), recognizer.model.dims.n_mels)
+        mel = mel.to(next(recognizer.model.encoder.parameters()).dtype)
         sliced = recognizer._encode(mel)
         alone = [recognizer.model.encoder(mel[i : i + 1]) for i in range(len(audios))]
     assert sliced.shape[0] == len(audios)
     for i, out in enumerate(alone):
-        assert torch.allclose(sliced[i : i + 1], out, atol=1e-4)
+        assert torch.allclose(sliced[i : i + 1], out, atol=1e-4), i
 
 
 def test_silence_and_noise_give_no_text(recognizer: WhisperRecognizer) -> None:

@@ -157,7 +157,7 @@ def test_an_incomplete_folder_names_what_is_missing(small: Reference, tmp_path: 
 
 
 def test_the_daemon_loader_picks_the_sensevoice_engine(small: Reference) -> None:
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     loaded = load_recognizer(str(small.folder), "cpu", "float32")
     assert isinstance(loaded, SenseVoiceRecognizer)
@@ -168,7 +168,7 @@ def test_the_daemon_loader_picks_the_sensevoice_engine(small: Reference) -> None
 def test_int8_quantizes_the_encoder_and_stays_close(
     small: Reference, ours: SenseVoiceRecognizer, audios: list[np.ndarray]
 ) -> None:
-    from models.recognizer import load_recognizer
+    from models.engines import load_recognizer
 
     int8 = load_recognizer(str(small.folder), "cpu", "float32", quantize="int8")
     assert isinstance(int8, SenseVoiceRecognizer)

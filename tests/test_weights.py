@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.ct2 import ModelFormatError, read_ct2
-from models.device import choose_device, choose_dtype
+from models.device import choose_device, choose_dtype, choose_encoder_dtype, cpu_flags, precision_name
 from models.loading import ModelNotFoundError, dims_from_ct2, resolve_model, state_dict_from_ct2
 from models.mel import mel_filters
 from models.whisper import Whisper
@@ -90,3 +90,16 @@ def test_device_and_dtype_policy() -> None:
     assert choose_dtype("auto", "cpu") == "float32"
     assert choose_dtype("auto", "cuda:0") == "float16"
     assert choose_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_auto_runs_the_encoder_in_bfloat16_only_on_a_cpu_with_amx_tiles() -> None:
+    amx = frozenset({"avx512f", "amx_tile", "amx_bf16"})
+    assert choose_encoder_dtype("auto", "cpu", "float32", "none", amx) == "bfloat16"
+    # Without the tiles bfloat16 is emulated (slower); a GPU, an explicit dtype and int8 keep one dtype.
+    assert choose_encoder_dtype("auto", "cpu", "float32", "none", frozenset({"avx512f", "avx512_bf16"})) == "float32"
+    assert choose_encoder_dtype("auto", "cuda:0", "float16", "none", amx) == "float16"
+    assert choose_encoder_dtype("float32", "cpu", "float32", "none", amx) == "float32"
+    assert choose_encoder_dtype("auto", "cpu", "float32", "int8", amx) == "float32"
+    assert precision_name("float32", "bfloat16") == "float32, encoder bfloat16"
+    assert precision_name("float16", "float16") == "float16"
+    assert isinstance(cpu_flags(), frozenset)

@@ -185,6 +185,26 @@ def test_int8_quantizes_the_encoder_and_stays_close(
     assert len(int8.recognize(audios)) == len(audios)
 
 
+def test_bfloat16_runs_all_of_it_and_stays_close(
+    small: Reference, ours: SenseVoiceRecognizer, audios: list[np.ndarray]
+) -> None:
+    from models.device import choose_encoder_dtype, cpu_flags
+    from models.engines import load_recognizer
+
+    auto = load_recognizer(str(small.folder), "cpu", "auto")
+    assert auto.dtype == choose_encoder_dtype("auto", "cpu", "float32", "none", cpu_flags())
+    half = SenseVoiceRecognizer(small.folder, "cpu", "bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    with torch.inference_mode():
+        exact, _ = ours.logprobs(audios[:3])
+        rounded, _ = half.logprobs(audios[:3])
+    assert rounded.dtype == torch.float32  # the log-softmax runs in float32
+    centred = exact - exact.mean(dim=-1, keepdim=True)
+    moved = float((rounded.float() - exact).norm() / centred.norm())
+    assert 0.0 < moved < 0.06
+    assert len(half.recognize(audios)) == len(audios)
+
+
 def test_cmvn_reads_kaldi_text(small: Reference) -> None:
     shift, scale = load_cmvn(small.folder / "am.mvn")
     assert shift.shape == scale.shape == (FrontendConfig().output_size,)

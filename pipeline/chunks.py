@@ -236,3 +236,40 @@ def settle(
         if end - last > SNAP_S:
             left_out.append((last, end))
     return tuple(out), sorted(left_out)
+
+
+# A segment over several spans of speech with words enough for them (MIN_WORDS_PER_S) but
+# fewer than this per second of them may still have left its last span out: tiny.en ended
+# a 20 s file's timestamped decode a sentence early and put its closing timestamp at the
+# end of the audio, over 2.5 s of speech it never wrote (1.8 words a second over its spans;
+# speech runs at 2-3). That span is recognized on its own as well, and its text is kept only
+# where the segment does not already say it (``already_said``).
+DOUBT_WORDS_PER_S = 2.0
+
+
+def doubtful_tails(segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The last span of speech of each settled segment that spans several with few words
+    for them (DOUBT_WORDS_PER_S)."""
+    out = []
+    for seg in segments:
+        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
+        talk = sum(speech[k][1] - speech[k][0] for k in spans)
+        if len(spans) > 1 and spoken_words(seg.raw_text) < DOUBT_WORDS_PER_S * talk:
+            out.append(speech[spans[-1]])
+    return out
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-case words without punctuation; unspaced CJK script one character a token."""
+    spaced = "".join(f" {c} " if _unspaced(c) else c for c in text.lower())
+    return [w for w in ("".join(c for c in word if c.isalnum()) for word in spaced.split()) if w]
+
+
+def already_said(segments: Sequence[TimedText], span: tuple[float, float], addition: str) -> bool:
+    """Whether most of ``addition``'s words (a doubtful span's own text) are in the segments
+    around that span already: the one that claimed it, or a neighbour whose coarse times
+    put the words beside it."""
+    begin, end = span
+    near = " ".join(s.raw_text for s in segments if s.end_s > begin - SNAP_S and s.start_s < end + SNAP_S)
+    new, said = _tokens(addition), set(_tokens(near))
+    return not new or sum(w in said for w in new) >= 0.5 * len(new)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pipeline.chunks import settle, timed_segments
+from pipeline.chunks import already_said, doubtful_tails, settle, timed_segments
 from pipeline.health import BusyWatch
 from pipeline.journal import Journal
 from pipeline.messages import SAMPLE_RATE, TimedText, Transcript, Utterance
@@ -297,25 +297,28 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
 
     async def _fill_gaps(self, transcripts: list[Transcript], language: str | None) -> list[Transcript]:
         """Speech spans of a chunk that its timestamped decode left out are recognized on
-        their own (one more call for all of them), so a chunk never loses words."""
-        wanted: list[tuple[int, float, float]] = []
+        their own (one more call for all of them), so a chunk never loses words; so are
+        doubtful ones (chunks.doubtful_tails), whose text is kept where it is new."""
+        wanted: list[tuple[int, float, float, bool]] = []  # (transcript, span, only if not said)
         out = list(transcripts)
         for i, t in enumerate(out):
             if t.utterance.timestamps:
                 segments, gaps = settle(t.segments, t.utterance.speech)
                 out[i] = dataclasses.replace(t, segments=segments)
-                wanted += [(i, b, e) for b, e in gaps]
+                wanted += [(i, b, e, False) for b, e in gaps]
+                doubts = doubtful_tails(segments, t.utterance.speech)
+                wanted += [(i, b, e, True) for b, e in doubts if (b, e) not in gaps]
         if not wanted:
             return out
-        audios = [out[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e in wanted]
+        audios = [out[i].utterance.audio[round(b * SAMPLE_RATE) : round(e * SAMPLE_RATE)] for i, b, e, _ in wanted]
         try:
             results: list[Recognition] = await self._model(self.recognizer.recognize, audios, language)
         except Exception:
             self.log.exception("recognizing a chunk's left-out speech failed", spans=len(wanted))
             return out
-        for (i, b, e), result in zip(wanted, results, strict=True):
+        for (i, b, e, doubtful), result in zip(wanted, results, strict=True):
             self.counters.gaps_filled += 1
-            if result.text:
+            if result.text and not (doubtful and already_said(out[i].segments, (b, e), result.text)):
                 t = out[i]
                 merged = sorted((*t.segments, TimedText(b, e, result.text)), key=lambda s: s.start_s)
                 text = " ".join(s.raw_text for s in merged)

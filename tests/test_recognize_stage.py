@@ -314,6 +314,35 @@ def test_settle_finds_the_tail_of_a_span_the_decode_stopped_short_of() -> None:
     assert settle(close, speech)[1] == []
 
 
+def test_a_thin_segment_over_several_spans_has_its_last_span_checked() -> None:
+    """tiny.en wrote a 20 s file's last segment as "And see how many wildflowers you can
+    bring me home." with its closing timestamp at the end of the audio, over the 2.5 s span
+    of "Close the curtains in the bedroom." that it never wrote: 10 words over 5.6 s of
+    speech are enough for settle (1 a second) but few for speech (2-3), so that last span is
+    recognized on its own too, and its text is kept only where the segment lacks it."""
+    from pipeline.chunks import already_said, doubtful_tails, settle
+    from pipeline.messages import TimedText
+
+    speech = [(0.8, 4.2), (6.2, 10.3), (12.2, 15.3), (16.6, 19.1)]
+    segments = [TimedText(0.8, 4.2, "to devise some new and less costly mode of attack."),
+                TimedText(6.2, 10.3, "After what seemed ages of waiting, came his reply."),
+                TimedText(12.2, 19.1, "And see how many wildflowers you can bring me home.")]  # fmt: skip
+    settled, gaps = settle(segments, speech)
+    assert gaps == []
+    assert doubtful_tails(settled, speech) == [(16.6, 19.1)]
+    # The same words over the last two spans at a speaking rate: no doubt.
+    dense = [*segments[:2], TimedText(12.2, 19.1, segments[2].raw_text + " Close the curtains in the bedroom.")]
+    assert doubtful_tails(settle(dense, speech)[0], speech) == []
+    assert not already_said(segments, (16.6, 19.1), "Close the curtains in the bedroom.")
+    assert already_said(dense, (16.6, 19.1), "close the curtains in the bedroom")
+    # The words may sit in the next segment, its times coarse: that is said too.
+    late = [TimedText(0.8, 6.6, segments[0].raw_text), TimedText(6.6, 12.6, segments[1].raw_text)]
+    assert (6.2, 10.3) in doubtful_tails(settle(late, speech)[0], speech)
+    assert already_said(late, (6.2, 10.3), "After what seemed ages of waiting, came his reply.")
+    chinese = [TimedText(0.0, 3.0, "今天天气很好我们去公园吧")]
+    assert already_said(chinese, (1.0, 3.0), "我们去公园") and not already_said(chinese, (1.0, 3.0), "明年见")
+
+
 def test_settle_counts_chinese_words_by_characters() -> None:
     """A Chinese segment has no spaces: 28 characters over two spans of 6 s of speech are
     words enough (they used to count as one word, and the second span was redone)."""

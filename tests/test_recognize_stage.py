@@ -343,6 +343,75 @@ def test_a_thin_segment_over_several_spans_has_its_last_span_checked() -> None:
     assert already_said(chinese, (1.0, 3.0), "我们去公园") and not already_said(chinese, (1.0, 3.0), "明年见")
 
 
+class ChunkRecognizer:
+    """A timestamped chunk comes back as ``segments`` (the clip06 pattern: its last segment
+    claims the last span of speech, which it never wrote); a span recognized on its own
+    comes back as ``alone``."""
+
+    name = "chunk"
+    device = "cpu"
+    dtype = "float32"
+    capabilities = CAPABILITIES
+
+    def __init__(self, segments: tuple[tuple[float, float, str], ...], alone: str) -> None:
+        self.segments, self.alone = segments, alone
+        self.alone_calls = 0
+
+    def recognize(
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        prompts: list[str] | None = None,
+        hotwords: list[Sequence[str]] | None = None,
+        timestamps: bool = False,
+        sentence_end: bool | Sequence[str] = False,
+    ) -> list[Recognition]:
+        if timestamps:
+            text = " ".join(t for _, _, t in self.segments)
+            return [Recognition(text, "en", -0.2, 0.01, 0.8, 30, False, segments=self.segments) for _ in audios]
+        self.alone_calls += len(audios)
+        return [Recognition(self.alone, "en", -0.2, 0.01, 0.8, 8, False) for _ in audios]
+
+    def release_memory(self) -> None:
+        pass
+
+
+def _chunk_through_the_stage(alone: str) -> tuple[ChunkRecognizer, Transcript]:
+    speech = ((0.8, 4.2), (6.2, 10.3), (12.2, 15.3), (16.6, 19.1))
+    segments = ((0.8, 4.2, "to devise some new and less costly mode of attack."),
+                (6.2, 10.3, "After what seemed ages of waiting, came his reply."),
+                (12.2, 20.0, "And see how many wildflowers you can bring me home."))  # fmt: skip
+    recognizer = ChunkRecognizer(segments, alone)
+    chunk = dataclasses.replace(
+        utterance(1, kind=Work.BATCH), audio=np.zeros(20 * 16000, np.float32), timestamps=True, speech=speech
+    )
+
+    async def scenario() -> Transcript:
+        inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        for item in (chunk, None):
+            inbox.put_nowait(item)
+        with ThreadPoolExecutor(1) as executor:
+            stage = make_stage(recognizer, executor, inbox, outbox, RecognizeSettings())
+            await asyncio.wait_for(stage.run(), timeout=10)
+            assert stage.counters.gaps_filled == 1
+        t = outbox.get_nowait()
+        assert t is not None and outbox.get_nowait() is None
+        return t
+
+    return recognizer, asyncio.run(scenario())
+
+
+def test_the_stage_adds_a_doubtful_spans_text_once_and_only_when_new() -> None:
+    recognizer, t = _chunk_through_the_stage("Close the curtains in the bedroom.")
+    assert recognizer.alone_calls == 1  # the last span, on its own
+    assert t.raw_text.endswith("bring me home. Close the curtains in the bedroom.")
+    assert [s.start_s for s in t.segments] == sorted(s.start_s for s in t.segments)
+    # Heard alone, the span says what the segment already had: nothing is added twice.
+    _, again = _chunk_through_the_stage("how many wild flowers you can bring me home")
+    assert again.raw_text.count("bring me home") == 1
+
+
 def test_settle_counts_chinese_words_by_characters() -> None:
     """A Chinese segment has no spaces: 28 characters over two spans of 6 s of speech are
     words enough (they used to count as one word, and the second span was redone)."""

@@ -15,7 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict[str, Any]:
     import torch
 
-    from models.device import cpu_flags
+    from models.device import cpu_flags, cpu_info
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -24,20 +24,12 @@ def machine() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         # The shared box is not always the same CPU (an AMD EPYC in some sessions, an Intel
         # Xeon with AMX tiles in others), and dtype auto depends on it.
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_info("model name"),
         "amx_bf16": "amx_bf16" in cpu_flags(),
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return next((line.partition(":")[2].strip() for line in info if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:

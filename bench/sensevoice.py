@@ -85,15 +85,17 @@ def _runner(mode: str, folder: Path) -> Any:
     """Ours at the daemon's default precision (dtype auto), -fp32 all float32, -int8 int8."""
     import torch
 
-    from models.device import choose_encoder_dtype, cpu_flags
+    from models.api import DecodingOptions
+    from models.engines import load_recognizer
 
     quantize = "int8" if mode.endswith("-int8") else "none"
     dtype = "float32" if mode.endswith(("-fp32", "-int8")) else "auto"
     if mode.startswith("sv-ours"):
         from models.sensevoice.recognizer import SenseVoiceRecognizer
 
-        chosen = choose_encoder_dtype(dtype, "cpu", "float32", quantize, cpu_flags())
-        engine = SenseVoiceRecognizer(folder, "cpu", chosen, quantize=quantize)
+        # Loaded as the daemon loads it, so the precision is the daemon's choice.
+        engine = load_recognizer(str(folder), "cpu", dtype, quantize=quantize)
+        assert isinstance(engine, SenseVoiceRecognizer)
 
         def run(batch: list[np.ndarray]) -> None:
             with torch.inference_mode():
@@ -104,9 +106,6 @@ def _runner(mode: str, folder: Path) -> Any:
         return run
     if mode == "sv-reference":
         return _reference_runner(folder)
-    from models.api import DecodingOptions
-    from models.engines import load_recognizer
-
     name = mode.removeprefix("whisper-").removesuffix("-int8").removesuffix("-fp32")
     whisper = load_recognizer(f"bundled:{name}", "cpu", dtype, DecodingOptions(), quantize=quantize)
     language = "en" if name == "base" else None

@@ -25,16 +25,23 @@ def choose_dtype(setting: str, device: str) -> str:
     return setting
 
 
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not)."""
+def cpu_info(key: str) -> str:
+    """The first CPU's ``key`` line of /proc/cpuinfo ("flags", "model name"); empty where
+    there is none."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not)."""
+    return frozenset(cpu_info("flags").split())
 
 
 def choose_encoder_dtype(setting: str, device: str, dtype: str, quantize: str, flags: frozenset[str]) -> str:

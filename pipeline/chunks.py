@@ -206,6 +206,12 @@ def _unspaced(c: str) -> bool:
     )
 
 
+def _spans_of(seg: TimedText, speech: Sequence[tuple[float, float]]) -> tuple[list[int], float]:
+    """The speech spans a segment overlaps (by more than 0.1 s), and their seconds of speech."""
+    spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
+    return spans, sum(speech[k][1] - speech[k][0] for k in spans)
+
+
 def settle(
     segments: Sequence[TimedText], speech: Sequence[tuple[float, float]]
 ) -> tuple[tuple[TimedText, ...], list[tuple[float, float]]]:
@@ -217,8 +223,7 @@ def settle(
     covered: dict[int, list[TimedText]] = {}
     out = []
     for seg in segments:
-        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
-        talk = sum(speech[k][1] - speech[k][0] for k in spans)
+        spans, talk = _spans_of(seg, speech)
         if len(spans) > 1 and spoken_words(seg.raw_text) < MIN_WORDS_PER_S * talk:
             spans = spans[:1]
             seg = dataclasses.replace(seg, end_s=min(seg.end_s, speech[spans[0]][1]))
@@ -252,8 +257,7 @@ def doubtful_tails(segments: Sequence[TimedText], speech: Sequence[tuple[float, 
     for them (DOUBT_WORDS_PER_S)."""
     out = []
     for seg in segments:
-        spans = [k for k, (b, e) in enumerate(speech) if min(e, seg.end_s) - max(b, seg.start_s) > 0.1]
-        talk = sum(speech[k][1] - speech[k][0] for k in spans)
+        spans, talk = _spans_of(seg, speech)
         if len(spans) > 1 and spoken_words(seg.raw_text) < DOUBT_WORDS_PER_S * talk:
             out.append(speech[spans[-1]])
     return out

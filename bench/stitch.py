@@ -42,34 +42,26 @@ from daemon.config import Config
 from daemon.wiring import pipeline_from_config, room_states
 from pipeline.messages import FRAME_MS, SAMPLE_RATE, Transcript, Utterance
 from pipeline.stitch_rules import ends_sentence, join, joint_opinion
-from pipeline.vad import UtteranceAssembler, VadParams
+from pipeline.vad import UtteranceAssembler
 from tests.helpers import SPEECH_DIR, _espeak
 
 VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+m3", "en-us+f2"]
 SPEEDS = (135, 185)
 END_THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(14)]  # 0.30 .. 0.95
 JOINT_THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 19)]  # 0.05 .. 0.90
-MAX_GAPS_MS = list(range(600, 2001, 100))  # the longest pause joined; a held piece waits this long
+MAX_GAPS_MS = list(range(200, 2001, 100))  # silence between pieces' audio joined (pause less 0.5 s)
 
 
 # The clock as a live room has it: audio arrives in 500 ms frames, so the VAD's decisions
-# (a cut, speech starting) happen when the frame holding them arrives; and speech is seen to
-# start once min_speech_ms of it has been heard after the pre-roll the piece keeps. (Until
-# 2026-12-04 the bench took the cut unquantized and the next speech 250 ms into its piece:
-# about 300 ms earlier than live, so its tuned max_gap_ms joined pauses the daemon did not.)
-_VAD = VadParams()
-ONSET_S = (_VAD.pre_roll_ms + _VAD.min_speech_ms) / 1000
+# (a cut, speech starting) happen when the frame holding them arrives. (Until 2026-12-04 the
+# bench took the cut unquantized and the next speech 250 ms into its piece: about 300 ms
+# earlier than live, so its tuned max_gap_ms joined pauses the daemon did not.)
 
 
 def frame_arrival(t_s: float) -> float:
     """When a live room has the frame holding stream time ``t_s``."""
     frame_s = FRAME_MS / 1000
     return math.ceil(t_s / frame_s - 1e-9) * frame_s
-
-
-def speech_seen(u: Utterance) -> float:
-    """When the room saw this piece's speech start (stream time)."""
-    return frame_arrival(u.start_s + ONSET_S)
 
 
 @dataclass
@@ -149,19 +141,28 @@ class Harness:
         stitch.clock = lambda: now["t"]
         handle = stitch.handle
 
+        room = pipeline.rooms["bench"]
+        pre_roll_s = self.params.pre_roll_ms / 1000
+
         async def timed_handle(item: Transcript) -> None:
+            # What the room's VAD had heard by the time the piece reached the stitcher: the
+            # pieces cut by then (their starts), and every frame up to then.
             now["t"] = item.utterance.decided_at
-            pipeline.rooms["bench"].speech_started_at = speech_seen(item.utterance)
+            room.piece_starts.clear()
+            room.heard([u.start_wall for u in cut if u.decided_at <= now["t"]], None, now["t"] - pre_roll_s)
             await handle(item)
 
         stitch.handle = timed_handle  # type: ignore[method-assign]
         wait_s = (self.params.hangover_ms - self.params.post_roll_ms) / 1000
 
+        cut = []
+        for n, seg in enumerate(segments):
+            start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
+            decided = frame_arrival(end + wait_s)
+            cut.append(Utterance("bench", f"b-{n}", seg.audio, start, end, start, end, seg.reason, decided))
+
         async def feed() -> None:
-            for n, seg in enumerate(segments):
-                start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
-                decided = frame_arrival(end + wait_s)
-                utt = Utterance("bench", f"b-{n}", seg.audio, start, end, start, end, seg.reason, decided)
+            for utt in cut:
                 await pipeline.utterances.put(utt)
             await pipeline.utterances.put(None)
 
@@ -180,10 +181,9 @@ def replay(pieces: list[Transcript], threshold: float, joint_threshold: float, m
             gap_s = t.utterance.start_wall - held.utterance.end_wall
             paired = t.joint_with == last_id and held.parts == 1
             joint = joint_opinion(held.text, t, joint_threshold) if paired else None
-            # As the live stitcher: the held piece waits max_gap after its cut for speech to
-            # be seen again, and then joins a piece whose pause is within max_gap.
-            waited = speech_seen(t.utterance) <= held.utterance.decided_at + max_gap_ms / 1000
-            if gap_s * 1000 <= max_gap_ms and waited and joint is not False:
+            # As the live stitcher: the held piece waits until its room heard max_gap of
+            # silence after it, so it meets every piece that starts within max_gap.
+            if gap_s * 1000 <= max_gap_ms and joint is not False:
                 held = join(held, t)
             else:
                 published, held = published + 1, t

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -207,6 +208,7 @@ class Room:
                 reason = self._end_reason
                 segments = assembler.flush(reason)
                 await self._emit(segments, wall0 or time.time())
+                self._heard(segments, None, math.inf, wall0 or time.time())  # nothing more comes
                 self.counters.discarded_short = assembler.discarded
                 self._set_state("failed" if reason == "error" else "idle")
                 self.log.info("room idle", reason=reason, utterances=self.counters.utterances)
@@ -220,6 +222,7 @@ class Room:
             with self.watch.busy(f"vad:{self.name}"):
                 segments = await loop.run_in_executor(self.vad_executor, self._timed_push, assembler, samples)
             await self._emit(segments, wall0)
+            self._heard(segments, assembler.pending_start, assembler.settled, wall0)
             if self.partial_interval:
                 self._maybe_partial(assembler, wall0)
             if self.unavailable:
@@ -228,12 +231,17 @@ class Room:
                 self._set_state("paused")
             elif assembler.in_speech:
                 if self.counters.state != "speaking":
-                    self.state.speech_started_at = time.monotonic()
                     self.log.info("speech started", at_s=round(assembler.position / SAMPLE_RATE, 2))
                 self._set_state("speaking")
             else:
                 self._set_state("listening")
             self.counters.discarded_short = assembler.discarded
+
+    def _heard(self, segments: list[Segment], pending: int | None, settled: float, wall0: float) -> None:
+        """Tell the stitcher what was heard: the pieces cut, the speech under way, how far."""
+        starts = [wall0 + seg.start / SAMPLE_RATE for seg in segments if not seg.speculative]
+        speaking = None if pending is None else wall0 + pending / SAMPLE_RATE
+        self.state.heard(starts, speaking, wall0 + settled / SAMPLE_RATE)
 
     def _timed_push(self, assembler: UtteranceAssembler, samples: np.ndarray) -> list[Segment]:
         started = time.perf_counter()

@@ -2,16 +2,18 @@
 
 A ``RoomState`` holds a room's settings that can change at run time (hotwords, language,
 paused) and the little the stages remember of it (the previous text for the next prompt,
-the last piece for a joint decode, when the current speech began). ``RoomStates`` owns them
+the last piece for a joint decode, what its VAD heard for the stitcher). ``RoomStates`` owns them
 all, with the global hotwords, and answers the questions several stages ask: which hotwords
 a room has, and which of them the model can use.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from models.tokenizer import latin_script
 from pipeline.text.script import Script
@@ -26,6 +28,9 @@ MAX_ROOMS_REMEMBERED = 1024
 # correction still sees them all.
 DECODING_HOTWORDS_MAX = 50
 DECODING_HOTWORDS_MAX_CHARS = 400
+# Starts of a room's latest pieces kept for the stitcher: more than the recognizer can have
+# waiting (a file room read at full speed cuts pieces far ahead of their recognition).
+PIECE_STARTS_KEPT = 256
 
 
 @dataclass
@@ -37,10 +42,31 @@ class RoomState:
     prompt_previous: bool | None = None  # None: recognizer.prompt_previous
     stitch: bool = True  # the stitcher joins this room's pieces (joint decoding is for it)
     zh_script: Script | None = None  # None: text.zh_script
-    # time.monotonic() when the room's current speech began (the stitcher waits for it).
-    speech_started_at: float | None = None
+    # What the room's VAD heard, in wall-clock time, for the stitcher: the starts of its
+    # latest pieces, where the piece being spoken (or a run of speech not yet long enough to
+    # be one) would start, and the time before which no other piece can start any more.
+    piece_starts: deque[float] = field(default_factory=lambda: deque(maxlen=PIECE_STARTS_KEPT))
+    speaking_from: float | None = None
+    settled_until: float = -math.inf
     # The last finished piece and its transcript (a joint decode pairs it with the next).
     last_piece: tuple[Utterance, Transcript] | None = None
+
+    def heard(self, starts: Iterable[float], speaking_from: float | None, settled_until: float) -> None:
+        """After each block of audio the VAD classified: the pieces it cut (their starts),
+        the speech under way, how far it heard."""
+        self.piece_starts.extend(starts)
+        self.speaking_from = speaking_from
+        self.settled_until = settled_until
+
+    def began_between(self, after: float, until: float) -> Literal["piece", "speech", "none", "unheard"]:
+        """What started in this room in [after, until]: a piece (cut, so on its way), speech
+        under way (it may become a piece, or come to nothing), nothing (and nothing can any
+        more), or not known: the room has not heard that far."""
+        if any(after - 1e-6 <= start <= until for start in self.piece_starts):
+            return "piece"
+        if self.speaking_from is not None and self.speaking_from <= until:
+            return "speech"
+        return "none" if self.settled_until >= until else "unheard"
 
 
 @dataclass

@@ -4,7 +4,9 @@ In a room it serves, the VAD cuts a piece after ``endpoint_ms`` of silence and t
 says how sure it is that the text ends a sentence there (pipeline/stitch_rules.py). A piece
 that does is published at once (after ``complete_wait_ms``, 0 by default); one that does not
 is held, and the room's next piece within ``max_gap_ms`` is joined to it. A held piece goes
-out ``max_gap_ms`` after its cut when nobody speaks again in its room, never later than
+out as soon as its room's VAD has heard ``max_gap_ms`` of silence after it (the wait
+overlaps the VAD's own hangover: it counts from the end of the piece's audio, not from its
+cut), and waits for a piece whose speech began in that time; never longer than
 ``max_hold_ms``. A published utterance is final: nothing is retracted or corrected after.
 """
 
@@ -22,6 +24,12 @@ from pipeline.roomstate import RoomStates
 from pipeline.stage import Stage
 from pipeline.stitch_rules import END_THRESHOLD, JOINT_THRESHOLD, ends_sentence, join, joint_opinion
 
+# While a held piece's room has not yet heard max_gap of silence after it, the stitcher looks
+# again this often (the room hears a 500 ms frame at a time; 20 ms adds little to that).
+POLL_S = 0.02
+# A held piece whose room stopped hearing audio goes out this long after max_gap.
+NO_AUDIO_S = 1.0
+
 
 @dataclass(frozen=True)
 class StitchSettings:
@@ -31,7 +39,10 @@ class StitchSettings:
     endpoint_ms: int = 400
     end_threshold: float = END_THRESHOLD
     joint_threshold: float = JOINT_THRESHOLD
-    max_gap_ms: int = 1200  # tuned with the thresholds (stitch_rules.END_THRESHOLD)
+    # Silence between two pieces' audio that still joins them (each piece keeps pre_roll_ms
+    # before its speech and post_roll_ms after: 500 ms joins pauses up to about 1.0 s);
+    # tuned with the thresholds (stitch_rules.END_THRESHOLD).
+    max_gap_ms: int = 500
     max_hold_ms: int = 5000
     # A piece that ends its sentence waits this long after its cut for more (0: published
     # when recognized).
@@ -131,23 +142,48 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
                 item, arrived = joined, held.arrived
             else:
                 await self._alone(first)
-        if not ends_sentence(item, self.settings.end_threshold):
+        if not self._complete(item):
             self.counters.held += 1
         self.held[room] = _Held(item, arrived, last_id)
         await self._release_due()
 
+    def _complete(self, t: Transcript) -> bool:
+        return ends_sentence(t, self.settings.end_threshold)
+
     def _deadline(self, room: str, held: _Held) -> float:
-        """When ``held`` must go: max_hold after it arrived, or max_gap after its cut when
-        no new speech started in the room in that time."""
+        """When to look at ``held`` again (the stitcher's clock): when it is due; while speech
+        under way may or may not become its continuation, or the room has not heard max_gap
+        after it yet, after POLL_S."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
-        complete = ends_sentence(t, self.settings.end_threshold)
-        wait_ms = self.settings.complete_wait_ms if complete else self.settings.max_gap_ms
-        gap_until = t.utterance.decided_at + min(wait_ms, self.settings.max_gap_ms) / 1000
-        started = self.rooms[room].speech_started_at
-        if not complete and started is not None and t.utterance.decided_at - 0.5 <= started <= gap_until:
-            return hold_until  # someone is speaking again: wait for that piece
-        return min(hold_until, gap_until)
+        if self._complete(t):
+            return min(hold_until, t.utterance.decided_at + self.settings.complete_wait_ms / 1000)
+        began = self._continuation(room, t)
+        if began == "piece":
+            return hold_until  # it comes through the inbox
+        if began == "none":
+            return self.clock()
+        poll = self.clock() + POLL_S
+        return min(hold_until, poll, self._no_audio_until(held)) if began == "unheard" else min(hold_until, poll)
+
+    def _due(self, room: str, held: _Held, now: float) -> bool:
+        if now >= held.arrived + self.settings.max_hold_ms / 1000:
+            return True
+        t = held.transcript
+        if self._complete(t):
+            return now >= t.utterance.decided_at + self.settings.complete_wait_ms / 1000
+        began = self._continuation(room, t)
+        return began == "none" or (began == "unheard" and now >= self._no_audio_until(held))
+
+    def _continuation(self, room: str, t: Transcript) -> str:
+        """What began in the room within max_gap after ``t``'s audio ended (RoomState.began_between)."""
+        end = t.utterance.end_wall
+        return self.rooms[room].began_between(end, end + self.settings.max_gap_ms / 1000)
+
+    def _no_audio_until(self, held: _Held) -> float:
+        """A room whose audio stopped coming (its source went away) never hears max_gap of
+        silence: its held piece goes out this long after it arrived."""
+        return held.arrived + self.settings.max_gap_ms / 1000 + NO_AUDIO_S
 
     def _next_deadline(self) -> float | None:
         return min((self._deadline(room, h) for room, h in self.held.items()), default=None)
@@ -155,7 +191,7 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
     async def _release_due(self) -> None:
         now = self.clock()
         for room, held in list(self.held.items()):
-            if self._deadline(room, held) <= now:
+            if self._due(room, held, now):
                 await self._release(room)
 
     async def _release(self, room: str) -> None:
@@ -163,6 +199,6 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
 
     async def _alone(self, t: Transcript) -> None:
         """A piece (or joined pieces) going out with nothing more joined to it."""
-        if not ends_sentence(t, self.settings.end_threshold):
+        if not self._complete(t):
             self.counters.waited_in_vain += 1
         await self.emit(t)

@@ -28,10 +28,9 @@ from pipeline.messages import SAMPLE_RATE, Transcript, Utterance
 # A piece whose sentence_end is at least this is published at once; a held piece and the
 # next stay apart when the joint decode's P(sentence ends) between them is at least
 # JOINT_THRESHOLD. bench/stitch.py tunes both (and stitch.max_gap_ms) on one half of its
-# draw (2026-12-03: 0.95, 0.4, 1000 ms; docs/architecture.md has the held-out figures, and
-# why the shipped max_gap_ms stays 1200).
+# draw (2026-12-04: 0.95, 0.75, 500 ms; docs/architecture.md has the held-out figures).
 END_THRESHOLD = 0.95
-JOINT_THRESHOLD = 0.4
+JOINT_THRESHOLD = 0.75
 # The joint decode is ignored when it lost words: it must have this share of the pieces'.
 JOINT_MIN_WORDS = 0.75
 # ... and at least this share of the second piece's own words (it may correct a word or two).

@@ -104,6 +104,24 @@ class UtteranceAssembler:
     def position(self) -> int:
         return self._pos + len(self._leftover)
 
+    @property
+    def pending_start(self) -> int | None:
+        """Stream offset where the piece being spoken would start (speech under way, or a run
+        of speech windows not yet min_speech_ms long, which may come to nothing); None in
+        silence."""
+        if self._in_speech:
+            return self._utt_start
+        if self._run:
+            return max(self._buf_start, self._run_start - _ms(self.p.pre_roll_ms))
+        return None
+
+    @property
+    def settled(self) -> int:
+        """No piece that is not under way (``pending_start``) can start before this offset: a
+        piece starts pre_roll_ms before its first speech window, and every window up to here
+        was heard."""
+        return self._pos - _ms(self.p.pre_roll_ms)
+
     def push(self, samples: np.ndarray) -> list[Segment]:
         data = np.concatenate([self._leftover, np.asarray(samples, dtype=np.float32)])
         n = len(data) // WINDOW * WINDOW

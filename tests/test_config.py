@@ -182,7 +182,7 @@ def test_each_default_lives_in_the_settings_it_feeds_and_maps_by_keyword(tmp_pat
     assert c.stitch.settings() == StitchSettings()
     assert c.text.settings(tmp_path / "config.toml") == TextSettings()
     assert c.recognizer.decoding_options() == DecodingOptions()
-    assert c.recognizer.stage_settings(c.stitch) == RecognizeSettings(stitch_max_gap_s=1.2)
+    assert c.recognizer.stage_settings(c.stitch) == RecognizeSettings(stitch_max_gap_s=0.5)
     off = Config.model_validate({"stitch": {"enabled": False}})
     assert off.recognizer.stage_settings(off.stitch) == RecognizeSettings()
     stitch = {

@@ -192,9 +192,12 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path, how: str) -> No
 def test_a_sentence_split_by_a_pause_arrives_whole_and_separate_sentences_apart(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    # Mid-sentence pauses of 1.2 s (the VAD cuts at 0.7 s), then sentences 3 s apart.
+    # A mid-sentence pause: 0.4 s of file silence, ~0.95 s between voiced samples with
+    # espeak-ng's own quiet edges; the VAD cuts a piece after 0.4 s, and the pieces' audio
+    # (pre- and post-roll included) lies 0.26 s apart, within stitch.max_gap_ms. Then
+    # sentences 3 s apart.
     texts = ["Please turn on the", "kitchen lights.", "What time is it?", "Open the garage door please."]
-    audio, spoken = speech_with_pauses(texts, pauses=[1.2, 3.0, 3.0, 1.5])
+    audio, spoken = speech_with_pauses(texts, pauses=[0.4, 3.0, 3.0, 1.5])
     sf.write(tmp_path / "room.wav", audio, 16000)
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path / "c.toml", broker.port, prefix, file_room(tmp_path / "room.wav", realtime=True))
@@ -325,18 +328,21 @@ def test_broker_away_longer_than_the_outbox_age_drops_the_oldest_loudly(tmp_path
 
 def test_a_crash_while_the_stitcher_holds_a_piece_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL after recognition, before the utterance is stored (the stitcher holds the
-    piece, here for 10 s): the journal has it, and the next start publishes it."""
+    piece, here for 10 s: the room, paced in real time, goes on hearing silence after it):
+    the journal has it, and the next start publishes it."""
     import time
 
     audio = tmp_path / "room.wav"
     spoken = speech_file(audio, TEXTS[:1])
+    voice, _ = sf.read(audio, dtype="float32")
+    sf.write(audio, np.concatenate([voice, np.zeros(16000 * 20, np.float32)]), 16000)
     silence = tmp_path / "silence.wav"
     sf.write(silence, np.zeros(16000 * 3, dtype=np.float32), 16000)
     prefix = f"rs-{uuid.uuid4().hex[:8]}"
     server = Mosquitto(tmp_path / "broker", port=free_port())
     server.start()
     hold = "[stitch]\ncomplete_wait_ms = 10000\nmax_gap_ms = 10000\nmax_hold_ms = 20000\n"
-    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=False), extra=hold)
+    config = write_config(tmp_path / "c.toml", server.port, prefix, file_room(audio, realtime=True), extra=hold)
     daemon = Daemon(config)
     database = tmp_path / "state" / "outbox.sqlite3"
 

@@ -72,10 +72,8 @@ class Clock:
         return self.now
 
 
-def stage(clock: Clock, speech: dict[str, float] | None = None, **settings: int) -> StitchStage:
+def stage(clock: Clock, **settings: int) -> StitchStage:
     rooms = RoomStates.of((), [RoomState("kitchen"), RoomState("hall"), RoomState("office", stitch=False)])
-    for room, started in (speech or {}).items():
-        rooms[room].speech_started_at = started
     return StitchStage(
         asyncio.Queue(),
         asyncio.Queue(),
@@ -84,6 +82,15 @@ def stage(clock: Clock, speech: dict[str, float] | None = None, **settings: int)
         rooms=rooms,
         clock=clock,
     )
+
+
+def hear(
+    s: StitchStage, room: str, until: float, starts: tuple[float, ...] = (), speaking: float | None = None
+) -> None:
+    """What the room's VAD reports after a block of audio (stream times, as ``piece`` takes
+    them): the starts of the pieces it cut, speech under way, how far no other piece can start."""
+    speaking_from = None if speaking is None else 1000 + speaking
+    s.rooms[room].heard([1000 + t for t in starts], speaking_from, 1000 + until)
 
 
 def output(s: StitchStage) -> asyncio.Queue[Transcript | None]:
@@ -102,15 +109,23 @@ def drain(s: StitchStage) -> list[Transcript]:
 
 def test_pieces_join_and_keep_their_raw_texts() -> None:
     clock = Clock()
-    s = stage(clock, {"kitchen": 3.7})  # the second piece's speech began at 3.7: it is awaited
+    s = stage(clock)
 
     async def go() -> None:
         clock.now = 3.0
         await s.handle(piece("Please turn on the.", 1.0, 2.5, n=1))
+        clock.now = 4.0
+        hear(s, "kitchen", 3.5, speaking=3.7)  # the second piece's speech began at 3.7
+        await s._release_due()
+        hear(s, "kitchen", 4.5, starts=(3.7,))  # ... and was cut: it is awaited
         clock.now = 5.0
+        await s._release_due()
+        assert drain(s) == []
         await s.handle(piece("Kitchen lights.", 3.7, 4.6, n=2))
-        assert drain(s) == []  # still held: a third piece may follow
-        clock.now = 4.6 + 2.1  # max_gap after the last cut, nobody speaking
+        hear(s, "kitchen", 6.5)
+        await s._release_due()
+        assert drain(s) == []  # still held: a third piece may start until 4.6 + max_gap
+        hear(s, "kitchen", 6.6)  # max_gap of silence heard after the last piece
         await s._release_due()
 
     asyncio.run(go())
@@ -129,6 +144,7 @@ def test_no_join_across_max_gap_even_when_it_reads_as_one() -> None:
 
     async def go() -> None:
         await s.handle(piece("Please turn on the.", 1.0, 2.5, n=1))
+        hear(s, "kitchen", 5.0, starts=(4.0,))
         await s.handle(piece("kitchen lights.", 4.0, 5.0, n=2))  # 1.5 s later
 
     asyncio.run(go())
@@ -145,8 +161,10 @@ def test_a_finished_sentence_goes_at_once_an_unfinished_one_after_max_gap() -> N
         await s.handle(piece("Turn off the lights.", 1.0, 2.5, room="kitchen", end_p=0.9))  # decided at 2.5
         seen = [[t.text for t in drain(s)]]
         await s.handle(piece("Please turn on the", 1.0, 2.5, room="hall"))
-        for now in (3.2, 4.4, 4.5):
+        # The hall's VAD hears a block at a time: the piece goes when 2.5 + max_gap is heard.
+        for now, heard in ((3.2, 3.0), (4.4, 4.4), (4.5, 4.5)):
             clock.now = now
+            hear(s, "hall", heard)
             await s._release_due()
             seen.append([t.text for t in drain(s)])
         return seen
@@ -157,11 +175,12 @@ def test_a_finished_sentence_goes_at_once_an_unfinished_one_after_max_gap() -> N
 
 def test_complete_wait_delays_a_finished_sentence_and_new_speech_does_not_hold_it() -> None:
     clock = Clock()
-    s = stage(clock, {"kitchen": 2.6}, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
+    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
 
     async def go() -> list[list[str]]:
         seen = []
         clock.now = 2.7
+        hear(s, "kitchen", 2.4, speaking=2.6)
         await s.handle(piece("Turn off the lights.", 1.0, 2.5, end_p=0.9))
         for now in (3.2, 3.3):
             clock.now = now
@@ -174,11 +193,12 @@ def test_complete_wait_delays_a_finished_sentence_and_new_speech_does_not_hold_i
 
 def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
     clock = Clock()
-    s = stage(clock, {"kitchen": 3.0}, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
+    s = stage(clock, max_gap_ms=2000, max_hold_ms=5000, complete_wait_ms=800)
 
     async def go() -> None:
         clock.now = 3.0
         await s.handle(piece("Please turn on the.", 1.0, 2.5))
+        hear(s, "kitchen", 7.6, speaking=3.0)
         clock.now = 7.9  # past max_gap, but speech started again at 3.0: wait for it
         await s._release_due()
         assert drain(s) == []
@@ -187,6 +207,48 @@ def test_new_speech_holds_the_piece_but_never_past_max_hold() -> None:
 
     asyncio.run(go())
     assert [t.text for t in drain(s)] == ["Please turn on the."]
+
+
+def test_speech_that_comes_to_nothing_does_not_hold_a_piece() -> None:
+    """A cough after a held piece: the VAD's run of speech windows ends without a piece, and
+    the piece goes once max_gap of silence after it was heard, not at max_hold."""
+    clock = Clock()
+    s = stage(clock, max_gap_ms=1000, max_hold_ms=5000)
+
+    async def go() -> list[list[str]]:
+        seen = []
+        clock.now = 3.0
+        await s.handle(piece("Please turn on the", 1.0, 2.5))
+        for now, heard, speaking in ((3.5, 3.0, 3.2), (4.0, 3.5, None)):
+            clock.now = now
+            hear(s, "kitchen", heard, speaking=speaking)
+            await s._release_due()
+            seen.append([t.text for t in drain(s)])
+            if s.held:  # speech under way: it looks again soon, not at max_hold
+                assert s._next_deadline() == pytest.approx(now + 0.02)
+        return seen
+
+    assert asyncio.run(go()) == [[], ["Please turn on the"]]
+
+
+def test_a_held_piece_goes_when_its_room_stops_hearing() -> None:
+    """A room whose source went away hears nothing more: its held piece does not wait for
+    max_hold, but goes a second after max_gap."""
+    clock = Clock()
+    s = stage(clock, max_gap_ms=1000, max_hold_ms=5000)
+
+    async def go() -> list[list[str]]:
+        seen = []
+        clock.now = 3.0
+        await s.handle(piece("Please turn on the", 1.0, 2.5))
+        hear(s, "kitchen", 2.7)  # and then no more audio
+        for now in (4.9, 5.0):
+            clock.now = now
+            await s._release_due()
+            seen.append([t.text for t in drain(s)])
+        return seen
+
+    assert asyncio.run(go()) == [[], ["Please turn on the"]]
 
 
 def test_rooms_are_separate_and_a_room_can_switch_stitching_off() -> None:
@@ -215,7 +277,7 @@ def test_run_releases_on_its_own_and_flushes_at_the_end() -> None:
         # decided_at of 0 lies far in the past: the piece is due at once.
         await s.inbox.put(piece("Done.", 0.0, 0.0, end_p=0.9))
         first = await asyncio.wait_for(output(s).get(), 5)
-        await s.inbox.put(piece("Held", 0.0, 1e9))  # cut "in the future": held until max_hold
+        await s.inbox.put(piece("Held", 0.0, 1e9))  # its room never hears: held until max_hold
         await s.inbox.put(None)
         await task
         rest = [await output(s).get() for _ in range(2)]

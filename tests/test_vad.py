@@ -187,3 +187,23 @@ def test_no_speculation_when_the_endpoint_comes_in_the_same_block() -> None:
     params = VadParams(hangover_ms=400, post_roll_ms=200, speculate_ms=160)
     (final,) = assemble(audio, params, chunk=len(audio))[0]
     assert final.reason == "silence" and final.speculated_end > 0
+
+
+def test_the_stitcher_is_told_where_the_next_piece_would_start_and_how_far_it_heard() -> None:
+    """While idle, nothing is under way and no piece can start before position - pre_roll;
+    a run of speech windows (even one too short to be speech yet) is under way from its
+    start less the pre-roll, which is where its piece starts if it becomes one; a click that
+    comes to nothing is under way no more."""
+    assembler = UtteranceAssembler(VadParams(), fake_prob)
+    assembler.push(pattern((1.0, 0.0)))
+    assert assembler.pending_start is None
+    assert assembler.settled == windows(1.0) - 300 * 16
+    assembler.push(pattern((0.1, 0.95)))  # a click: shorter than min_speech_ms
+    assert assembler.pending_start == windows(1.0) - 300 * 16
+    assembler.push(pattern((0.5, 0.0)))
+    assert assembler.pending_start is None
+    assembler.push(pattern((1.0, 0.9)))  # speech: its piece starts where the run said
+    start = windows(1.6) - 300 * 16
+    assert assembler.in_speech and assembler.pending_start == start
+    (seg,) = assembler.push(pattern((1.0, 0.0)))
+    assert seg.start == start and assembler.pending_start is None

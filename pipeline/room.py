@@ -279,7 +279,9 @@ class Room:
         start, audio = current
         if start != self._partial_start:  # a new utterance (or a long one was cut)
             self._partial_start, self._partial_at = start, 0
-        if len(audio) - self._partial_at < self.partial_interval:
+        # The first partial as soon as the speech is confirmed (min_speech_ms of it, with the
+        # pre-roll), then one per partial_interval_ms of audio.
+        if self._partial_at and len(audio) - self._partial_at < self.partial_interval:
             return
         self._partial_at = len(audio)
         utt = Utterance(

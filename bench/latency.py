@@ -68,6 +68,21 @@ def epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def warm_up(folder: Path, sub: Subscriber, pulse: PulseServer) -> None:
+    """One sentence, not measured, until its utterance arrives: the capture stream flows.
+    (PortAudio's pulse device sometimes delivers nothing for its first 2 s, and the room
+    reopens it: a sentence played meanwhile is never heard.)"""
+    wav, _ = make_wav(folder, -1, "Good evening.")
+    for _ in range(3):
+        pulse.play(wav)
+        try:
+            sub.wait_for("/utterance", 1, timeout_s=15)
+            return
+        except TimeoutError:
+            continue
+    raise RuntimeError("the room heard nothing of three warm-up sentences")
+
+
 def run_config(
     folder: Path, broker: Mosquitto, pulse: PulseServer, texts: list[str], extra: str
 ) -> list[dict[str, Any]]:
@@ -80,13 +95,17 @@ def run_config(
     rows = []
     try:
         daemon.wait_log("room listening", timeout_s=120)
-        time.sleep(2.0)  # the capture stream settles before the first sentence
+        warm_up(folder, sub, pulse)
         for i, text in enumerate(texts):
             wav, after_voice = make_wav(folder, i, text)
             seen = len(sub.payloads("/utterance"))
             pulse.play(wav)
             last_voiced = time.time() - after_voice
-            got = sub.wait_for("/utterance", seen + 1, timeout_s=30)
+            try:
+                got = sub.wait_for("/utterance", seen + 1, timeout_s=30)
+            except TimeoutError:
+                print("".join(daemon.raw[-40:]), file=sys.stderr)  # what the daemon did instead
+                raise
             payload = json.loads(got[seen])
             arrival = sub.arrivals[seen]
             latency = payload["latency_ms"]

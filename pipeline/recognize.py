@@ -229,6 +229,8 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         self.counters.failed += 1
         utt = batch[0]
         self.log.exception("recognition failed", room=utt.room, utterance_id=utt.id)
+        if not utt.batch:
+            self.rooms[utt.room].piece_gone(utt.start_wall)
         if utt.batch:  # the batch job must hear of it
             name = self.recognizer.name
             await self.emit(Transcript(utt, "", "", language or "", 0.0, name, 0.0, error="recognition failed"))
@@ -250,6 +252,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         if not result.text:
             log.info("no speech recognized", reason=result.rejected, no_speech_prob=round(result.no_speech_prob, 3))
             if not utt.batch:
+                self.rooms[utt.room].piece_gone(utt.start_wall)
                 return None
         log.info(
             "utterance recognized",
@@ -275,6 +278,7 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         u = t.utterance
         self._count_finished(u, t.text)
         if not t.text:
+            self.rooms[u.room].piece_gone(u.start_wall)
             return None
         log = self.log.bind(room=u.room, utterance_id=u.id)
         log.info("utterance recognized", recognize_ms=round(t.recognize_ms), speculated=True, text=t.text)

@@ -9,6 +9,7 @@ a room has, and which of them the model can use.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -57,6 +58,12 @@ class RoomState:
         self.piece_starts.extend(starts)
         self.speaking_from = speaking_from
         self.settled_until = settled_until
+
+    def piece_gone(self, start_wall: float) -> None:
+        """A piece that will never reach the stitcher (no speech in it, or its recognition
+        failed): a held piece must not wait for it."""
+        with contextlib.suppress(ValueError):
+            self.piece_starts.remove(start_wall)
 
     def began_between(self, after: float, until: float) -> Literal["piece", "speech", "none", "unheard"]:
         """What started in this room in [after, until]: a piece (cut, so on its way), speech

@@ -151,16 +151,15 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
         return ends_sentence(t, self.settings.end_threshold)
 
     def _deadline(self, room: str, held: _Held) -> float:
-        """When to look at ``held`` again (the stitcher's clock): when it is due; while speech
-        under way may or may not become its continuation, or the room has not heard max_gap
-        after it yet, after POLL_S."""
+        """When to look at ``held`` again (the stitcher's clock): when it is due; while its
+        continuation may be on its way (a piece that was cut comes through the inbox, unless
+        it had no speech; speech under way may become one), or the room has not heard
+        max_gap after it yet, after POLL_S."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
         if self._complete(t):
             return min(hold_until, t.utterance.decided_at + self.settings.complete_wait_ms / 1000)
         began = self._continuation(room, t)
-        if began == "piece":
-            return hold_until  # it comes through the inbox
         if began == "none":
             return self.clock()
         poll = self.clock() + POLL_S

@@ -197,6 +197,7 @@ class ScriptedRecognizer(RecordingRecognizer):
         2: ("Why I read?", 0.9),
         3: ("Turn off the lights.", 0.9),
         4: ("What time is it?", 0.9),
+        5: ("", 0.0),  # no speech in it
     }
     JOINT = "Play some quiet music while I read."
 
@@ -264,6 +265,30 @@ def test_a_piece_after_an_unfinished_one_is_recognized_with_it_once() -> None:
     assert recognizer.asked_sentence_end[1] == ["Play some quiet music."]
     assert {t.utterance.id: t.joint_end for t in out}["kitchen-2"] == 0.9
     assert {t.utterance.id: t.sentence_end for t in out}["kitchen-1"] == 0.2
+
+
+def test_a_live_piece_with_no_speech_is_struck_from_the_rooms_piece_starts() -> None:
+    """The stitcher waits for a piece its room cut in time: one the recognizer found empty
+    never comes, so the recognize stage takes it off the room's list (RoomState.piece_gone)."""
+    rooms = RoomStates.of((), [RoomState("kitchen")])
+    empty, spoken = utterance(5, start=3.0), utterance(4, start=6.0)
+    rooms["kitchen"].heard([empty.start_wall, spoken.start_wall], None, 1010.0)
+
+    async def scenario() -> list[Transcript]:
+        inbox: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        for item in (empty, spoken, None):
+            inbox.put_nowait(item)
+        with ThreadPoolExecutor(1) as executor:
+            stage = make_stage(ScriptedRecognizer(), executor, inbox, outbox, RecognizeSettings(), rooms)
+            await asyncio.wait_for(stage.run(), timeout=10)
+        out = []
+        while (t := outbox.get_nowait()) is not None:
+            out.append(t)
+        return out
+
+    assert [t.utterance.id for t in asyncio.run(scenario())] == ["kitchen-4"]
+    assert list(rooms["kitchen"].piece_starts) == [spoken.start_wall]
 
 
 def test_timed_segments_land_on_the_speech() -> None:

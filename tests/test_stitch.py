@@ -231,6 +231,29 @@ def test_speech_that_comes_to_nothing_does_not_hold_a_piece() -> None:
     assert asyncio.run(go()) == [[], ["Please turn on the"]]
 
 
+def test_a_piece_that_had_no_speech_is_not_waited_for() -> None:
+    """The next piece was cut in time, but the recognizer found no speech in it: the recognize
+    stage says so (RoomState.piece_gone), and the held piece goes at the next look."""
+    clock = Clock()
+    s = stage(clock, max_gap_ms=1000, max_hold_ms=5000)
+
+    async def go() -> list[list[str]]:
+        seen = []
+        clock.now = 3.0
+        await s.handle(piece("Please turn on the", 1.0, 2.5))
+        hear(s, "kitchen", 4.0, starts=(3.2,))
+        await s._release_due()
+        seen.append([t.text for t in drain(s)])
+        assert s._next_deadline() == pytest.approx(3.0 + 0.02)  # it looks again soon
+        s.rooms["kitchen"].piece_gone(1000 + 3.2)
+        clock.now = 3.02
+        await s._release_due()
+        seen.append([t.text for t in drain(s)])
+        return seen
+
+    assert asyncio.run(go()) == [[], ["Please turn on the"]]
+
+
 def test_a_held_piece_goes_when_its_room_stops_hearing() -> None:
     """A room whose source went away hears nothing more: its held piece does not wait for
     max_hold, but goes a second after max_gap."""

@@ -103,12 +103,13 @@ def run_once(
         else:
             daemon.wait_log("room idle", timeout_s=len(audio) / 16000 + 120)
             # Every piece cut is published, unless it had no speech or was joined onto another
-            # (the stitcher logs each join before it publishes the joined utterance).
+            # (both are logged before what follows them is published): wait for one more
+            # until none is missing.
             cut = len(daemon.events("utterance cut"))
-            gone = len(daemon.events("no speech recognized"))
-            daemon.wait_log("utterance published", 1, 120)
-            while len(daemon.events("utterance published")) < cut - gone - len(daemon.events("pieces joined")):
-                daemon.wait_log("utterance published", len(daemon.events("utterance published")) + 1, 120)
+            while (published := len(daemon.events("utterance published"))) < (
+                cut - len(daemon.events("no speech recognized")) - len(daemon.events("pieces joined"))
+            ):
+                daemon.wait_log("utterance published", published + 1, 120)
         rss = rss_mb(daemon.proc.pid)
         uptime = time.monotonic() - started
         code = daemon.terminate()

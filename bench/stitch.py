@@ -52,14 +52,9 @@ JOINT_THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 19)]  # 0.05 .. 0.90
 MAX_GAPS_MS = list(range(200, 2001, 100))  # silence between pieces' audio joined (pause less 0.5 s)
 
 
-# The clock as a live room has it: audio arrives in 500 ms frames, so the VAD's decisions
-# (a cut, speech starting) happen when the frame holding them arrives. (Until 2026-12-04 the
-# bench took the cut unquantized and the next speech 250 ms into its piece: about 300 ms
-# earlier than live, so its tuned max_gap_ms joined pauses the daemon did not.)
-
-
 def frame_arrival(t_s: float) -> float:
-    """When a live room has the frame holding stream time ``t_s``."""
+    """When a live room has the frame holding stream time ``t_s``: audio arrives in 500 ms
+    frames, so the VAD cuts a piece when the frame holding the cut arrives."""
     frame_s = FRAME_MS / 1000
     return math.ceil(t_s / frame_s - 1e-9) * frame_s
 

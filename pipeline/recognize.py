@@ -229,11 +229,11 @@ class RecognizeStage(Stage[Utterance, Transcript, RecognizeCounters]):
         self.counters.failed += 1
         utt = batch[0]
         self.log.exception("recognition failed", room=utt.room, utterance_id=utt.id)
-        if not utt.batch:
-            self.rooms[utt.room].piece_gone(utt.start_wall)
         if utt.batch:  # the batch job must hear of it
             name = self.recognizer.name
             await self.emit(Transcript(utt, "", "", language or "", 0.0, name, 0.0, error="recognition failed"))
+        else:
+            self.rooms[utt.room].piece_gone(utt.start_wall)
 
     def _transcript(self, utt: Utterance, result: Recognition, elapsed_ms: float, size: int) -> Transcript | None:
         """The transcript of one result; None for a partial (handed to ``on_partial``) and for

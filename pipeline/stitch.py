@@ -17,7 +17,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pipeline.messages import Transcript
 from pipeline.roomstate import RoomStates
@@ -150,31 +150,22 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
     def _complete(self, t: Transcript) -> bool:
         return ends_sentence(t, self.settings.end_threshold)
 
-    def _deadline(self, room: str, held: _Held) -> float:
-        """When to look at ``held`` again (the stitcher's clock): when it is due; while its
-        continuation may be on its way (a piece that was cut comes through the inbox, unless
-        it had no speech; speech under way may become one), or the room has not heard
-        max_gap after it yet, after POLL_S."""
+    def _deadline(self, room: str, held: _Held, now: float) -> float:
+        """When to look at ``held`` again (the stitcher's clock); at ``now`` or before: it is
+        due. While its continuation may be on its way (a piece that was cut comes through the
+        inbox, unless it had no speech; speech under way may become one), or the room has not
+        heard max_gap after it yet: after POLL_S."""
         hold_until = held.arrived + self.settings.max_hold_ms / 1000
         t = held.transcript
         if self._complete(t):
             return min(hold_until, t.utterance.decided_at + self.settings.complete_wait_ms / 1000)
         began = self._continuation(room, t)
         if began == "none":
-            return self.clock()
-        poll = self.clock() + POLL_S
-        return min(hold_until, poll, self._no_audio_until(held)) if began == "unheard" else min(hold_until, poll)
+            return now
+        look = min(hold_until, now + POLL_S)
+        return min(look, self._no_audio_until(held)) if began == "unheard" else look
 
-    def _due(self, room: str, held: _Held, now: float) -> bool:
-        if now >= held.arrived + self.settings.max_hold_ms / 1000:
-            return True
-        t = held.transcript
-        if self._complete(t):
-            return now >= t.utterance.decided_at + self.settings.complete_wait_ms / 1000
-        began = self._continuation(room, t)
-        return began == "none" or (began == "unheard" and now >= self._no_audio_until(held))
-
-    def _continuation(self, room: str, t: Transcript) -> str:
+    def _continuation(self, room: str, t: Transcript) -> Literal["piece", "speech", "none", "unheard"]:
         """What began in the room within max_gap after ``t``'s audio ended (RoomState.began_between)."""
         end = t.utterance.end_wall
         return self.rooms[room].began_between(end, end + self.settings.max_gap_ms / 1000)
@@ -185,12 +176,13 @@ class StitchStage(Stage[Transcript, Transcript, StitchCounters]):
         return held.arrived + self.settings.max_gap_ms / 1000 + NO_AUDIO_S
 
     def _next_deadline(self) -> float | None:
-        return min((self._deadline(room, h) for room, h in self.held.items()), default=None)
+        now = self.clock()
+        return min((self._deadline(room, h, now) for room, h in self.held.items()), default=None)
 
     async def _release_due(self) -> None:
         now = self.clock()
         for room, held in list(self.held.items()):
-            if self._due(room, held, now):
+            if self._deadline(room, held, now) <= now:
                 await self._release(room)
 
     async def _release(self, room: str) -> None:

@@ -112,8 +112,12 @@ class UtteranceAssembler:
         if self._in_speech:
             return self._utt_start
         if self._run:
-            return max(self._buf_start, self._run_start - _ms(self.p.pre_roll_ms))
+            return self._piece_start(self._run_start)
         return None
+
+    def _piece_start(self, run_start: int) -> int:
+        """Where a piece whose speech begins at ``run_start`` starts: its pre-roll before."""
+        return max(self._buf_start, run_start - _ms(self.p.pre_roll_ms))
 
     @property
     def settled(self) -> int:
@@ -222,7 +226,7 @@ class UtteranceAssembler:
             self._in_speech = True
             self._in_silence = False
             self._speech_start = self._run_start
-            self._utt_start = max(self._buf_start, self._run_start - _ms(self.p.pre_roll_ms))
+            self._utt_start = self._piece_start(self._run_start)
             self._last_speech_end = self._pos
             self._energy = []
         elif not self._run:

@@ -93,6 +93,13 @@ def hear(
     s.rooms[room].heard([1000 + t for t in starts], speaking_from, 1000 + until)
 
 
+async def look(s: StitchStage, clock: Clock, now: float) -> list[str]:
+    """The stitcher looks at its held pieces at ``now``: the texts it published then."""
+    clock.now = now
+    await s._release_due()
+    return [t.text for t in drain(s)]
+
+
 def output(s: StitchStage) -> asyncio.Queue[Transcript | None]:
     assert s.output is not None
     return s.output
@@ -163,10 +170,8 @@ def test_a_finished_sentence_goes_at_once_an_unfinished_one_after_max_gap() -> N
         await s.handle(piece("Please turn on the", 1.0, 2.5, room="hall"))
         # The hall's VAD hears a block at a time: the piece goes when 2.5 + max_gap is heard.
         for now, heard in ((3.2, 3.0), (4.4, 4.4), (4.5, 4.5)):
-            clock.now = now
             hear(s, "hall", heard)
-            await s._release_due()
-            seen.append([t.text for t in drain(s)])
+            seen.append(await look(s, clock, now))
         return seen
 
     assert asyncio.run(go()) == [["Turn off the lights."], [], [], ["Please turn on the"]]
@@ -183,9 +188,7 @@ def test_complete_wait_delays_a_finished_sentence_and_new_speech_does_not_hold_i
         hear(s, "kitchen", 2.4, speaking=2.6)
         await s.handle(piece("Turn off the lights.", 1.0, 2.5, end_p=0.9))
         for now in (3.2, 3.3):
-            clock.now = now
-            await s._release_due()
-            seen.append([t.text for t in drain(s)])
+            seen.append(await look(s, clock, now))
         return seen
 
     assert asyncio.run(go()) == [[], ["Turn off the lights."]]
@@ -220,10 +223,8 @@ def test_speech_that_comes_to_nothing_does_not_hold_a_piece() -> None:
         clock.now = 3.0
         await s.handle(piece("Please turn on the", 1.0, 2.5))
         for now, heard, speaking in ((3.5, 3.0, 3.2), (4.0, 3.5, None)):
-            clock.now = now
             hear(s, "kitchen", heard, speaking=speaking)
-            await s._release_due()
-            seen.append([t.text for t in drain(s)])
+            seen.append(await look(s, clock, now))
             if s.held:  # speech under way: it looks again soon, not at max_hold
                 assert s._next_deadline() == pytest.approx(now + 0.02)
         return seen
@@ -242,13 +243,10 @@ def test_a_piece_that_had_no_speech_is_not_waited_for() -> None:
         clock.now = 3.0
         await s.handle(piece("Please turn on the", 1.0, 2.5))
         hear(s, "kitchen", 4.0, starts=(3.2,))
-        await s._release_due()
-        seen.append([t.text for t in drain(s)])
+        seen.append(await look(s, clock, 3.0))
         assert s._next_deadline() == pytest.approx(3.0 + 0.02)  # it looks again soon
         s.rooms["kitchen"].piece_gone(1000 + 3.2)
-        clock.now = 3.02
-        await s._release_due()
-        seen.append([t.text for t in drain(s)])
+        seen.append(await look(s, clock, 3.02))
         return seen
 
     assert asyncio.run(go()) == [[], ["Please turn on the"]]
@@ -266,9 +264,7 @@ def test_a_held_piece_goes_when_its_room_stops_hearing() -> None:
         await s.handle(piece("Please turn on the", 1.0, 2.5))
         hear(s, "kitchen", 2.7)  # and then no more audio
         for now in (4.9, 5.0):
-            clock.now = now
-            await s._release_due()
-            seen.append([t.text for t in drain(s)])
+            seen.append(await look(s, clock, now))
         return seen
 
     assert asyncio.run(go()) == [[], ["Please turn on the"]]

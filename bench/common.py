@@ -22,10 +22,12 @@ def machine() -> dict[str, Any]:
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        # The shared box is not always the same CPU (an AMD EPYC in some sessions, an Intel
-        # Xeon with AMX tiles in others), and dtype auto depends on it.
+        # The shared box is not always the same CPU (an AMD EPYC with or without AVX-512
+        # BF16 in some sessions, an Intel Xeon with AMX tiles in others), and dtype auto
+        # depends on it (models/device.native_bf16).
         "cpu_model": cpu_info("model name"),
         "amx_bf16": "amx_bf16" in cpu_flags(),
+        "avx512_bf16": "avx512_bf16" in cpu_flags(),
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),

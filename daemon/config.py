@@ -70,7 +70,10 @@ class RecognizerSettings(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="auto: float16 on a GPU; float32 on a CPU, the encoder bfloat16 where the CPU has AMX tiles.",
+        description=(
+            "auto: float16 on a GPU; float32 on a CPU, the encoder bfloat16 where the CPU"
+            " multiplies bfloat16 natively (AMX or AVX-512 BF16)."
+        ),
     )
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 linear layers (CPU, float32; Whisper and SenseVoice)."

@@ -45,18 +45,28 @@ def cpu_flags() -> frozenset[str]:
 
 
 def choose_encoder_dtype(setting: str, device: str, dtype: str, quantize: str, flags: frozenset[str]) -> str:
-    """The encoder's dtype: the model's, except that ``auto`` on a CPU with AMX bfloat16
-    tiles (Intel Xeon since Sapphire Rapids: the ``amx_bf16`` flag) runs the encoder in
-    bfloat16. There a bfloat16 GEMM is 3-7x a float32 one, and the encoder (a 30 s window
-    for Whisper, the whole model for SenseVoice) is where the arithmetic is; Whisper's
-    decoder, whose steps are small and whose word choices are the fragile part, stays
-    float32. tiny.en on bench/recognizer.py's 101 utterances: 5.40% -> 5.48% WER greedy,
-    5.24% both at beam 5, for 1.6x the speed (docs/architecture.md, Precision). Without
-    those tiles bfloat16 is emulated and slower, so float32 stays.
+    """The encoder's dtype: the model's, except that ``auto`` on a CPU that multiplies
+    bfloat16 natively (``native_bf16``) runs the encoder in bfloat16. There a bfloat16 GEMM
+    is 2-3x (AVX-512 BF16) to 3-7x (AMX) a float32 one, and the encoder (a 30 s window for
+    Whisper, the whole model for SenseVoice) is where the arithmetic is; Whisper's decoder,
+    whose steps are small and whose word choices are the fragile part, stays float32.
+    tiny.en on bench/recognizer.py's 101 utterances: 5.40% -> 5.48% WER greedy, 5.24% both
+    at beam 5 (docs/architecture.md, Precision). Without either bfloat16 is emulated and
+    slower, so float32 stays.
     """
-    if setting == "auto" and device == "cpu" and dtype == "float32" and quantize == "none" and "amx_bf16" in flags:
+    if setting == "auto" and device == "cpu" and dtype == "float32" and quantize == "none" and native_bf16(flags):
         return "bfloat16"
     return dtype
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16(flags: frozenset[str]) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware: AMX tiles (Intel Xeon since Sapphire
+    Rapids) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). oneDNN
+    uses either for torch's bfloat16 GEMMs; without them bfloat16 is emulated and slower."""
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def precision_name(dtype: str, encoder_dtype: str) -> str:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def recognizer() -> WhisperRecognizer:
     """The bundled Whisper tiny.en, loaded once for the whole session (CPU, dtype auto: float32,
-    its encoder bfloat16 where the CPU has AMX tiles, as a user gets it)."""
+    its encoder bfloat16 where the CPU multiplies bfloat16 natively, as a user gets it)."""
     from models.engines import load_recognizer
     from models.recognizer import WhisperRecognizer
 

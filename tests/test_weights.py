@@ -92,11 +92,15 @@ def test_device_and_dtype_policy() -> None:
     assert choose_dtype("bfloat16", "cpu") == "bfloat16"
 
 
-def test_auto_runs_the_encoder_in_bfloat16_only_on_a_cpu_with_amx_tiles() -> None:
+def test_auto_runs_the_encoder_in_bfloat16_only_on_a_cpu_that_multiplies_it_natively() -> None:
     amx = frozenset({"avx512f", "amx_tile", "amx_bf16"})
+    zen4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
     assert choose_encoder_dtype("auto", "cpu", "float32", "none", amx) == "bfloat16"
-    # Without the tiles bfloat16 is emulated (slower); a GPU, an explicit dtype and int8 keep one dtype.
-    assert choose_encoder_dtype("auto", "cpu", "float32", "none", frozenset({"avx512f", "avx512_bf16"})) == "float32"
+    assert choose_encoder_dtype("auto", "cpu", "float32", "none", zen4) == "bfloat16"
+    # Without AMX or AVX-512 BF16 bfloat16 is emulated (slower): float32 stays, as it does
+    # on a GPU, with an explicit dtype and with int8.
+    for emulated in (frozenset({"avx2", "avx512f", "avx512_vnni"}), frozenset({"avx2", "fma"})):
+        assert choose_encoder_dtype("auto", "cpu", "float32", "none", emulated) == "float32"
     assert choose_encoder_dtype("auto", "cuda:0", "float16", "none", amx) == "float16"
     assert choose_encoder_dtype("float32", "cpu", "float32", "none", amx) == "float32"
     assert choose_encoder_dtype("auto", "cpu", "float32", "int8", amx) == "float32"

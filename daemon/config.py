@@ -348,10 +348,14 @@ class Config(Section):
     def room_vad_params(self, room: RoomSettings) -> VadParams:
         """The room's VAD: in a room the stitcher serves, a piece ends after stitch.endpoint_ms
         of silence (the recognizer then says whether the sentence ended), unless the room sets
-        its own hangover_ms."""
+        its own hangover_ms. Every room speculates after stitch.speculate_ms of silence (live
+        sources only, pipeline/room.py) when that comes before its endpoint: a room without
+        the stitcher waits its 700 ms hangover, and its text is then ready at the endpoint
+        instead of being recognized after it."""
         params = self.room_vad(room).params()
         if not (self.stitch.enabled and room.stitch) or room.vad.model_dump(exclude_none=True).get("hangover_ms"):
-            return params
+            speculate = self.stitch.speculate_ms
+            return dataclasses.replace(params, speculate_ms=speculate if speculate < params.hangover_ms else 0)
         endpoint = self.stitch.endpoint_ms
         return dataclasses.replace(
             params,

@@ -1,7 +1,8 @@
 """Speculations: live pieces recognized before their endpoint, kept until it comes.
 
-In a room the stitcher serves, the VAD sends the piece so far once a short silence begins
-(``stitch.speculate_ms``, pipeline/vad.py), under the id its finished piece will get. The
+In a live room, the VAD sends the piece so far once a short silence begins
+(``stitch.speculate_ms``, pipeline/vad.py; a room without the stitcher too, before its own
+hangover: daemon/config.room_vad_params), under the id its finished piece will get. The
 recognize stage recognizes it like a live piece but publishes nothing; when the endpoint
 comes and no speech came since (the finished piece's ``speculation_end_s`` names it), the
 speculation's transcript stands for the finished piece, so its text is ready at once. A

@@ -214,6 +214,24 @@ def test_a_room_the_stitcher_serves_ends_pieces_after_endpoint_ms() -> None:
     assert off.room_vad_params(off.rooms[0]).hangover_ms == 700
 
 
+def test_every_room_speculates_before_its_endpoint_with_or_without_the_stitcher() -> None:
+    """stitch.speculate_ms applies to every room whose endpoint comes later; a room whose
+    own hangover is that short or shorter has nothing to speculate before it."""
+    source = {"type": "file", "path": "a.wav"}
+    rooms = [
+        {"name": "kitchen", "source": source},
+        {"name": "hall", "source": source, "stitch": False},
+        {"name": "office", "source": source, "vad": {"hangover_ms": 900, "post_roll_ms": 100}},
+        {"name": "porch", "source": source, "vad": {"hangover_ms": 150, "post_roll_ms": 100}},
+    ]
+    c = Config.model_validate({"rooms": rooms})
+    assert [c.room_vad_params(r).speculate_ms for r in c.rooms] == [160, 160, 160, 0]
+    off = Config.model_validate({"stitch": {"enabled": False, "speculate_ms": 300}, "rooms": rooms})
+    assert [off.room_vad_params(r).speculate_ms for r in off.rooms] == [300, 300, 300, 0]
+    never = Config.model_validate({"stitch": {"speculate_ms": 0}, "rooms": rooms})
+    assert {never.room_vad_params(r).speculate_ms for r in never.rooms} == {0}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -18,6 +18,7 @@ def machine() -> dict[str, Any]:
     from models.device import cpu_flags, cpu_info
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    flags = cpu_flags()
     return {
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
@@ -26,8 +27,8 @@ def machine() -> dict[str, Any]:
         # BF16 in some sessions, an Intel Xeon with AMX tiles in others), and dtype auto
         # depends on it (models/device.native_bf16).
         "cpu_model": cpu_info("model name"),
-        "amx_bf16": "amx_bf16" in cpu_flags(),
-        "avx512_bf16": "avx512_bf16" in cpu_flags(),
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -350,19 +350,15 @@ class Config(Section):
         of silence (the recognizer then says whether the sentence ended), unless the room sets
         its own hangover_ms. Every room speculates after stitch.speculate_ms of silence (live
         sources only, pipeline/room.py) when that comes before its endpoint: a room without
-        the stitcher waits its 700 ms hangover, and its text is then ready at the endpoint
-        instead of being recognized after it."""
+        the stitcher waits its hangover (700 ms by default), and its text is then ready at
+        the endpoint instead of being recognized after it."""
         params = self.room_vad(room).params()
-        if not (self.stitch.enabled and room.stitch) or room.vad.model_dump(exclude_none=True).get("hangover_ms"):
-            speculate = self.stitch.speculate_ms
-            return dataclasses.replace(params, speculate_ms=speculate if speculate < params.hangover_ms else 0)
-        endpoint = self.stitch.endpoint_ms
-        return dataclasses.replace(
-            params,
-            hangover_ms=endpoint,
-            post_roll_ms=min(params.post_roll_ms, endpoint),
-            speculate_ms=self.stitch.speculate_ms,
-        )
+        own_hangover = room.vad.model_dump(exclude_none=True).get("hangover_ms")
+        if self.stitch.enabled and room.stitch and not own_hangover:
+            endpoint = self.stitch.endpoint_ms
+            params = dataclasses.replace(params, hangover_ms=endpoint, post_roll_ms=min(params.post_roll_ms, endpoint))
+        speculate = self.stitch.speculate_ms
+        return dataclasses.replace(params, speculate_ms=speculate if speculate < params.hangover_ms else 0)
 
 
 def credential_path(value: str, config_path: Path) -> Path:

@@ -44,6 +44,16 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(cpu_info("flags").split())
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16(flags: frozenset[str]) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware: AMX tiles (Intel Xeon since Sapphire
+    Rapids) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). oneDNN
+    uses either for torch's bfloat16 GEMMs; without them bfloat16 is emulated and slower."""
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
 def choose_encoder_dtype(setting: str, device: str, dtype: str, quantize: str, flags: frozenset[str]) -> str:
     """The encoder's dtype: the model's, except that ``auto`` on a CPU that multiplies
     bfloat16 natively (``native_bf16``) runs the encoder in bfloat16. There a bfloat16 GEMM
@@ -57,16 +67,6 @@ def choose_encoder_dtype(setting: str, device: str, dtype: str, quantize: str, f
     if setting == "auto" and device == "cpu" and dtype == "float32" and quantize == "none" and native_bf16(flags):
         return "bfloat16"
     return dtype
-
-
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def native_bf16(flags: frozenset[str]) -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware: AMX tiles (Intel Xeon since Sapphire
-    Rapids) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). oneDNN
-    uses either for torch's bfloat16 GEMMs; without them bfloat16 is emulated and slower."""
-    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def precision_name(dtype: str, encoder_dtype: str) -> str:

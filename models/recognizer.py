@@ -35,6 +35,7 @@ from models.memory import (
     release_cached_memory,
     trim_heap,
 )
+from models.packed import pack_bf16_linears
 from models.search import Search
 from models.sentence_end import final_mark_tokens, sentence_end_probs, text_tokens
 from models.tokenizer import WhisperTokenizer
@@ -86,6 +87,7 @@ class WhisperRecognizer:
         if quantize == "int8" and self._encoder_dtype != self._decoder_dtype:
             raise ValueError("quantize = int8 needs one dtype (float32) for the whole model")
         self.model.encoder.to(self._encoder_dtype)
+        pack_bf16_linears(self.model.encoder)  # a bfloat16 encoder on a CPU (models/packed.py)
         self.quantize = quantize
         if quantize == "int8":
             quantize_linear_int8(self.model, device, dtype)

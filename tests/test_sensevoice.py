@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from models.loading import ModelNotFoundError
+from models.sensevoice.encoder import SenseVoiceModel
 from models.sensevoice.frontend import FrontendConfig, load_cmvn, stack_frames
 from models.sensevoice.recognizer import SenseVoiceRecognizer, parse_tags
 from tests.helpers import SENTENCES, speak, speak_mandarin
@@ -195,6 +196,16 @@ def test_bfloat16_runs_all_of_it_and_stays_close(
     assert auto.dtype == choose_encoder_dtype("auto", "cpu", "float32", "none", cpu_flags())
     half = SenseVoiceRecognizer(small.folder, "cpu", "bfloat16")
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    # Its linear layers are packed for oneDNN where the CPU allows (models/packed.py); the
+    # bits are the plain layers'.
+    plain = SenseVoiceModel(half.model.config)
+    plain.load_state_dict(ours.model.state_dict())
+    plain.to(torch.bfloat16).eval()
+    feats = [half.frontend(a) for a in audios[:2]]
+    lengths = torch.tensor([len(f) for f in feats])
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(half.model(padded, lengths, "auto", "woitn"), plain(padded, lengths, "auto", "woitn"))
     with torch.inference_mode():
         exact, _ = ours.logprobs(audios[:3])
         rounded, _ = half.logprobs(audios[:3])

@@ -23,6 +23,7 @@ import torch
 from models.api import Capabilities, DecodingOptions, Recognition
 from models.device import avoid_per_shape_attention_plans, quantize_linear_int8
 from models.memory import BatchPolicy, free_device_bytes, is_out_of_memory, release_cached_memory, trim_heap
+from models.packed import pack_bf16_linears
 from models.sensevoice.encoder import LANGUAGE_QUERIES, QUERY_ROWS, SenseVoiceModel
 from models.sensevoice.frontend import Frontend, load_cmvn
 from models.sensevoice.loading import configs, read_state_dict, sensevoice_files
@@ -83,6 +84,7 @@ class SenseVoiceRecognizer:
         self.model = SenseVoiceModel(encoder_config)
         self.model.load_state_dict(state, strict=True)
         self.model.to(self._torch_device, getattr(torch, dtype)).eval()
+        pack_bf16_linears(self.model)  # bfloat16 on a CPU: weights packed once (models/packed.py)
         self.quantize = quantize
         if quantize == "int8":
             # Linear layers are 80% of a pass on a CPU and int8 halves them. Every one,

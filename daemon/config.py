@@ -230,7 +230,9 @@ class StitchSettingsSection(Section):
     def _hold_covers_gap(self) -> StitchSettingsSection:
         if self.enabled and self.max_hold_ms < self.max_gap_ms:
             raise ValueError("max_hold_ms must be at least max_gap_ms")
-        if self.speculate_ms and self.speculate_ms >= self.endpoint_ms:
+        # With the stitcher off no room cuts at endpoint_ms: each speculates before its own
+        # hangover (Config.room_vad_params), so the bound is the stitched rooms' alone.
+        if self.enabled and self.speculate_ms and self.speculate_ms >= self.endpoint_ms:
             raise ValueError("speculate_ms must be below endpoint_ms (or 0: no speculation)")
         return self
 

@@ -230,6 +230,12 @@ def test_every_room_speculates_before_its_endpoint_with_or_without_the_stitcher(
     assert [off.room_vad_params(r).speculate_ms for r in off.rooms] == [300, 300, 300, 0]
     never = Config.model_validate({"stitch": {"speculate_ms": 0}, "rooms": rooms})
     assert {never.room_vad_params(r).speculate_ms for r in never.rooms} == {0}
+    # Past endpoint_ms: refused while stitched rooms cut there; with the stitcher off the
+    # rooms' own hangovers bound it (the 700 ms default here, 900 ms in the office).
+    refused = problems("[stitch]\nspeculate_ms = 500\n")
+    assert any(p.startswith("stitch") and "speculate_ms must be below endpoint_ms" in p for p in refused), refused
+    late = Config.model_validate({"stitch": {"enabled": False, "speculate_ms": 500}, "rooms": rooms})
+    assert [late.room_vad_params(r).speculate_ms for r in late.rooms] == [500, 500, 500, 0]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """From the last word to the subscriber, through the real capture path.
 
-    python bench/latency.py [--sentences 20] [--seed 5]
+    python bench/latency.py [--sentences 20] [--seed 5] [--speech espeak|real]
 
 Complete sentences (drawn with ``seed`` from bench/stitch_pool.py's pool: Home Assistant's
 command sentences) are spoken by espeak-ng and played one at a time into a PulseAudio null
@@ -12,6 +12,12 @@ payload's own figures (utterance end -> VAD decision, recognition, the rest in t
 broker delivery). Runs the default config and, side by side, without speculation
 (``stitch.speculate_ms = 0``) and with stitching off (the VAD's 700 ms hangover, every piece
 published). Needs pulseaudio, pulseaudio-utils and mosquitto.
+
+``--speech real`` plays people instead: single-sentence English clips of the shared
+recordings (bench/stitch_real.py's rule, drawn with ``seed``), the last voiced sample found
+as the last 10 ms whose level is a tenth of the clip's loudest; a clip the daemon publishes
+in several utterances counts until the one that ends with it. It runs the defaults, the
+point bench/stitch_real.py tuned on real speech, and stitching off.
 Writes bench/results/latency-<device>-<date>.json.
 """
 
@@ -49,14 +55,27 @@ def sentences(n: int, seed: int) -> list[str]:
     return pool[:n]
 
 
-def make_wav(folder: Path, i: int, text: str) -> tuple[Path, float]:
-    """The sentence with 0.5 s before and TRAILING_S after; and the seconds from its last
-    voiced sample to the file's end."""
-    audio = np.concatenate([np.zeros(RATE // 2, np.float32), speak(text), np.zeros(int(TRAILING_S * RATE), np.float32)])
-    voiced = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())
+def real_clips(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    import random
+
+    from bench.stitch_real import clips
+    from tests.helpers import SPEECH_DIR
+
+    pool = [(text, audio) for _, text, audio in clips(SPEECH_DIR)]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def make_wav(folder: Path, i: int, speech: np.ndarray) -> tuple[Path, float]:
+    """The speech with 0.5 s before and TRAILING_S after; and the seconds from its last
+    voiced sample to the file's end (the last 10 ms at a tenth of the loudest's level)."""
+    audio = np.concatenate([np.zeros(RATE // 2, np.float32), speech, np.zeros(int(TRAILING_S * RATE), np.float32)])
+    hop = RATE // 100
+    level = np.sqrt(np.mean(audio[: len(audio) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+    last = int(np.flatnonzero(level > 0.1 * level.max())[-1]) * hop + hop
     path = folder / f"s{i}.wav"
     sf.write(path, audio, RATE)
-    return path, (len(audio) - 1 - int(voiced[-1])) / RATE
+    return path, (len(audio) - last) / RATE
 
 
 def speculated(daemon: Daemon) -> set[object]:
@@ -72,7 +91,7 @@ def warm_up(folder: Path, sub: Subscriber, pulse: PulseServer) -> None:
     """One sentence, not measured, until its utterance arrives: the capture stream flows.
     (PortAudio's pulse device sometimes delivers nothing for its first 2 s, and the room
     reopens it: a sentence played meanwhile is never heard.)"""
-    wav, _ = make_wav(folder, -1, "Good evening.")
+    wav, _ = make_wav(folder, -1, speak("Good evening."))
     for _ in range(3):
         pulse.play(wav)
         try:
@@ -84,7 +103,7 @@ def warm_up(folder: Path, sub: Subscriber, pulse: PulseServer) -> None:
 
 
 def run_config(
-    folder: Path, broker: Mosquitto, pulse: PulseServer, texts: list[str], extra: str
+    folder: Path, broker: Mosquitto, pulse: PulseServer, texts: list[tuple[str, np.ndarray]], extra: str
 ) -> list[dict[str, Any]]:
     prefix = f"lat-{uuid.uuid4().hex[:6]}"
     room = '[[rooms]]\nname = "lounge"\nsource = { type = "mic", device = "pulse" }\n'
@@ -96,28 +115,33 @@ def run_config(
     try:
         daemon.wait_log("room listening", timeout_s=120)
         warm_up(folder, sub, pulse)
-        for i, text in enumerate(texts):
-            wav, after_voice = make_wav(folder, i, text)
+        for i, (text, speech) in enumerate(texts):
+            wav, after_voice = make_wav(folder, i, speech)
             seen = len(sub.payloads("/utterance"))
             pulse.play(wav)
             last_voiced = time.time() - after_voice
-            try:
-                got = sub.wait_for("/utterance", seen + 1, timeout_s=30)
-            except TimeoutError:
-                print("".join(daemon.raw[-40:]), file=sys.stderr)  # what the daemon did instead
-                raise
-            payload = json.loads(got[seen])
-            arrival = sub.arrivals[seen]
+            count = 1
+            while True:  # up to the utterance that ends with the speech
+                try:
+                    got = sub.wait_for("/utterance", seen + count, timeout_s=30)
+                except TimeoutError:
+                    print("".join(daemon.raw[-40:]), file=sys.stderr)  # what the daemon did instead
+                    raise
+                payload = json.loads(got[seen + count - 1])
+                if epoch(payload["end"]) >= last_voiced - 0.5:
+                    break
+                count += 1
+            arrival = sub.arrivals[seen + count - 1]
             latency = payload["latency_ms"]
             rows.append({
-                "text": text, "heard": payload["text"], "parts": payload["parts"],
+                "text": text, "heard": payload["text"], "parts": payload["parts"], "utterances": count,
                 "total_s": round(arrival - last_voiced, 3),
                 "recognize_s": latency["recognize"] / 1000,
                 "decided_to_publish_s": latency.get("end_to_publish", 0) / 1000,
                 "voice_to_end_s": round(epoch(payload["end"]) - last_voiced, 3),
                 "speculated": payload["id"] in speculated(daemon),
             })  # fmt: skip
-            if len(sub.payloads("/utterance")) > seen + 1:
+            if len(sub.payloads("/utterance")) > seen + count:
                 raise RuntimeError(f"one sentence, several utterances: {sub.payloads('/utterance')[seen:]}")
         daemon.terminate()
     finally:
@@ -149,13 +173,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sentences", type=int, default=20)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--speech", choices=("espeak", "real"), default="espeak")
     args = parser.parse_args()
-    texts = sentences(args.sentences, args.seed)
-    configs = {
-        "default": "",
-        "no speculation": "[stitch]\nspeculate_ms = 0\n",
-        "stitching off": "[stitch]\nenabled = false\n",
-    }
+    configs = {"default": ""}
+    if args.speech == "real":
+        texts = real_clips(args.sentences, args.seed)
+        # bench/stitch_real.py's choice on its tuning half (2026-12-07).
+        configs["tuned on real speech"] = "[stitch]\nend_threshold = 0.8\njoint_threshold = 0.25\nmax_gap_ms = 1000\n"
+    else:
+        texts = [(text, speak(text)) for text in sentences(args.sentences, args.seed)]
+        configs["no speculation"] = "[stitch]\nspeculate_ms = 0\n"
+    configs["stitching off"] = "[stitch]\nenabled = false\n"
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -171,7 +199,8 @@ def main() -> None:
             pulse.stop()
             broker.stop()
     rows = [summary(name, r) for name, r in results.items()]
-    write_results("latency", rows, {"seed": args.seed, "per_sentence": results})
+    name = "latency" if args.speech == "espeak" else "latency_real"
+    write_results(name, rows, {"seed": args.seed, "speech": args.speech, "per_sentence": results})
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def real_clips(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     from bench.stitch_real import clips
     from tests.helpers import SPEECH_DIR
 
+    if not (SPEECH_DIR / "manifest.jsonl").exists():
+        sys.exit(f"--speech real needs the shared recordings at {SPEECH_DIR}")
     pool = [(text, audio) for _, text, audio in clips(SPEECH_DIR)]
     random.Random(seed).shuffle(pool)
     return pool[:n]

@@ -54,8 +54,11 @@ def clips(speech_dir: Path) -> list[tuple[str, str, np.ndarray]]:
     """(file, reference, audio) of the clips the rule takes, in manifest order."""
     import soundfile as sf
 
+    manifest = speech_dir / "manifest.jsonl"
+    if not manifest.exists():
+        sys.exit(f"no shared recordings at {speech_dir}: nothing to measure")
     out = []
-    for line in (speech_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in manifest.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line) if line.strip() else None
         if not entry or entry["language"] != "en" or not 2.5 <= entry["duration_s"] <= 20:
             continue
@@ -106,8 +109,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=19)
     args = parser.parse_args()
-    if not (SPEECH_DIR / "manifest.jsonl").exists():
-        sys.exit(f"no shared recordings at {SPEECH_DIR}: nothing to measure")
     drawn = samples(args.seed)
     tuning, held_out = drawn[0::2], drawn[1::2]
     harness = Harness({})

@@ -15,6 +15,8 @@ private: where they are missing or refuse a weight, the layer stays as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,13 +42,9 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed bfloat16"
 
 
-def _pack(layer: nn.Linear) -> torch.Tensor | None:
+def _pack(layer: nn.Linear, reorder: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor | None:
     weight = layer.weight
-    mkldnn = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not mkldnn:
-        return None
-    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-    if reorder is None:
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
         return None
     bias = None if layer.bias is None else layer.bias.detach()
     probe = torch.linspace(-1.0, 1.0, weight.shape[1], dtype=weight.dtype)[None]
@@ -65,12 +63,15 @@ def _pack(layer: nn.Linear) -> torch.Tensor | None:
 def pack_bf16_linears(module: nn.Module) -> int:
     """Swap every bfloat16 ``nn.Linear`` on the CPU inside ``module`` for a ``PackedLinear``;
     returns how many were packed (0 where the CPU or torch build cannot)."""
+    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    if reorder is None or not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return 0
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear:
                 continue
-            packed = _pack(child)
+            packed = _pack(child, reorder)
             if packed is not None:
                 setattr(parent, name, PackedLinear(child, packed))
                 count += 1

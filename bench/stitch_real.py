@@ -28,8 +28,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_results
-from bench.stitch import Harness, report, tune
+from bench.stitch import tune_and_report
 from pipeline.messages import SAMPLE_RATE
 from tests.helpers import SPEECH_DIR
 
@@ -109,20 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=19)
     args = parser.parse_args()
-    drawn = samples(args.seed)
-    tuning, held_out = drawn[0::2], drawn[1::2]
-    harness = Harness({})
-    chosen, table = tune(harness, tuning)  # type: ignore[arg-type]  # RealSample has Sample's fields
-    print(f"tuned on {len(tuning)} samples: {chosen}", flush=True)
-    rows, details = report(harness, held_out, chosen)  # type: ignore[arg-type]
-    rows.append({"set": "chosen on the tuning half", "samples": len(tuning), **chosen})
-    # The shipped defaults on the same held-out half, for comparison.
-    harness.configure({})
-    shipped = {k: getattr(harness.config.stitch, k) for k in ("end_threshold", "joint_threshold", "max_gap_ms")}
-    default_rows, _ = report(harness, held_out, shipped)  # type: ignore[arg-type]
-    rows += [{**r, "set": r["set"] + " (shipped defaults)"} for r in default_rows[:3]]
-    extra = {"seed": args.seed, "tuning": table, "details": details}
-    write_results("stitch_real", rows, extra)
+    tune_and_report("stitch_real", samples(args.seed), {"seed": args.seed})  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

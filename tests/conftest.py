@@ -5,8 +5,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import Mosquitto, SmallDisk
+
+# Property tests draw the same examples on every run (seeded from each test), and no example
+# database carries a failure from one checkout to the next: the suite is green every time,
+# not most times. Searching wider for new failures is done by hand with more examples and
+# derandomize off; what it finds goes into the test as an @example.
+settings.register_profile("roomscribe", derandomize=True, database=None)
+settings.load_profile("roomscribe")
 
 if TYPE_CHECKING:
     from models.recognizer import WhisperRecognizer

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.messages import Transcript, Utterance
@@ -191,6 +191,10 @@ def test_chinese_numeral_soup_is_idempotent(text: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(words=st.lists(_WORDS, max_size=8))
+# Found by a random run on 2026-12-07: the day after a month was "one twenty" on the first
+# pass (not a day: left), "one" on the second (before "25th"). 20000 examples pass since.
+@example(words=["October", "one", "twenty", "fifth"])
+@example(words=["October", "one", "one", "twenty", "fifth"])
 def test_english_number_soup_is_idempotent(words: list[str]) -> None:
     processor = TextProcessor()
     once = processor(" ".join(words), "en")

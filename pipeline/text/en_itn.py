@@ -45,9 +45,13 @@ _NUMBER = re.compile(
     rf"|\s+(?P<pct>percent|per cent)\b|\s+{_MERIDIEM}|(?=\s+(?P<unit>{UNITS})\b))?",
     re.IGNORECASE,
 )
+# The day is the whole run of number words after the month (an atomic group: never a
+# shorter run), and a run already followed by a written ordinal ("October one 25th") is
+# number soup, not a date. Else a second pass could read "one" as the day where the first
+# had seen "one twenty" (not a day) and left it: ITN was not idempotent.
 _DATE = re.compile(
-    rf"\b(?P<month>{'|'.join(MONTHS)})\s+(?:the\s+)?(?P<day>(?:(?:twenty|thirty)[\s-])?(?:{_ORDINAL})|{_PHRASE})\b"
-    rf"(?:,?\s+(?P<year>{_PHRASE}))?",
+    rf"\b(?P<month>{'|'.join(MONTHS)})\s+(?:the\s+)?(?P<day>(?>(?:(?:twenty|thirty)[\s-])?(?:{_ORDINAL})|{_PHRASE}))\b"
+    rf"(?!\s+\d+(?:st|nd|rd|th)\b)(?:,?\s+(?P<year>{_PHRASE}))?",
     re.IGNORECASE,
 )
 _PLURAL_NUMBER = re.compile(r"\s+(?:\w+ties|hundreds|thousands|millions|billions)\b", re.IGNORECASE)

@@ -42,6 +42,7 @@ from tests.helpers import (
     Daemon,
     Mosquitto,
     Subscriber,
+    epoch,
     normalize,
     speech_with_pauses,
     write_config,
@@ -58,8 +59,6 @@ def rss_mb(pid: int) -> float:
 
 
 def partial_lags(sub: Subscriber, records: list[dict[str, Any]]) -> list[float]:
-    from datetime import datetime
-
     first: dict[str, float] = {}
     for (topic, payload, _), arrived in zip(sub.messages, sub.arrivals, strict=True):
         if topic.endswith("/partial"):
@@ -69,7 +68,7 @@ def partial_lags(sub: Subscriber, records: list[dict[str, Any]]) -> list[float]:
     lags = []
     for r in records:
         if r["id"] in first:
-            start = datetime.fromisoformat(str(r["start"]).replace("Z", "+00:00")).timestamp()
+            start = epoch(r["start"])
             lags.append(first[r["id"]] - (start + PRE_ROLL_S))
     return lags
 

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
 from bench.stitch_pool import commands
-from tests.helpers import Daemon, Mosquitto, PulseServer, Subscriber, speak, write_config
+from tests.helpers import Daemon, Mosquitto, PulseServer, Subscriber, epoch, speak, write_config
 
 RATE = 16000
 TRAILING_S = 3.0
@@ -81,10 +80,6 @@ def make_wav(folder: Path, i: int, speech: np.ndarray) -> tuple[Path, float]:
 def speculated(daemon: Daemon) -> set[object]:
     """Ids of the pieces whose text was recognized ahead of their endpoint."""
     return {e.get("utterance_id") for e in daemon.events("utterance recognized") if e.get("speculated")}
-
-
-def epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def warm_up(folder: Path, sub: Subscriber, pulse: PulseServer) -> None:

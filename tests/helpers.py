@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -691,6 +692,11 @@ class SmallDisk:
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.folder)], check=False)
+
+
+def epoch(stamp: object) -> float:
+    """A payload's ISO time ("start", "end": UTC with a Z) in epoch seconds."""
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 
 def journal_ids(database: Path) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from daemon.commands import MAX_COMMAND_BYTES, CommandError, Hotwords, Language, Status, parse
-from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, speech_with_pauses, write_config
+from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, epoch, speech_with_pauses, write_config
 
 
 def test_valid_commands_parse() -> None:
@@ -92,11 +91,6 @@ def test_the_command_schema_and_the_parser_agree(payload: dict[str, object]) -> 
     assert documented == accepted
 
 
-def started(record: dict[str, object]) -> float:
-    """An utterance's start (wall clock, the payload's ISO time) in epoch seconds."""
-    return datetime.fromisoformat(str(record["start"]).replace("Z", "+00:00")).timestamp()
-
-
 @pytest.mark.slow
 def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) -> None:
     audio, _ = speech_with_pauses(["Please turn on the kitchen lights."], pause_s=1.5)
@@ -162,7 +156,7 @@ def test_commands_against_a_running_daemon(tmp_path: Path, broker: Mosquitto) ->
         assert json.loads(sub.payloads("/kitchen/state")[-1])["paused"] is True
         time.sleep(6.0)  # an observation window: the looped sentence plays every 5 s
         late = [json.loads(p) for p in sub.payloads("/kitchen/utterance")[at_pause:]]
-        assert len(late) <= 1 and all(started(r) < paused_at for r in late), late
+        assert len(late) <= 1 and all(epoch(r["start"]) < paused_at for r in late), late
         before = at_pause + len(late)
         assert ask("kitchen/set", b'{"command": "resume", "transaction": "r1"}', "r1")["status"] == "ok"
         sub.wait_for("/kitchen/utterance", before + 1, timeout_s=30)

@@ -8,7 +8,6 @@ import io
 import json
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from daemon.integrations.hermes import (
     text_captured,
 )
 from daemon.integrations.homeassistant import STATE_MAX_CHARS, discovery_messages, node_id
-from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, normalize, speak, wer, write_config
+from tests.helpers import Daemon, Mosquitto, Subscriber, check_schema, epoch, normalize, speak, wer, write_config
 
 RECORD: dict[str, Any] = {
     "id": "kitchen-20261126T081502-000001",
@@ -192,7 +191,7 @@ def test_a_hermes_room_is_heard_and_answered_in_both_dialects(tmp_path: Path, br
         assert wer([text], [record["text"]]) <= 0.15, record["text"]
         # Wall-clock times of the speech (it starts 0.5 s into what was sent), not of a
         # stream clock that started with the daemon.
-        spoken_at = datetime.fromisoformat(str(record["start"]).replace("Z", "+00:00")).timestamp()
+        spoken_at = epoch(record["start"])
         assert abs(spoken_at - (sent_at + 0.5)) < 1.5, (spoken_at, sent_at)
         (hermes_payload,) = sub.wait_for("hermes/asr/textCaptured", 1, timeout_s=30)
         captured = json.loads(hermes_payload)

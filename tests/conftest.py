@@ -43,10 +43,11 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A real tmpfs that fills (the tests run as root; skipped where mounting is not allowed)."""
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SmallDisk]:
+    """A real tmpfs that fills (the tests run as root; skipped where mounting is not allowed);
+    its size is SmallDisk's default unless a test asks for another (indirect parametrize)."""
     try:
-        disk = SmallDisk(tmp_path / "small")
+        disk = SmallDisk(tmp_path / "small", **({"size": request.param} if hasattr(request, "param") else {}))
     except RuntimeError as exc:
         pytest.skip(str(exc))
     try:

@@ -79,24 +79,21 @@ def test_an_outage_longer_than_the_memory_queue_loses_nothing_from_disk(tmp_path
     assert publisher.counters.dropped == 0 and publisher.counters.waited_on_disk == 4 and len(outbox) == 0
 
 
-def test_a_full_disk_keeps_publishing_from_memory_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("small_disk", ["2m"], indirect=True)  # room for all eight once freed
+def test_a_full_disk_keeps_publishing_from_memory_and_recovers(small_disk: SmallDisk, tmp_path: Path) -> None:
     """The disk fills with the broker away: seven utterances wait in memory only; space
     returns and the next one stores them all (none was published yet, so every one goes to
     disk); the broker comes back and they arrive in order. The broker starts only after the
     recovery so that no run depends on how far the publisher got (a broker already up could
     publish some before the disk is back, a different path each run)."""
-    try:
-        disk = SmallDisk(tmp_path / "small", size="2m")  # room for all eight once freed
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
     broker = Mosquitto(tmp_path / "broker")
-    outbox = Outbox(disk.folder / "outbox.sqlite3")
+    outbox = Outbox(small_disk.folder / "outbox.sqlite3")
 
     async def scenario() -> Publisher:
         publisher = Publisher(settings(broker.port, "full"), outbox)
         runner = asyncio.create_task(publisher.run())
         await publisher.submit_durable(utterance(publisher, 0))
-        disk.fill()
+        small_disk.fill()
         big = {"id": "", "room": "kitchen", "text": "z" * 4000}
         for i in range(1, 8):  # the first write after the fill fails: the WAL grows by appending
             big["id"] = f"k-{i}"
@@ -110,7 +107,7 @@ def test_a_full_disk_keeps_publishing_from_memory_and_recovers(tmp_path: Path) -
             )
         assert publisher.durable is not None and publisher.durable.degraded is not None
         assert publisher.durable.memory_only == 7 and len(outbox) == 1
-        disk.free()
+        small_disk.free()
         await publisher.submit_durable(utterance(publisher, 30))
         assert publisher.durable.degraded is None
         assert len(outbox) == 9  # k-0, k-30 and the seven that waited in memory
@@ -131,7 +128,6 @@ def test_a_full_disk_keeps_publishing_from_memory_and_recovers(tmp_path: Path) -
         assert publisher.durable is not None and len(publisher.durable) == 0
     finally:
         broker.stop()
-        disk.unmount()
 
 
 def test_a_failing_exit_publishes_offline_not_online(broker: Mosquitto) -> None:

@@ -84,7 +84,7 @@ class Sample:
 
     @property
     def reference(self) -> str:
-        return " ".join(self.texts)
+        return " ".join(t for t in self.texts if t)
 
 
 def samples(seed: int, n_split: int, n_pairs: int) -> list[Sample]:

@@ -28,7 +28,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stitch import tune_and_report
+from bench.stitch import Sample, tune_and_report
 from pipeline.messages import SAMPLE_RATE
 from tests.helpers import SPEECH_DIR
 
@@ -36,17 +36,15 @@ QUIET_WINDOW_S = 0.2
 
 
 @dataclass
-class RealSample:
-    kind: str  # split | pair
-    texts: tuple[str, str]
-    pause_s: float
-    voice: str  # the clip or clips
-    speed: int = 0
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+class RealSample(Sample):
+    """A sample of recorded speech: ``voice`` names the clip or clips, ``texts`` are their
+    references (a split clip has one, and ""), the audio is given, not spoken."""
+
+    recorded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
 
     @property
-    def reference(self) -> str:
-        return " ".join(t for t in self.texts if t)
+    def audio(self) -> np.ndarray:  # given, not a cached espeak-ng call
+        return self.recorded
 
 
 def clips(speech_dir: Path) -> list[tuple[str, str, np.ndarray]]:
@@ -79,18 +77,18 @@ def quietest_cut(audio: np.ndarray) -> int:
     return (low + int(np.argmin(energy[low:high]))) * hop
 
 
-def samples(seed: int) -> list[RealSample]:
+def samples(seed: int) -> list[Sample]:
     rng = random.Random(seed)
     pool = clips(SPEECH_DIR)
     lead = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
     tail = np.zeros(int(2.5 * SAMPLE_RATE), np.float32)
-    out = []
+    out: list[Sample] = []
     for name, text, audio in pool:
         pause = round(rng.uniform(0.5, 1.6), 2)
         cut = quietest_cut(audio)
         gap = np.zeros(int(pause * SAMPLE_RATE), np.float32)
         body = np.concatenate([lead, audio[:cut], gap, audio[cut:], tail])
-        out.append(RealSample("split", (text, ""), pause, name, audio=body))
+        out.append(RealSample("split", (text, ""), pause, name, 0, body))
     order = list(range(len(pool)))
     rng.shuffle(order)
     for i in range(len(order) // 2):
@@ -98,7 +96,7 @@ def samples(seed: int) -> list[RealSample]:
         pause = round(rng.uniform(0.6, 3.0), 2)
         gap = np.zeros(int(pause * SAMPLE_RATE), np.float32)
         body = np.concatenate([lead, a, gap, b, tail])
-        out.append(RealSample("pair", (text_a, text_b), pause, f"{name_a} + {name_b}", audio=body))
+        out.append(RealSample("pair", (text_a, text_b), pause, f"{name_a} + {name_b}", 0, body))
     rng.shuffle(out)
     return out
 
@@ -108,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=19)
     args = parser.parse_args()
-    tune_and_report("stitch_real", samples(args.seed), {"seed": args.seed})  # type: ignore[arg-type]
+    tune_and_report("stitch_real", samples(args.seed), {"seed": args.seed})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ command sentences) are spoken by espeak-ng and played one at a time into a Pulse
 sink; the daemon's microphone room records its monitor through PortAudio's ``pulse`` device,
 publishes to a real Mosquitto, and a subscriber stamps each arrival. The last voiced sample
 is placed from when ``paplay`` returned (it drains the stream) less the trailing silence
-after that sample. Reported: median and p95 of last voiced sample -> arrival, split with the
-payload's own figures (utterance end -> VAD decision, recognition, the rest in the daemon,
-broker delivery). Runs the default config and, side by side, without speculation
+after that sample. Reported: median and p95 of last voiced sample -> arrival, and that time
+split in five (``split``): the endpoint wait, framing, recognition, stitching and publishing.
+Runs the default config and, side by side, without speculation
 (``stitch.speculate_ms = 0``) and with stitching off (the VAD's 700 ms hangover, every piece
 published). Needs pulseaudio, pulseaudio-utils and mosquitto.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -40,10 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
 from bench.stitch_pool import commands
+from daemon.config import StitchSettingsSection, VadSettings
+from pipeline.messages import FRAME_MS
 from tests.helpers import Daemon, Mosquitto, PulseServer, Subscriber, epoch, speak, write_config
 
 RATE = 16000
 TRAILING_S = 3.0
+# The defaults every configuration here keeps: the silence a piece keeps after its speech,
+# and the silence that cuts it with the stitcher on (its endpoint) and off (the hangover).
+POST_ROLL_S = VadSettings().post_roll_ms / 1000
+STITCHED_ENDPOINT_S = StitchSettingsSection().endpoint_ms / 1000
+HANGOVER_S = VadSettings().hangover_ms / 1000
+FRAME_S = FRAME_MS / 1000
 
 
 def sentences(n: int, seed: int) -> list[str]:
@@ -75,6 +84,49 @@ def make_wav(folder: Path, i: int, speech: np.ndarray) -> tuple[Path, float]:
     path = folder / f"s{i}.wav"
     sf.write(path, audio, RATE)
     return path, (len(audio) - last) / RATE
+
+
+def split(
+    daemon: Daemon, payload: dict[str, Any], last_voiced: float, arrival: float, endpoint_s: float
+) -> dict[str, float]:
+    """Where the time from the last voiced sample to the arrival went, in five parts that
+    add up to it:
+
+    - endpoint wait: to where the VAD's endpoint silence was complete, and the capture's own
+      delay (what is left of the time to the cut once the framing is taken out);
+    - framing: from the endpoint to the end of the 500 ms frame that holds it, in the
+      stream's own time (the piece's end in the "utterance cut" log line keeps
+      ``POST_ROLL_S`` of the silence; frames start at multiples of 500 ms);
+    - recognition: from the cut (its log line) to the piece's text (its "utterance
+      recognized" line; at once when a speculation stood);
+    - stitching: from the text to the publish call (the stitcher's hold, the text stage; the
+      payload's ``end_to_publish`` counts from the cut);
+    - publishing: from the publish call to the arrival (the outbox's write, the broker).
+
+    A joined utterance's cut and text are its last piece's: the last of each before it went
+    out (one sentence is played at a time). The daemon's log times, ``last_voiced`` and
+    ``arrival`` are this machine's wall clock; the stream's wall times are not used (the
+    room anchors them to frame arrivals, which PortAudio delivers in bursts)."""
+    cuts = [e for e in daemon.events("utterance cut") if epoch(e["timestamp"]) <= arrival]
+    cut_entry = max(cuts, key=lambda e: epoch(e["timestamp"]))
+    cut = epoch(cut_entry["timestamp"])
+    stream_end = float(cut_entry["start_s"]) + float(cut_entry["duration_s"])  # type: ignore[arg-type]
+    endpoint = stream_end - POST_ROLL_S + endpoint_s
+    framing = math.ceil(endpoint / FRAME_S - 1e-9) * FRAME_S - endpoint
+    published = cut + payload["latency_ms"]["end_to_publish"] / 1000
+    recognized = [epoch(e["timestamp"]) for e in daemon.events("utterance recognized")]
+    ready = max([cut, *(t for t in recognized if t <= published)])
+    parts = {
+        "endpoint_wait_s": cut - last_voiced - framing,
+        "framing_s": framing,
+        "recognition_s": ready - cut,
+        "stitching_s": published - ready,
+        "publishing_s": arrival - published,
+    }
+    return {k: round(v, 3) for k, v in parts.items()}
+
+
+PARTS = ("endpoint_wait_s", "framing_s", "recognition_s", "stitching_s", "publishing_s")
 
 
 def speculated(daemon: Daemon) -> set[object]:
@@ -123,6 +175,8 @@ def run_config(
 ) -> list[dict[str, Any]]:
     """``several``: a recording may arrive in several utterances (real speech with pauses);
     an espeak-ng command may not."""
+    stitched = "enabled = false" not in extra
+    endpoint_s = STITCHED_ENDPOINT_S if stitched else HANGOVER_S
     prefix = f"lat-{uuid.uuid4().hex[:6]}"
     room = '[[rooms]]\nname = "lounge"\nsource = { type = "mic", device = "pulse" }\n'
     config = write_config(folder / f"{prefix}.toml", broker.port, prefix, room, extra)
@@ -146,6 +200,7 @@ def run_config(
             rows.append({
                 "text": text, "heard": payload["text"], "parts": payload["parts"], "utterances": count,
                 "total_s": round(arrival - last_voiced, 3),
+                **split(daemon, payload, last_voiced, arrival, endpoint_s),
                 "recognize_s": latency["recognize"] / 1000,
                 "decided_to_publish_s": latency.get("end_to_publish", 0) / 1000,
                 "voice_to_end_s": round(epoch(payload["end"]) - last_voiced, 3),
@@ -167,12 +222,10 @@ def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "config": name, "sentences": len(rows), "median_s": round(med(totals), 3), "p95_s": round(p95, 3),
         "worst_s": totals[-1],
-        # Where the median goes: the VAD's wait (frames and endpoint silence), then what is
-        # left after the endpoint inside the daemon (recognition not done ahead by a
-        # speculation, text, the stitcher's hold, publishing) and the broker; the model time
-        # of each recognition, and how many texts were ready at the endpoint (speculated).
-        "vad_decision_s": round(med(r["total_s"] - r["decided_to_publish_s"] for r in rows), 3),
-        "after_endpoint_s": round(med(r["decided_to_publish_s"] for r in rows), 3),
+        # Where the time goes (split): the median of each part (medians need not add up to
+        # the median total); the model time of each recognition, whether or not it was done
+        # ahead, and how many texts were ready at the endpoint (speculated).
+        **{part: round(med(r[part] for r in rows), 3) for part in PARTS},
         "recognize_s": round(med(r["recognize_s"] for r in rows), 3),
         "speculated_pct": round(100 * sum(r["speculated"] for r in rows) / max(len(rows), 1), 1),
         "target": "median <= 1.0 s, p95 <= 1.4 s" if name == "default" else "",

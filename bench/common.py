@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,24 @@ def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] |
     info = machine()
     where = (info["gpu"] or "cpu").replace(" ", "-").lower()
     path = RESULTS / f"{name}-{where}-{stamp}.json"
+    if _other_machine(path, info):  # the shared box changed CPUs the same day: keep both
+        path = RESULTS / f"{name}-{where}-{stamp}-{cpu_tag(info['cpu_model'])}.json"
     payload = {"benchmark": name, "date": stamp, "machine": info, "rows": rows, **(extra or {})}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def cpu_tag(model: str | None) -> str:
+    """``Intel(R) Xeon(R) Processor`` -> ``intel-xeon``: a CPU's name for a file name."""
+    words = re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.sub(r"\((?:r|tm)\)", "", (model or "unknown").lower()))
+    return "-".join(w for w in words if w not in ("processor", "cpu", "core"))[:40] or "unknown"
+
+
+def _other_machine(path: Path, info: dict[str, Any]) -> bool:
+    """``path`` holds results from another CPU (a run on this one would overwrite them)."""
+    try:
+        earlier = json.loads(path.read_text())["machine"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(earlier.get("cpu_model") != info["cpu_model"])

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,8 @@ def split(
     out (one sentence is played at a time). The daemon's log times, ``last_voiced`` and
     ``arrival`` are this machine's wall clock; the stream's wall times are not used (the
     room anchors them to frame arrivals, which PortAudio delivers in bursts)."""
-    cuts = [e for e in daemon.events("utterance cut") if epoch(e["timestamp"]) <= arrival]
-    cut_entry = max(cuts, key=lambda e: epoch(e["timestamp"]))
-    cut = epoch(cut_entry["timestamp"])
+    cuts = [(t, e) for e in daemon.events("utterance cut") if (t := epoch(e["timestamp"])) <= arrival]
+    cut, cut_entry = max(cuts, key=lambda te: te[0])
     stream_end = float(cut_entry["start_s"]) + float(cut_entry["duration_s"])  # type: ignore[arg-type]
     endpoint = stream_end - POST_ROLL_S + endpoint_s
     framing = math.ceil(endpoint / FRAME_S - 1e-9) * FRAME_S - endpoint
@@ -175,7 +175,7 @@ def run_config(
 ) -> list[dict[str, Any]]:
     """``several``: a recording may arrive in several utterances (real speech with pauses);
     an espeak-ng command may not."""
-    stitched = "enabled = false" not in extra
+    stitched = tomllib.loads(extra).get("stitch", {}).get("enabled", True)
     endpoint_s = STITCHED_ENDPOINT_S if stitched else HANGOVER_S
     prefix = f"lat-{uuid.uuid4().hex[:6]}"
     room = '[[rooms]]\nname = "lounge"\nsource = { type = "mic", device = "pulse" }\n'
